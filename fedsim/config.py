@@ -1,0 +1,328 @@
+"""Typed, validated experiment configuration.
+
+Precedence, lowest first: field defaults -> the chosen strategy preset's suggested defaults
+-> YAML file -> CLI flags and ``--set key=value`` overrides (applied in order). Unknown
+keys, wrong types, impossible values and unknown names all fail at load time with a
+one-line :class:`ConfigError` that names the field (and the valid choices for names).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "load_config",
+    "parse_override",
+    "set_dotted",
+]
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message is one line and names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_name(kind_registry: str, value: str) -> str:
+    """Validate ``value`` against a registry, imported lazily to avoid import cycles."""
+    from fedsim import registries  # noqa: PLC0415
+
+    registries.get(kind_registry).get(value)  # raises UnknownNameError listing the choices
+    return value
+
+
+class TaskConfig(BaseModel):
+    """Which task; extra keys are task options (e.g. ``alpha``, ``model``), checked by the task."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "synthetic"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name("task", v)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(_Strict):
+    num_clients: int = Field(100, ge=1)
+    partition: str = "auto"  # "auto" = the task's natural split if it has one, else dirichlet
+    alpha: float = Field(0.5, gt=0)  # dirichlet concentration
+    shards_per_client: int = Field(2, ge=1)
+    min_samples: int = Field(1, ge=0)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("partition")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return v if v == "auto" else _check_name("partitioner", v)
+
+
+class PopulationConfig(_Strict):
+    participation: str = "uniform"
+    clients_per_round: int = Field(10, ge=1)  # used by "uniform"
+    mean_prob: float = Field(0.1, gt=0, le=1)  # heterogeneous models: mean participation probability
+    min_prob: float = Field(0.02, gt=0, le=1)  # ... and its floor
+    prob_alpha: float = Field(0.1, gt=0)  # Dirichlet concentration of the class preference vector
+    correlate_with_data: bool = True  # p_n follows the client's label mix (FedAU paper) or is i.i.d.
+    markov_rate: float = Field(0.05, gt=0, le=1)  # P(inactive -> active) for "markov"
+    cyclic_period: int = Field(100, ge=2)
+    trace_path: str | None = None
+    round_length: float = Field(60.0, gt=0)  # virtual seconds per round, for mapping traces to rounds
+    speed: str = "constant"
+    step_time: float = Field(0.01, gt=0)  # virtual seconds per local step (median client)
+    speed_sigma: float = Field(0.5, ge=0)  # lognormal spread of per-client step times
+    comm_time: float = Field(0.0, ge=0)  # virtual seconds of up+down link per job
+
+    @field_validator("participation")
+    @classmethod
+    def _known_participation(cls, v: str) -> str:
+        return _check_name("participation", v)
+
+    @field_validator("speed")
+    @classmethod
+    def _known_speed(cls, v: str) -> str:
+        return _check_name("speed", v)
+
+
+class ClientConfig(_Strict):
+    algorithm: str = "sgd"
+    lr: float = Field(0.05, ge=0)
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1)  # if set, overrides local_epochs
+    batch_size: int = Field(10, ge=1)
+    optimizer: str = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name("client", v)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        return _check_name("optimizer", v)
+
+
+class StrategyConfig(_Strict):
+    """A preset name plus optional overrides of its parts; ``None`` means the preset's value."""
+
+    name: str = "fedavg"
+    weighting: str | None = None
+    server_optimizer: str | None = None
+    server_lr: float | None = Field(None, ge=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    beta1: float | None = Field(None, ge=0, lt=1)
+    beta2: float | None = Field(None, ge=0, lt=1)
+    tau: float | None = Field(None, gt=0)
+    bias_correction: bool | None = None
+    cutoff: int | None = Field(None, ge=1)  # FedAU's K; None = no cutoff (K -> infinity)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name("strategy", v)
+
+    @field_validator("weighting")
+    @classmethod
+    def _known_weighting(cls, v: str | None) -> str | None:
+        return v if v is None else _check_name("weighting", v)
+
+    @field_validator("server_optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str | None) -> str | None:
+        return v if v is None else _check_name("server_optimizer", v)
+
+
+class ExecutorConfig(_Strict):
+    name: str = "serial"
+    workers: int | None = Field(None, ge=1)  # ray: actors (default = CPU count)
+    ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
+    gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads per worker
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name("executor", v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown device '{v}'; valid choices: cpu, cuda, cuda:N")
+
+
+class EvalConfig(_Strict):
+    every: int = Field(5, ge=1)  # evaluate every n rounds (and always after the last)
+    per_client: bool = False  # also report mean and worst-10% accuracy over clients
+    max_clients: int = Field(1000, ge=1)  # per-client evaluation looks at most at this many
+
+
+class OutputConfig(_Strict):
+    out: str | None = None  # run folder; default runs/<timestamp>-<strategy>
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    rounds: int = Field(50, ge=1)
+    round_deadline: float | None = Field(None, gt=0)  # virtual seconds; stragglers are dropped
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "RunConfig":
+        n = self.data.num_clients
+        if self.population.participation == "uniform" and self.population.clients_per_round > n:
+            raise ValueError(
+                f"population.clients_per_round ({self.population.clients_per_round}) "
+                f"must be <= data.num_clients ({n})"
+            )
+        if self.population.min_prob > self.population.mean_prob:
+            raise ValueError(
+                f"population.min_prob ({self.population.min_prob}) must be <= "
+                f"population.mean_prob ({self.population.mean_prob})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=0.5"`` -> (["a", "b"], 0.5); the value is parsed as YAML (numbers, bools, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects a dotted key like strategy.server_lr, got '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build a validated RunConfig from a YAML file, dotted overrides and a plain dict.
+
+    ``values`` (nested dict) is applied after the file, then ``overrides`` ("a.b=1") in order.
+    """
+    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    if values:
+        raw = deep_merge(raw, values)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        set_dotted(raw, keys, value)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    from fedsim import registries  # noqa: PLC0415
+
+    strategy = raw.get("strategy", {})
+    name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else "fedavg"
+    if isinstance(name, str) and name in registries.get("strategy"):
+        raw = deep_merge(registries.strategy_config_defaults(name), raw)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+        parent = _model_at(err["loc"][:-1])
+        if parent is not None:
+            msg += f"; valid keys: {', '.join(sorted(parent.model_fields))}"
+    elif "input" in err and not isinstance(err["input"], dict) and err["type"] != "value_error":
+        msg += f" (got {err['input']!r})"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"config error: {loc or 'config'}: {msg}{extra}"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+

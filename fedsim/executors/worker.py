@@ -1,0 +1,82 @@
+"""A worker: one task, one resident model, one client algorithm; runs jobs one after another.
+
+The serial executor owns one Worker; each Ray actor owns one too. Failures never escape:
+a client that raises, or returns a non-finite or mis-shaped update, comes back as a
+ClientResult with ``error`` set, which the engine logs and drops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clients import CLIENTS, TrainContext
+from fedsim.params import ResidentModel
+from fedsim.tasks import Task, TaskSpec, build_task
+from fedsim.types import ClientJob, ClientResult
+
+__all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs to rebuild the task and client (picklable)."""
+
+    task: TaskSpec
+    client: str  # client algorithm name
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads in this worker (None: leave as is)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"executor.device: cuda requested but not available (torch {torch.__version__})")
+    return torch.device(device)
+
+
+def check_result(result: ClientResult, numel: int) -> ClientResult:
+    """Mark mis-shaped or non-finite updates as failures; they are never aggregated."""
+    if result.error is not None:
+        return result
+    delta = result.delta
+    if not isinstance(delta, torch.Tensor) or delta.shape != (numel,):
+        shape = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
+        result.error = f"update has shape {shape}, expected ({numel},)"
+    elif not bool(torch.isfinite(delta).all()):
+        result.error = "update is not finite (NaN or inf)"
+    return result
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, task: Task | None = None):
+        if spec.threads is not None:
+            torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self.device = resolve_device(spec.device)
+        self.task = task if task is not None else build_task(spec.task)
+        self.algorithm = CLIENTS.get(spec.client)()
+        self.model = ResidentModel(self.task.build_model(), self.device)
+        self.context = TrainContext(self.model, self.task.loss_fn, self.device)
+
+    @property
+    def numel(self) -> int:
+        return self.model.layout.numel
+
+    def run(self, job: ClientJob) -> ClientResult:
+        try:
+            x, y = self.task.data.train(job.client_id)
+            data = (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+            rng = torch.Generator(device=self.device)
+            rng.manual_seed(job.seed)
+            params = job.params.to(self.device, non_blocking=True)
+            result = self.algorithm.train(self.context, params, data, job.config, job.state, rng)
+            result.delta = result.delta.detach().to("cpu", torch.float32)
+        except Exception as exc:  # a failing client is a dropout, not a crash
+            result = ClientResult(
+                client_id=job.client_id, base_version=job.version, delta=torch.empty(0),
+                num_samples=0, num_steps=0, error=f"{type(exc).__name__}: {exc}",
+            )
+        result.client_id = job.client_id
+        result.base_version = job.version
+        return check_result(result, self.numel)

@@ -1,0 +1,60 @@
+"""A small name -> object registry with one-line descriptions.
+
+Used for tasks, partitioners and other pluggable pieces so configs can name them and
+errors can list the valid choices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+__all__ = ["Registry", "UnknownNameError"]
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """Raised by :meth:`Registry.get` for a name that was never registered."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return self.message
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, tuple[T, str]] = {}
+
+    def register(self, name: str, description: str) -> Callable[[T], T]:
+        """Decorator registering its target under ``name``; returns the target unchanged."""
+
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = (obj, description)
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name][0]
+        except KeyError:
+            choices = ", ".join(self.names())
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid choices: {choices}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [(name, self._entries[name][1]) for name in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,143 @@
+"""Assemble and run one experiment from a validated RunConfig.
+
+``build(config)`` makes the task, population, strategy, executor and engine;
+``run_experiment(config)`` runs it and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from clients import CLIENTS, check_optimizer_options
+from fedsim.config import ConfigError, RunConfig
+from fedsim.data import PARTITIONERS
+from fedsim.engine import Engine
+from fedsim.evaluation import Evaluator
+from fedsim.executors import EXECUTORS, WorkerSpec, resolve_device
+from fedsim.metrics import RunRecorder
+from fedsim.params import ParamLayout
+from fedsim.population import Population, build_population
+from fedsim.registry import UnknownNameError
+from fedsim.rng import derive_seed
+from fedsim.schedulers import SyncRounds
+from fedsim.tasks import Task, TaskSpec, build_task
+from strategies import build_strategy
+
+__all__ = ["Experiment", "build", "run_experiment", "task_spec", "initial_params", "default_out_dir"]
+
+log = logging.getLogger("fedsim")
+
+NATURAL_SPLIT_TASKS = ("synthetic", "femnist")  # tasks whose data comes already split by client
+
+
+def task_spec(config: RunConfig) -> TaskSpec:
+    partition = config.data.partition
+    if partition == "auto":
+        partition = "natural" if config.task.name in NATURAL_SPLIT_TASKS else "dirichlet"
+    accepted = list(inspect.signature(PARTITIONERS.get(partition)).parameters)[3:]
+    data_fields = config.data.model_dump()
+    return TaskSpec(
+        name=config.task.name,
+        num_clients=config.data.num_clients,
+        partition=partition,
+        partition_params={k: data_fields[k] for k in accepted if k in data_fields},
+        test_fraction=config.data.test_fraction,
+        seed=config.seed,
+        options=config.task.options,
+    )
+
+
+def initial_params(task: Task, seed: int) -> torch.Tensor:
+    torch.manual_seed(derive_seed(seed, "model-init"))
+    model = task.build_model()
+    return ParamLayout.of(model).flatten(model)
+
+
+def default_out_dir(config: RunConfig, root: str = "runs") -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{config.strategy.name}"
+    path, k = base, 2
+    while path.exists():
+        path = Path(f"{base}-{k}")
+        k += 1
+    return path
+
+
+@dataclass
+class Experiment:
+    config: RunConfig
+    task: Task
+    population: Population
+    engine: Engine
+    scheduler: SyncRounds
+    executor: Any
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return self.engine.run(self.scheduler)
+        finally:
+            self.executor.close()
+
+
+def build(config: RunConfig, callbacks: list[Any] | None = None) -> Experiment:
+    """Everything a run needs; raises ValueError with a one-line message on bad input."""
+    resolve_device(config.executor.device)
+    client_config = config.client.model_dump()
+    check_optimizer_options(client_config)
+    spec = task_spec(config)
+    task = build_task(spec)
+    population = build_population(config.population, task.data, config.seed)
+    strategy = build_strategy(config.strategy)
+    algorithm = CLIENTS.get(config.client.algorithm)()
+    worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
+    executor = EXECUTORS.get(config.executor.name)(config.executor, worker_spec, task)
+    evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
+    engine = Engine(
+        strategy=strategy,
+        algorithm=algorithm,
+        client_config=client_config,
+        population=population,
+        executor=executor,
+        evaluator=evaluator,
+        params=initial_params(task, config.seed),
+        seed=config.seed,
+        eval_every=config.eval.every,
+        callbacks=callbacks or [],
+    )
+    return Experiment(config, task, population, engine, SyncRounds(config.rounds, config.round_deadline), executor)
+
+
+def run_experiment(config: RunConfig, out_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    out = Path(out_dir or config.output.out or default_out_dir(config))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard)
+    try:
+        try:
+            experiment = build(config, callbacks=[recorder])
+        except (ValueError, UnknownNameError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from exc
+        except RuntimeError as exc:
+            if "requested but not available" not in str(exc):
+                raise
+            raise ConfigError(str(exc)) from exc
+        if experiment.population.participation.probabilities is not None:
+            probs = experiment.population.participation.probabilities
+            log.info("participation: %s, mean probability %.3f (min %.3f, max %.3f)",
+                     config.population.participation, probs.mean(), probs.min(), probs.max())
+        summary = experiment.run()
+    except BaseException:
+        recorder.close()
+        raise
+    summary["out_dir"] = str(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, out

@@ -1,0 +1,190 @@
+"""Tasks reading standard datasets the user already has on disk (never downloads).
+
+- ``mnist``: IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, optionally
+  gzipped; the ``t10k-*`` test files are pooled in when present) in ``task.path``.
+- ``cifar10``: the python pickle batches ``data_batch_1..5`` and ``test_batch`` in
+  ``task.path`` (the ``cifar-10-batches-py`` folder). Pickles can run code: only point this at
+  files you trust.
+- ``femnist``: LEAF json files (Caldas et al. 2018, arXiv 1812.01097) in ``task.path``; each
+  writer is a client (``partition="natural"``, 62 classes). If ``task.path`` has ``train/`` and
+  ``test/`` subfolders (LEAF's output layout) their split is used as is; otherwise each
+  writer's samples are split with ``test_fraction``. The first ``num_clients`` writers in file
+  order are used.
+
+MNIST and CIFAR-10 pixels are scaled to [0, 1]; the train and test files are pooled and then
+partitioned with ``spec.partition`` (they have no natural per-client split).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from fedsim.data.federated import ArrayFederatedData
+from fedsim.tasks.base import TASKS, Task, TaskSpec, conv_net, mlp, partition_pool, resolve_options
+
+__all__ = ["read_idx", "load_mnist", "load_cifar10", "load_femnist", "build_mnist", "build_cifar10", "build_femnist"]
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _data_folder(path: str | None, task: str) -> Path:
+    if path is None:
+        raise FileNotFoundError(f"task.path is required for task {task!r}: set it to the folder holding the data files")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"task.path {str(folder)!r} is not an existing folder (task {task!r})")
+    return folder
+
+
+def _find_file(folder: Path, names: list[str], task: str, required: bool = True) -> Path | None:
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    if required:
+        raise FileNotFoundError(f"task.path {str(folder)!r} has no {names[0]}[.gz] (task {task!r})")
+    return None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped if its name ends in ``.gz``."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    count = int(np.prod(dims))
+    return np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], count=count, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images float32 (N, 28, 28) in [0, 1] and int64 labels; train and t10k files pooled."""
+    folder = _data_folder(path, "mnist")
+    images, labels = [], []
+    for prefix, required in (("train", True), ("t10k", False)):
+        image_file = _find_file(folder, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], "mnist", required)
+        label_file = _find_file(folder, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], "mnist", required)
+        if image_file is None or label_file is None:
+            continue
+        x, y = read_idx(image_file), read_idx(label_file)
+        if len(x) != len(y):
+            raise ValueError(f"{image_file} has {len(x)} images but {label_file} has {len(y)} labels")
+        images.append(x.astype(np.float32) / 255.0)
+        labels.append(y.astype(np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_cifar10(path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images float32 (N, 3, 32, 32) in [0, 1] and int64 labels; all six batches pooled."""
+    folder = _data_folder(path, "cifar10")
+    images, labels = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        file = folder / name
+        if not file.is_file():
+            raise FileNotFoundError(f"task.path {str(folder)!r} has no {name} (task 'cifar10')")
+        with open(file, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _read_leaf_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """user -> (x float32 (n, 784), y int64), users in (sorted file name, in-file) order."""
+    users: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for file in sorted(folder.glob("*.json")):
+        with open(file) as f:
+            content = json.load(f)
+        for user in content["users"]:
+            samples = content["user_data"][user]
+            x = np.asarray(samples["x"], dtype=np.float32).reshape(-1, 784)
+            y = np.asarray(samples["y"], dtype=np.int64)
+            if len(x) != len(y):
+                raise ValueError(f"{file}: user {user!r} has {len(x)} inputs but {len(y)} labels")
+            users[user] = (x, y)
+    return users
+
+
+def load_femnist(path: str | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]] | None]:
+    """(train users, test users or None if the folder has no LEAF train/test split)."""
+    folder = _data_folder(path, "femnist")
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        train, test = _read_leaf_folder(folder / "train"), _read_leaf_folder(folder / "test")
+    else:
+        train, test = _read_leaf_folder(folder), None
+    if not train:
+        raise FileNotFoundError(f"task.path {str(folder)!r} has no LEAF .json files (task 'femnist')")
+    return train, test
+
+
+def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_classes: int) -> Task:
+    input_shape = (channels, side, side) if opts["model"] == "cnn" else (channels * side * side,)
+
+    def build_model() -> nn.Module:
+        if opts["model"] == "cnn":
+            return conv_net(channels, side, num_classes)
+        return mlp(channels * side * side, int(opts["hidden"]), num_classes)
+
+    return Task(name=spec.name, data=data, build_model=build_model, num_classes=num_classes, input_shape=input_shape)
+
+
+@TASKS.register("mnist", "MNIST from local IDX files in task.path (no download)")
+def build_mnist(spec: TaskSpec) -> Task:
+    opts = resolve_options(spec, {"path": None, "model": "mlp", "hidden": 200}, {"model": ("mlp", "cnn")})
+    x, y = load_mnist(opts["path"])
+    shape = (1, 28, 28) if opts["model"] == "cnn" else (784,)
+    return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 1, 28, 10)
+
+
+@TASKS.register("cifar10", "CIFAR-10 from local python pickle batches in task.path (no download)")
+def build_cifar10(spec: TaskSpec) -> Task:
+    opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 256}, {"model": ("cnn", "mlp")})
+    x, y = load_cifar10(opts["path"])
+    shape = (3, 32, 32) if opts["model"] == "cnn" else (3072,)
+    return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 3, 32, 10)
+
+
+@TASKS.register("femnist", "LEAF FEMNIST json files in task.path; one client per writer (62 classes)")
+def build_femnist(spec: TaskSpec) -> Task:
+    opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 200}, {"model": ("cnn", "mlp")})
+    train_users, test_users = load_femnist(opts["path"])
+    shape = (1, 28, 28) if opts["model"] == "cnn" else (784,)
+    num_classes = 62
+    if spec.partition != "natural":
+        pooled = list(train_users.values()) + list((test_users or {}).values())
+        x = np.concatenate([p[0] for p in pooled]).reshape(-1, *shape)
+        y = np.concatenate([p[1] for p in pooled])
+        return _image_task(spec, partition_pool(spec, x, y, num_classes), opts, 1, 28, num_classes)
+
+    if spec.partition_params:
+        raise ValueError(f"partition 'natural' takes no parameters, got {sorted(spec.partition_params)}")
+    users = list(train_users)
+    if spec.num_clients > len(users):
+        raise ValueError(f"num_clients={spec.num_clients} but the FEMNIST files in task.path hold {len(users)} writers")
+    users = users[: spec.num_clients]
+    empty = (np.zeros((0, 784), np.float32), np.zeros(0, np.int64))
+    parts = [train_users[u] for u in users]
+    if test_users is not None:
+        parts += [test_users.get(u, empty) for u in users]
+    x = np.concatenate([p[0] for p in parts]).reshape(-1, *shape)
+    y = np.concatenate([p[1] for p in parts])
+    bounds = np.cumsum([0] + [len(p[1]) for p in parts])
+    ranges = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    if test_users is None:
+        data = ArrayFederatedData.from_partition(
+            x, y, ranges, num_classes, spec.test_fraction, spec.seed, device=spec.device
+        )
+    else:
+        n = len(users)
+        data = ArrayFederatedData.from_client_splits(x, y, ranges[:n], ranges[n:], num_classes, device=spec.device)
+    return _image_task(spec, data, opts, 1, 28, num_classes)
