@@ -108,7 +108,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fedsim.plot import plot_runs  # noqa: PLC0415
 
-    out = plot_runs(args.runs, metric=args.metric, x=args.x, out=args.out)
+    try:
+        out = plot_runs(args.runs, metric=args.metric, x=args.x, out=args.out)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     print(f"wrote {out}")
     return 0
 

@@ -35,8 +35,12 @@ class _Strict(BaseModel):
 def _check_name(kind_registry: str, value: str) -> str:
     """Validate ``value`` against a registry, imported lazily to avoid import cycles."""
     from fedsim import registries  # noqa: PLC0415
+    from fedsim.registry import UnknownNameError  # noqa: PLC0415
 
-    registries.get(kind_registry).get(value)  # raises UnknownNameError listing the choices
+    try:
+        registries.get(kind_registry).get(value)
+    except UnknownNameError as exc:  # a KeyError; pydantic reports ValueErrors with the field name
+        raise ValueError(str(exc)) from None
     return value
 
 
@@ -155,7 +159,7 @@ class ExecutorConfig(_Strict):
     ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads per worker
+    threads: int = Field(1, ge=1)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
 
     @field_validator("name")
     @classmethod
@@ -314,7 +318,8 @@ def format_validation_error(exc: ValidationError) -> str:
     elif "input" in err and not isinstance(err["input"], dict) and err["type"] != "value_error":
         msg += f" (got {err['input']!r})"
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"config error: {loc or 'config'}: {msg}{extra}"
+    where = f"{loc}: " if loc else ""
+    return f"config error: {where}{msg}{extra}"
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -186,6 +186,9 @@ class Engine:
     def aggregate(self, results: Sequence[ClientResult], dropped: int = 0) -> None:
         """Hand successful results to the strategy; store new client states; record the round."""
         ok = [r for r in results if r.ok]
+        if dropped:
+            self.dropouts += dropped
+            log.info("version %d: %d straggler(s) missed the deadline and were dropped", self.state.version, dropped)
         self.state = self.strategy.aggregate(self.state, ok, self.now)
         for r in ok:
             if r.state is not None:

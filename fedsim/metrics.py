@@ -26,8 +26,13 @@ class TqdmLoggingHandler(logging.Handler):
 
 
 def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (json would write invalid NaN tokens), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
     return value
 
 
@@ -58,7 +63,7 @@ class RunRecorder:
 
     def on_eval(self, engine: Any, record: dict[str, Any]) -> None:
         self._last_eval = record
-        self._metrics.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._metrics.write(json.dumps(_clean(record)) + "\n")
         self._metrics.flush()
         if self._tb is not None:
             for key, value in record.items():
@@ -66,8 +71,8 @@ class RunRecorder:
                     self._tb.add_scalar(key, value, record["round"])
 
     def on_end(self, engine: Any, summary: dict[str, Any]) -> None:
-        self._bar.close()
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_clean) + "\n")
+        summary["out_dir"] = str(self.out_dir)
+        (self.out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
         self.close()
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +87,17 @@ class Experiment:
             self.executor.close()
 
 
-def build(config: RunConfig, callbacks: list[Any] | None = None) -> Experiment:
-    """Everything a run needs; raises ValueError with a one-line message on bad input."""
+def build(config: RunConfig, callbacks: list[Any] | None = None, task: Task | None = None) -> Experiment:
+    """Everything a run needs; raises ValueError with a one-line message on bad input.
+
+    ``task`` reuses an already built task (it must match ``task_spec(config)``), e.g. to
+    compare strategies on the same data without generating it again.
+    """
     resolve_device(config.executor.device)
     client_config = config.client.model_dump()
     check_optimizer_options(client_config)
     spec = task_spec(config)
-    task = build_task(spec)
+    task = task if task is not None else build_task(spec)
     population = build_population(config.population, task.data, config.seed)
     strategy = build_strategy(config.strategy)
     algorithm = CLIENTS.get(config.client.algorithm)()
@@ -116,28 +119,27 @@ def build(config: RunConfig, callbacks: list[Any] | None = None) -> Experiment:
     return Experiment(config, task, population, engine, SyncRounds(config.rounds, config.round_deadline), executor)
 
 
-def run_experiment(config: RunConfig, out_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+def run_experiment(config: RunConfig, out_dir: str | Path | None = None, task: Task | None = None) -> tuple[dict[str, Any], Path]:
+    """Build (bad input -> ConfigError before anything is written), then run into a run folder."""
+    try:
+        experiment = build(config, task=task)
+    except (ValueError, UnknownNameError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+    except RuntimeError as exc:
+        if "requested but not available" not in str(exc):
+            raise
+        raise ConfigError(str(exc)) from exc
     out = Path(out_dir or config.output.out or default_out_dir(config))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard)
+    experiment.engine.callbacks.append(recorder)
+    probs = experiment.population.participation.probabilities
+    if probs is not None:
+        log.info("participation: %s, mean probability %.3f (min %.3f, max %.3f)",
+                 config.population.participation, probs.mean(), probs.min(), probs.max())
     try:
-        try:
-            experiment = build(config, callbacks=[recorder])
-        except (ValueError, UnknownNameError, FileNotFoundError) as exc:
-            raise ConfigError(str(exc).splitlines()[0]) from exc
-        except RuntimeError as exc:
-            if "requested but not available" not in str(exc):
-                raise
-            raise ConfigError(str(exc)) from exc
-        if experiment.population.participation.probabilities is not None:
-            probs = experiment.population.participation.probabilities
-            log.info("participation: %s, mean probability %.3f (min %.3f, max %.3f)",
-                     config.population.participation, probs.mean(), probs.min(), probs.max())
         summary = experiment.run()
-    except BaseException:
+    finally:
         recorder.close()
-        raise
-    summary["out_dir"] = str(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out

@@ -7,7 +7,6 @@ There is no natural per-client split: use partition iid, dirichlet or shards.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
 from torch import nn
 
 from fedsim.tasks.base import TASKS, Task, TaskSpec, mlp, partition_pool, resolve_options
@@ -37,6 +36,8 @@ def small_cnn(num_classes: int = NUM_CLASSES) -> nn.Module:
 @TASKS.register("digits", "scikit-learn 8x8 digits (1,797 images, 10 classes; no download)")
 def build_digits(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, DEFAULTS, {"model": MODELS})
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import; only when used)
+
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)

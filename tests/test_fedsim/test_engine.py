@@ -1,0 +1,138 @@
+"""Engine behaviour: determinism, strategy math end to end, dropouts, deadlines, virtual time."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from clients import CLIENTS, LocalSGD, TrainContext
+from fedsim.params import ResidentModel
+from fedsim.population import PARTICIPATION
+from fedsim.rng import derive_seed
+from fedsim.run import build, initial_params
+
+
+class FaultyClient(LocalSGD):
+    """Client 3 raises, client 4 returns NaN, client 5 returns a mis-shaped update."""
+
+    name = "test_faulty"
+
+    def train(self, ctx, params, data, config, state, rng):
+        result = super().train(ctx, params, data, config, state, rng)
+        cid = config["_client_id"]
+        if cid == 3:
+            raise RuntimeError("simulated crash")
+        if cid == 4:
+            result.delta = result.delta * float("nan")
+        if cid == 5:
+            result.delta = result.delta[:-1]
+        return result
+
+
+class EvenRoundsEmpty:
+    """Participation model for tests: nobody in even rounds, clients 0..2 in odd rounds."""
+
+    def __init__(self, num_clients):
+        self.probabilities = np.full(num_clients, 0.5)
+
+    def participants(self, round):
+        return np.array([], dtype=np.int64) if round % 2 == 0 else np.arange(3)
+
+
+if "test_faulty" not in CLIENTS:
+    CLIENTS.register("test_faulty", "test only")(FaultyClient)
+    PARTICIPATION.register("test_even_empty", "test only")(lambda config, data, seed: EvenRoundsEmpty(data.num_clients))
+
+
+def _history(experiment):
+    experiment.run()
+    return [{k: v for k, v in row.items() if k != "wall_time"} for row in experiment.engine.history]
+
+
+def test_same_seed_same_metrics(small_config):
+    a = _history(build(small_config()))
+    b = _history(build(small_config()))
+    assert a == b
+    c = _history(build(small_config(seed=2)))
+    assert a != c
+
+
+def test_fedavg_one_client_full_participation_equals_local_training(small_config):
+    config = small_config(rounds=1, data={"num_clients": 1, "partition": "natural"},
+                          population={"participation": "always"}, strategy={"name": "fedavg", "server_lr": 1.0})
+    experiment = build(config)
+    experiment.run()
+    task = experiment.task
+    start = initial_params(task, config.seed)
+    model = ResidentModel(task.build_model())
+    ctx = TrainContext(model, task.loss_fn, torch.device("cpu"))
+    rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", 0, 0, 0))
+    local = LocalSGD().train(ctx, start, task.data.train(0), config.client.model_dump(), None, rng)
+    assert torch.equal(experiment.engine.state.params, start + local.delta)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedavgm"])
+def test_server_lr_zero_leaves_model_unchanged(small_config, strategy):
+    experiment = build(small_config(strategy={"name": strategy, "server_lr": 0.0}))
+    start = experiment.engine.state.params.clone()
+    experiment.run()
+    assert torch.equal(experiment.engine.state.params, start)
+    assert experiment.engine.state.version == 3
+
+
+def test_failing_clients_are_logged_dropouts(small_config, caplog, monkeypatch):
+    # tell the faulty client who it is through its config
+    experiment = build(small_config(rounds=2, client={"algorithm": "test_faulty"},
+                                    data={"num_clients": 8}, population={"participation": "always"}))
+    configure = experiment.engine.strategy.configure
+    monkeypatch.setattr(experiment.engine.strategy, "configure",
+                        lambda state, cid, now: configure(state, cid, now) | {"_client_id": cid})
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        summary = experiment.run()
+    assert summary["dropouts"] == 6  # clients 3, 4, 5 in each of 2 rounds
+    assert experiment.engine.history[-1]["participants"] == 5
+    assert torch.isfinite(experiment.engine.state.params).all()
+    text = caplog.text
+    assert "simulated crash" in text and "not finite" in text and "shape" in text
+
+
+def test_round_time_is_the_slowest_participant(small_config):
+    config = small_config(client={"local_steps": 5}, population={"step_time": 0.01, "comm_time": 0.5})
+    experiment = build(config)
+    experiment.run()
+    assert experiment.engine.now == pytest.approx(3 * (5 * 0.01 + 0.5))
+    rows = experiment.engine.history
+    assert [r["virtual_time"] for r in rows] == pytest.approx([0.55, 1.1, 1.65])
+
+
+def test_deadline_drops_stragglers(small_config):
+    config = small_config(rounds=4, round_deadline=0.05, client={"local_steps": 5},
+                          population={"speed": "lognormal", "speed_sigma": 1.0, "step_time": 0.01})
+    experiment = build(config)
+    summary = experiment.run()
+    assert summary["dropouts"] > 0
+    assert experiment.engine.now <= 4 * 0.05 + 1e-9
+    steps = 5 * experiment.population.speed.step_time(np.arange(20))
+    assert (steps > 0.05).any() and (steps <= 0.05).any()
+
+
+def test_empty_rounds_apply_no_update(small_config):
+    experiment = build(small_config(rounds=4, population={"participation": "test_even_empty"}))
+    versions = []
+    experiment.engine.callbacks.append(type("Spy", (), {
+        "on_round": lambda self, engine, record: versions.append((record["round"], record["participants"])),
+        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})())
+    start = experiment.engine.state.params.clone()
+    experiment.run()
+    assert versions == [(1, 0), (2, 3), (3, 0), (4, 3)]
+    assert not torch.equal(experiment.engine.state.params, start)
+
+
+def test_per_client_evaluation(small_config):
+    experiment = build(small_config(rounds=1, eval={"per_client": True}))
+    experiment.run()
+    row = experiment.engine.history[-1]
+    assert 0 <= row["client_accuracy_worst10"] <= row["client_accuracy_mean"] <= 1
