@@ -1,0 +1,194 @@
+"""Participation models with heterogeneous per-client probabilities p_n, plus availability traces.
+
+The probabilities, and the Bernoulli, Markov and cyclic models, follow FedAU (S. Wang, M. Ji,
+"A Lightweight Method for Tackling Unknown Participation Statistics in Federated Averaging",
+arXiv 2306.03401) and its reference code; see ALGORITHMS.md §0.1 and §2.6:
+
+- ``bernoulli``: client n takes part in each round independently with probability p_n. A round
+  with no participant is returned as empty (no redraw, as in FedAU's code); the engine then
+  applies a zero update.
+- ``markov``: a two-state chain per client with stationary probability p_n.
+- ``cyclic``: each client alternates fixed-length inactive and active blocks.
+- ``trace``: availability from a trace file (CSV or FedScale's ``client_behave_trace``; Lai et
+  al., ICML 2022, arXiv 2105.11367), see :mod:`fedsim.population.traces`.
+
+Every per-round, per-client draw comes from :func:`fedsim.rng.uniform`, keyed by the client id,
+so a client's pattern depends only on (seed, its id, its p_n): adding clients never changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import betaincinv
+
+from fedsim.population.base import PARTICIPATION
+from fedsim.population.traces import AvailabilityTrace, load_trace
+from fedsim.rng import numpy_generator, uniform
+
+__all__ = [
+    "participation_probabilities",
+    "BernoulliParticipation",
+    "MarkovParticipation",
+    "CyclicParticipation",
+    "TraceParticipation",
+]
+
+
+def participation_probabilities(config: Any, data: Any, seed: int) -> np.ndarray:
+    """Heterogeneous long-run participation probabilities p_n (float64[N], in [min_prob, 1]).
+
+    ``correlate_with_data`` (FedAU §2.6): one class-preference vector u ~ Dirichlet(prob_alpha 1_C)
+    and p_n = max(min_prob, C * mean_prob * <pi_n, u>), pi_n the client's label histogram, so
+    clients holding favoured classes take part often. Since E[u] = 1_C / C, the mean before the
+    floor is mean_prob.
+
+    Otherwise p_n are i.i.d. Beta(a, a (1/mean_prob - 1)) with a = prob_alpha, floored at
+    min_prob: mean mean_prob before the floor, and the same skew as the correlated case for a
+    client holding one class (there p_n / (C mean_prob) ~ Beta(a, (C-1) a), a Dirichlet marginal).
+    The floor raises the mean slightly (about 0.112 for the defaults mean 0.1, floor 0.02, a 0.1).
+    """
+    n = data.num_clients
+    if config.correlate_with_data:
+        c = data.num_classes
+        u = numpy_generator(seed, "participation-classes").dirichlet(np.full(c, config.prob_alpha))
+        raw = c * config.mean_prob * (data.label_histograms() @ u)
+    else:
+        a = config.prob_alpha
+        draws = uniform(seed, "participation-iid", np.arange(n), 0)
+        raw = betaincinv(a, a * (1.0 / config.mean_prob - 1.0), draws)
+    p = np.clip(np.nan_to_num(raw, nan=0.0), config.min_prob, 1.0)
+    return p.astype(np.float64)
+
+
+def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if np.any(~(p >= 0)) or np.any(p > 1):
+        raise ValueError("participation probabilities must lie in [0, 1]")
+    return p
+
+
+class BernoulliParticipation:
+    """Client n is active in round t iff uniform(seed, "bernoulli", n, t) < p_n. Empty rounds are kept."""
+
+    def __init__(self, probabilities: np.ndarray, seed: int):
+        self.probabilities = _check_probabilities(probabilities)
+        self.seed = seed
+
+    def participants(self, round: int) -> np.ndarray:
+        ids = np.arange(len(self.probabilities), dtype=np.int64)
+        return ids[uniform(self.seed, "bernoulli", ids, round) < self.probabilities]
+
+
+class MarkovParticipation:
+    """Two-state chain per client (ALGORITHMS.md §0.1, FedAU ref-code ``markov-q``).
+
+    P(inactive -> active) = q = ``rate``, P(active -> inactive) = q (1/p_n - 1). Where the latter
+    exceeds 1 it becomes 1 and q is divided by the same factor, so the stationary probability is
+    exactly p_n. The initial state is Bernoulli(p_n); each round first transitions, then reports.
+    State is one byte per client; rounds must be asked in increasing order (asking an earlier
+    round replays the chain from the start, so results stay deterministic).
+    """
+
+    def __init__(self, probabilities: np.ndarray, rate: float, seed: int):
+        p = _check_probabilities(probabilities)
+        if not 0 < rate <= 1:
+            raise ValueError(f"population.markov_rate must be in (0, 1], got {rate}")
+        self.probabilities, self.seed = p, seed
+        with np.errstate(divide="ignore"):
+            leave = rate * (1.0 / p - 1.0)  # inf where p = 0
+        scale = np.maximum(leave, 1.0)
+        self.p_join = rate / scale  # 0 where p = 0: never joins
+        self.p_leave = leave / scale
+        self.p_leave[p == 0] = 1.0
+        self._reset()
+
+    def _reset(self) -> None:
+        ids = np.arange(len(self.probabilities))
+        self.active = uniform(self.seed, "markov-init", ids, 0) < self.probabilities
+        self._next_round = 0
+
+    def participants(self, round: int) -> np.ndarray:
+        if round < self._next_round:
+            self._reset()
+        ids = np.arange(len(self.probabilities), dtype=np.int64)
+        while self._next_round <= round:
+            u = uniform(self.seed, "markov", ids, self._next_round)
+            self.active = np.where(self.active, u >= self.p_leave, u < self.p_join)
+            self._next_round += 1
+        return ids[self.active]
+
+
+class CyclicParticipation:
+    """Fixed-length inactive/active blocks (ALGORITHMS.md §0.1, FedAU ref-code ``cyclic-P``).
+
+    Active block A_n = max(1, round(P p_n)), inactive block B_n = max(1, P - A_n); the client
+    starts inactive with a phase r_n ~ UniformInt[0, B_n), so it is active in round t iff
+    t >= r_n and (t - r_n) mod (A_n + B_n) < A_n (the ref-code's counter, in closed form).
+    ``probabilities`` is the REALISED rate A_n / (A_n + B_n), which differs from the target p_n
+    (kept as ``target_probabilities``) when P p_n < 1.5 or P p_n is not an integer.
+    """
+
+    def __init__(self, probabilities: np.ndarray, period: int, seed: int):
+        p = _check_probabilities(probabilities)
+        if period < 2:
+            raise ValueError(f"population.cyclic_period must be >= 2, got {period}")
+        self.target_probabilities = p
+        # np.rint rounds half to even, like Python's round() in the reference code.
+        self.active_len = np.maximum(1, np.rint(period * p)).astype(np.int64)
+        self.inactive_len = np.maximum(1, period - self.active_len)
+        phase = np.floor(uniform(seed, "cyclic-phase", np.arange(len(p)), 0) * self.inactive_len)
+        self.phase = np.minimum(phase.astype(np.int64), self.inactive_len - 1)
+        self.probabilities = self.active_len / (self.active_len + self.inactive_len)
+
+    def participants(self, round: int) -> np.ndarray:
+        since = round - self.phase
+        active = (since >= 0) & (np.mod(since, self.active_len + self.inactive_len) < self.active_len)
+        return np.flatnonzero(active).astype(np.int64)
+
+
+class TraceParticipation:
+    """Client n takes part in round t iff its trace client is online at time t * round_length.
+
+    Population client n uses trace client n mod K (trace ids in sorted order), so a trace with
+    fewer clients than the population is cycled. Time wraps modulo each trace client's period.
+    ``probabilities`` is the fraction of the period the client is online.
+    """
+
+    def __init__(self, trace: AvailabilityTrace, num_clients: int, round_length: float):
+        if round_length <= 0:
+            raise ValueError(f"population.round_length must be positive, got {round_length}")
+        self.trace, self.num_clients, self.round_length = trace, num_clients, round_length
+        self.probabilities = self._expand(trace.availability_fraction())
+
+    def _expand(self, per_trace_client: np.ndarray) -> np.ndarray:
+        k = self.trace.num_clients
+        if self.num_clients <= k:
+            return per_trace_client[: self.num_clients]
+        return per_trace_client[np.arange(self.num_clients) % k]
+
+    def participants(self, round: int) -> np.ndarray:
+        return np.flatnonzero(self._expand(self.trace.available(round * self.round_length))).astype(np.int64)
+
+
+@PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)")
+def bernoulli(config: Any, data: Any, seed: int) -> BernoulliParticipation:
+    return BernoulliParticipation(participation_probabilities(config, data, seed), seed)
+
+
+@PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate")
+def markov(config: Any, data: Any, seed: int) -> MarkovParticipation:
+    return MarkovParticipation(participation_probabilities(config, data, seed), config.markov_rate, seed)
+
+
+@PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)")
+def cyclic(config: Any, data: Any, seed: int) -> CyclicParticipation:
+    return CyclicParticipation(participation_probabilities(config, data, seed), config.cyclic_period, seed)
+
+
+@PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)")
+def trace(config: Any, data: Any, seed: int) -> TraceParticipation:
+    if config.trace_path is None:
+        raise ValueError("population.trace_path must be set for population.participation=trace")
+    return TraceParticipation(load_trace(config.trace_path), data.num_clients, config.round_length)
