@@ -110,6 +110,14 @@ _register(
     "fedavg_known", "FedAU baseline (oracle): weights 1/(N p_n) with the true probabilities", "known_prob", "sgd",
     server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
+_register(
+    "mifa", "FedAU baseline: MIFA, mean of every client's latest stored update (Gu et al. 2021)", "mifa", "sgd",
+    server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+)
+_register(
+    "fedvarp", "FedAU baseline: FedVARP, variance reduction with stored updates (Jhunjhunwala et al. 2022)",
+    "fedvarp", "sgd", server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+)
 
 
 def resolve_parts(cfg: Any) -> tuple[str, dict[str, Any], str, dict[str, Any]]:

@@ -1,0 +1,37 @@
+"""Server-side aggregation: strategies built from a weighting and a server optimizer."""
+
+from strategies.base import Aggregator, ServerState, Strategy
+from strategies.fedau import FedAUState, FedAUWeighting, fedau
+from strategies.fedopt import STRATEGIES, FedOpt, Preset, build_strategy, resolve_parts
+from strategies.fedvarp import FedVARP, fedvarp
+from strategies.mifa import MIFA, MemoryState, mifa
+from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, adagrad, adam, sgd, yogi
+from strategies.weighting import WEIGHTINGS, WeightedAverage, weighted_sum
+
+__all__ = [
+    "Aggregator",
+    "ServerState",
+    "Strategy",
+    "STRATEGIES",
+    "FedOpt",
+    "Preset",
+    "build_strategy",
+    "resolve_parts",
+    "SERVER_OPTIMIZERS",
+    "ServerOptimizer",
+    "adagrad",
+    "adam",
+    "sgd",
+    "yogi",
+    "FedAUState",
+    "FedAUWeighting",
+    "fedau",
+    "MIFA",
+    "MemoryState",
+    "mifa",
+    "FedVARP",
+    "fedvarp",
+    "WEIGHTINGS",
+    "WeightedAverage",
+    "weighted_sum",
+]
