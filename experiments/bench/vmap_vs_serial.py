@@ -1,0 +1,125 @@
+"""vmap executor vs serial executor on the same client jobs, side by side in one process.
+
+Workloads: LEAF Synthetic(1,1) with 200 train samples per client (min_samples = max_samples
+= 250, test_fraction 0.2), batch 10, 1 local epoch (20 steps), SGD lr 0.05; model logistic
+regression 60 -> 10 and an MLP 60 -> 64 -> 10. For each number of clients the same jobs
+(one per client, all from the initial model) go through ``executor.run(jobs)`` of both
+executors; each side is warmed up once, then the reps are interleaved and the median is
+reported. Data is generated and cached before timing, so both sides only train.
+
+    python experiments/bench/vmap_vs_serial.py [--device cpu|cuda] [--clients 10,100,1000] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from fedsim.config import load_config
+from fedsim.executors import EXECUTORS, WorkerSpec
+from fedsim.rng import derive_seed
+from fedsim.run import initial_params, task_spec
+from fedsim.tasks import build_task
+from fedsim.types import ClientJob
+
+MODELS = {"logreg": {"model": "logreg"}, "mlp": {"model": "mlp", "hidden": 64}}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def vmap_bench_time(executor: Any, jobs: list[ClientJob], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    executor.run(jobs)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench_model(model: str, clients: list[int], reps: int, device: str, threads: int | None) -> list[dict[str, Any]]:
+    num_clients = max(clients)
+    config = load_config(values={
+        "task": {"name": "synthetic", "min_samples": 250, "max_samples": 250, **MODELS[model]},
+        "data": {"num_clients": num_clients, "test_fraction": 0.2},
+        "population": {"clients_per_round": min(10, num_clients)},
+        "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
+        "executor": {"device": device},
+        "output": {"progress": False, "tensorboard": False},
+    })  # fmt: skip
+    spec = task_spec(config)
+    task = build_task(spec)
+    if hasattr(task.data, "cache_size"):  # keep every client's generated data in memory
+        task.data.cache_size = num_clients
+    for cid in range(num_clients):
+        task.data.train(cid)
+    worker_spec = WorkerSpec(task=spec, client="sgd", device=device, threads=threads)
+    serial = EXECUTORS.get("serial")(config.executor, worker_spec, task)
+    vmap = EXECUTORS.get("vmap")(config.executor, worker_spec, task)
+    params = initial_params(task, config.seed)
+    client_config = config.client.model_dump()
+    rows = []
+    for n in clients:
+        jobs = [
+            ClientJob(job_id=cid, client_id=cid, version=0, params=params, config=client_config,
+                      seed=derive_seed(config.seed, "client-train", cid, 0, cid))
+            for cid in range(n)
+        ]  # fmt: skip
+        reference, batched = serial.run(jobs), vmap.run(jobs)  # warm-up (and a correctness check)
+        max_diff = max(float((a.delta - b.delta).abs().max()) for a, b in zip(reference, batched))
+        t_serial, t_vmap = [], []
+        for _ in range(reps):
+            t_serial.append(vmap_bench_time(serial, jobs, device))
+            t_vmap.append(vmap_bench_time(vmap, jobs, device))
+        s, v = statistics.median(t_serial), statistics.median(t_vmap)
+        rows.append({
+            "model": model, "params": vmap.numel, "clients": n, "serial_s": s, "vmap_s": v,
+            "ratio": s / v, "serial_ms_per_client": 1000 * s / n, "vmap_ms_per_client": 1000 * v / n,
+            "max_abs_delta_diff": max_diff,
+        })  # fmt: skip
+        print(f"  {model:6s} {n:5d} clients: serial {s:.3f}s  vmap {v:.3f}s  ratio {s / v:.1f}x", flush=True)
+    serial.close()
+    vmap.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--clients", default="10,100,1000", help="comma-separated clients per run() call")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--models", default="logreg,mlp", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    clients = [int(c) for c in args.clients.split(",")]
+    rows = []
+    for model in args.models.split(","):
+        rows += bench_model(model, clients, args.reps, args.device, args.threads)
+    print()
+    print(f"synthetic 60 features -> 10 classes, 200 train samples/client, batch 10, 1 epoch (20 steps), "
+          f"device {args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+          f"median of {args.reps}")
+    print()
+    print("| model | params | clients | serial (s) | vmap (s) | serial/vmap | serial ms/client | vmap ms/client "
+          "| max abs delta diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params']} | {r['clients']} | {r['serial_s']:.3f} | {r['vmap_s']:.3f} | "
+              f"{r['ratio']:.1f}x | {r['serial_ms_per_client']:.2f} | {r['vmap_ms_per_client']:.3f} | "
+              f"{r['max_abs_delta_diff']:.1e} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
