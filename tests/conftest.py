@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# Keep every Ray process the tests start on loopback: by default Ray replaces 127.0.0.1 with
+# the machine's interface address; this switch (read when ray is imported, inherited by the
+# `ray start` subprocesses of the cluster test) makes it use 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
 

@@ -1,0 +1,623 @@
+"""Ray executor: a pool of Ray actors, each owning one :class:`Worker` (task + resident model).
+
+``--executor ray`` runs on a fresh local Ray instance (``--workers N`` actors, default: CPU
+count / threads per actor) or on an existing cluster (``--ray-address auto|host:port``).
+
+Design
+------
+- **Actors.** Each actor builds its ``Worker`` from the picklable ``WorkerSpec`` once and keeps
+  the task data and the resident model for the whole run; each actor uses ``executor.threads``
+  torch threads (default 1) and reserves that many Ray CPUs, so actors do not oversubscribe
+  the machine. ``executor.gpus_per_client`` > 0 makes actors request that
+  fraction of a GPU and train on ``cuda``. Actors are created with the ``SPREAD`` scheduling
+  strategy, so on a multi-node cluster they are spread over the nodes.
+- **Transfers.** The global model of each version is ``ray.put`` once (ObjectRefs cached by
+  version, keyed by the very params tensor the engine shares between the jobs of a version);
+  jobs carry the ref, not the tensor. An actor fetches a version once and reuses one params
+  tensor for all its jobs of that version. ``puts`` counts the ``ray.put`` calls.
+- **Scheduling.** Jobs form one queue; each actor has at most ``pipeline`` calls in flight and
+  gets the next job as soon as one finishes (load balancing). Results come back in job order.
+  Every job's inputs were fixed at dispatch and ``Worker.run`` is the serial code path, so
+  results are bit-identical to the serial executor for any number of actors, provided both
+  use the same torch thread count (``executor.threads``, default 1 for both: intra-op
+  parallelism may change the order of float reductions).
+- **Failures.** A client that raises is a result with ``error`` (``Worker.run`` never raises).
+  An actor *process* that dies mid-job (segfault, OOM kill, ``os._exit``) is restarted by Ray
+  (``max_restarts=-1``; the executor polls it until it answers). Every job that was unfinished
+  on it is retried once, *alone* on a worker (with pipelining, which job killed the process is
+  unknown, and a finished job's reply can die with it); a job whose solo retry kills its worker
+  again is a dropout (result with ``error``), so an innocent job is never dropped. Deaths are
+  logged on the "fedsim" logger. An actor that is not back within ``restart_timeout`` seconds
+  (or cannot restart, e.g. its constructor raises) leaves the pool; with none left the run
+  fails with a clear error.
+- **Connecting.** Without ``ray_address`` the executor always starts a *fresh* local instance
+  with ``ray.init(address="local")``: a ``RAY_ADDRESS`` variable or a stale
+  ``/tmp/ray/ray_current_cluster`` file (left by a killed ``ray start --head``) is ignored,
+  where a bare ``ray.init()`` would try to join that dead cluster. With ``ray_address``
+  ("auto" resolves ``RAY_ADDRESS``, then that file) the address is probed with a plain TCP
+  connect first, so a dead or stale address fails in seconds with a one-line error instead of
+  ``ray.init`` retrying for minutes. If Ray is already initialised in this process (e.g. by a
+  caller or a test), the executor uses that session and does not shut it down.
+- **Code on the cluster.** When it connects to an existing cluster, the executor passes
+  ``runtime_env={"py_modules": [fedsim, strategies, clients, ...]}`` to ``ray.init`` (Ray
+  uploads local directories only for a job-level runtime_env), so cluster nodes do not need
+  fedsim installed (they do need torch and the other dependencies). Modules that register a
+  custom client algorithm or task outside these packages are imported in every actor before
+  its Worker is built, and shipped too unless installed in site-packages. (If the caller
+  initialised Ray itself, shipping code is the caller's business.)
+- ``close()`` kills the actors and calls ``ray.shutdown()`` only if this executor called
+  ``ray.init``. Ray is started quietly (no dashboard, warnings only, worker output not
+  forwarded: debug client code with the serial executor).
+
+Only this module imports ray, and only when a Ray executor is created.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import logging
+import os
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fedsim.executors.base import EXECUTORS
+from fedsim.executors.worker import Worker, WorkerSpec
+from fedsim.types import ClientJob, ClientResult
+
+__all__ = ["RayExecutor", "init_local_ray", "resolve_ray_address"]
+
+log = logging.getLogger("fedsim")
+
+CODE_PACKAGES = ("fedsim", "strategies", "clients")  # shipped to cluster nodes via py_modules
+_PARAMS_CACHE = 8  # ObjectRefs of this many recent versions are kept (async modes reuse versions)
+_PROBE_EVERY = 0.25  # seconds between "are you back?" calls to a restarting actor
+
+
+# ----------------------------------------------------------------------------- starting Ray
+
+
+def _ray_init(**kwargs: Any) -> None:
+    import ray  # noqa: PLC0415
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline simulator: no usage reporting
+    with warnings.catch_warnings():
+        # Ray 2.x warns at every init that a future version will stop hiding GPUs from actors
+        # with num_gpus=0; fedsim relies on neither behaviour (CPU actors never touch cuda).
+        warnings.filterwarnings("ignore", message=".*no longer override accelerator", category=FutureWarning)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
+
+
+def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start a fresh, quiet local Ray instance in this process.
+
+    Always ``address="local"``: never joins whatever ``RAY_ADDRESS`` or a (possibly stale)
+    ``ray_current_cluster`` file points to.
+    """
+    _ray_init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+def _address_file() -> Path:
+    """Where ``ray start`` records the last cluster it started (what ``address="auto"`` reads)."""
+    try:
+        from ray._common.utils import get_ray_address_file  # noqa: PLC0415  (Ray-internal, may move)
+
+        return Path(get_ray_address_file(None))
+    except ImportError:
+        root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        return Path(root) / "ray" / "ray_current_cluster"
+
+
+def resolve_ray_address(address: str, probe_timeout: float = 5.0) -> str:
+    """Return a connectable ``host:port`` (or ``ray://...``); ValueError with one line if none answers.
+
+    "auto" means ``RAY_ADDRESS``, else the address Ray's last ``ray start`` wrote to
+    ``/tmp/ray/ray_current_cluster``. The address is probed with a TCP connect, because
+    ``ray.init`` keeps retrying a dead address for minutes.
+    """
+    source = f"executor.ray_address={address}"
+    if address == "auto":
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        file = _address_file()
+        if env and env not in ("auto", "local"):
+            address, source = env, f"executor.ray_address=auto (RAY_ADDRESS={env})"
+        elif file.is_file() and file.read_text().strip():
+            address = file.read_text().strip()
+            source = f"executor.ray_address=auto ({file} says {address}; stale after a killed head?)"
+        else:
+            raise ValueError(
+                "executor.ray_address=auto but no running Ray cluster was found (RAY_ADDRESS unset, "
+                f"no {file}); start one with `ray start --head` or pass host:port"
+            )
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{source}: expected 'auto' or host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=probe_timeout):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{source}: no Ray cluster reachable at {host}:{port} ({exc.strerror or exc})") from None
+    return address
+
+
+# ----------------------------------------------------------------------------- plugins / code
+
+
+def _plugin_modules(spec: WorkerSpec) -> list[str]:
+    """Modules (outside fedsim/strategies/clients) that register the client algorithm or task."""
+    from clients import CLIENTS  # noqa: PLC0415
+    from fedsim.tasks import TASKS  # noqa: PLC0415
+
+    names = []
+    for obj in (CLIENTS.get(spec.client), TASKS.get(spec.task.name)):
+        name = getattr(obj, "__module__", None) or ""
+        if name and name != "__main__" and name.split(".")[0] not in CODE_PACKAGES and name not in names:
+            names.append(name)
+    return names
+
+
+def _module_root(name: str) -> str | None:
+    """The sys.path entry from which ``name`` was imported (None if unknown)."""
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    path = Path(file).resolve()
+    depth = name.count(".") + (1 if path.name == "__init__.py" else 0)
+    return str(path.parents[depth])
+
+
+def _is_installed(path: str) -> bool:
+    return "site-packages" in path or "dist-packages" in path
+
+
+def _module_path(module: Any) -> str:
+    """A package's directory or a single-file module's file, as ``py_modules`` wants it."""
+    paths = list(getattr(module, "__path__", []))
+    return paths[0] if len(paths) == 1 else module.__file__
+
+
+def _runtime_env(plugins: Sequence[str]) -> dict[str, Any]:
+    """``py_modules`` shipping fedsim, strategies, clients and plugin modules to cluster nodes."""
+    modules = [_module_path(importlib.import_module(name)) for name in CODE_PACKAGES]
+    for name in plugins:
+        top = sys.modules.get(name.split(".")[0])
+        path = _module_path(top) if top is not None and getattr(top, "__file__", None) else None
+        if path and not _is_installed(path) and path not in modules:
+            modules.append(path)
+    return {"py_modules": modules, "excludes": ["__pycache__", "*.pyc"]}
+
+
+# ----------------------------------------------------------------------------- the actor
+
+
+def _warm_up() -> None:
+    """Pay torch's one-off lazy imports (the first optimizer step imports torch._dynamo, ~2 s)
+    while the actor starts, not inside the first round."""
+    p = torch.zeros(1, requires_grad=True)
+    p.sum().backward()
+    torch.optim.SGD([p], lr=0.0).step()
+
+
+class _ActorBody:
+    """What each Ray actor runs (wrapped with ``ray.remote`` at executor start)."""
+
+    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str]):
+        for path in sys_paths:
+            if path and os.path.isdir(path) and path not in sys.path:
+                sys.path.append(path)
+        for name in plugins:
+            importlib.import_module(name)
+        self.worker = Worker(spec)
+        self._params: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+        self.fetches = 0  # params versions fetched from the object store
+        self.jobs = 0
+        self.busy_s = 0.0  # wall time inside run()
+        self.cpu_s = 0.0  # CPU time of this process inside run()
+        _warm_up()
+
+    def stats(self) -> dict[str, Any]:
+        return {"fetches": self.fetches, "jobs": self.jobs, "pid": os.getpid(), "busy_s": self.busy_s,
+                "cpu_s": self.cpu_s}
+
+    def ready(self) -> dict[str, Any]:
+        import ray  # noqa: PLC0415
+
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "py_modules": list(ctx.runtime_env.get("py_modules") or [])}
+
+    def _fetch(self, ref: Any) -> torch.Tensor:
+        import ray  # noqa: PLC0415
+
+        key = ref.hex()
+        tensor = self._params.get(key)
+        if tensor is None:
+            tensor = torch.from_numpy(np.array(ray.get(ref), copy=True)).to(self.worker.device)
+            self._params[key] = tensor
+            self.fetches += 1
+            while len(self._params) > 2:
+                self._params.popitem(last=False)
+        self._params.move_to_end(key)
+        return tensor
+
+    def run(self, job: ClientJob, params_box: list) -> ClientResult:
+        wall, cpu = time.perf_counter(), time.process_time()
+        # the ref travels inside a list so Ray does not resolve it per call: one fetch per version
+        job = dataclasses.replace(job, params=self._fetch(params_box[0]))
+        result = self.worker.run(job)
+        result.delta = result.delta.numpy()
+        self.jobs += 1
+        self.busy_s += time.perf_counter() - wall
+        self.cpu_s += time.process_time() - cpu
+        return result
+
+
+# ----------------------------------------------------------------------------- the executor
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line[:limit]
+
+
+class RayExecutor:
+    """Computes client jobs on a pool of Ray actors; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        *,
+        workers: int | None = None,
+        address: str | None = None,
+        gpus_per_client: float = 0.0,
+        threads: int | None = None,
+        pipeline: int = 2,
+        startup_timeout: float = 300.0,
+        restart_timeout: float = 300.0,
+        ship_code: bool = True,
+    ):
+        self.puts = 0  # ray.put calls (one per model version)
+        self.deaths = 0  # actor process deaths seen while running jobs
+        self.retries = 0  # jobs retried after such a death
+        self.actor_nodes: list[str] = []  # Ray node id of each actor (at start)
+        self.actor_pids: list[int] = []
+        self.actor_py_modules: list[list[str]] = []
+        self.pipeline = max(1, int(pipeline))
+        self.restart_timeout = restart_timeout
+        self._owns_ray = False
+        self._actors: list[Any] = []
+        self._probes: dict[Any, tuple[int, float]] = {}  # ready() call on a restarting actor -> (index, since)
+        self._reprobe: dict[int, tuple[float, float]] = {}  # actor index -> (probe again at, since)
+        self._refs: collections.OrderedDict[int, tuple[torch.Tensor, Any]] = collections.OrderedDict()
+        self._closed = False
+
+        threads = int(threads or spec.threads or 1)
+        gpus = float(gpus_per_client or 0.0)
+        if gpus < 0 or gpus > 1:
+            raise ValueError(f"executor.gpus_per_client={gpus_per_client}: expected a fraction in [0, 1]")
+        if workers is not None and workers < 1:
+            raise ValueError(f"executor.workers={workers}: expected >= 1")
+        wants_cuda = spec.device.startswith("cuda")
+
+        import ray  # noqa: PLC0415  (lazy: importing fedsim never imports ray)
+
+        self._ray = ray
+        if not ray.is_initialized():
+            if address is None:
+                if (gpus > 0 or wants_cuda) and not torch.cuda.is_available():
+                    # fail before spending seconds on starting Ray
+                    what = f"executor.gpus_per_client={gpus:g}" if gpus > 0 else f"executor.device={spec.device}"
+                    raise ValueError(
+                        f"{what} but the Ray cluster has no GPUs (local machine, torch sees no CUDA device)"
+                    )
+                local_cpus = os.cpu_count() or 1
+                init_local_ray(num_cpus=max(local_cpus, (workers or 0) * threads))
+            else:
+                target = resolve_ray_address(address)
+                # code for the cluster's workers; only a job-level runtime_env may upload local dirs
+                env = _runtime_env(_plugin_modules(spec)) if ship_code else None
+                try:
+                    _ray_init(address=target, runtime_env=env)
+                except Exception as exc:  # noqa: BLE001  (connection problems: one line)
+                    raise ValueError(f"executor.ray_address={address}: could not connect: {_first_line(exc)}") from exc
+            self._owns_ray = True
+        try:
+            self._start(spec, workers, gpus, threads, wants_cuda, startup_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ start
+
+    def _start(self, spec, workers, gpus, threads, wants_cuda, startup_timeout) -> None:
+        ray = self._ray
+        resources = ray.cluster_resources()
+        cluster_cpus = float(resources.get("CPU", 0))
+        cluster_gpus = float(resources.get("GPU", 0))
+        if wants_cuda and gpus == 0:
+            if cluster_gpus == 0:
+                raise ValueError(f"executor.device={spec.device} but the Ray cluster has no GPUs")
+            n = workers or max(1, int(cluster_cpus // threads))
+            gpus = min(1.0, cluster_gpus / n)
+            log.info("ray: executor.device=%s -> %.3g GPU per actor (set executor.gpus_per_client to choose)",
+                     spec.device, gpus)
+        if gpus > 0:
+            if cluster_gpus == 0:
+                raise ValueError(f"executor.gpus_per_client={gpus:g} but the Ray cluster has no GPUs")
+            fit = int(cluster_gpus / gpus + 1e-9)
+            if workers is not None and workers > fit:
+                raise ValueError(
+                    f"executor.workers={workers} x executor.gpus_per_client={gpus:g} needs {workers * gpus:g} GPUs "
+                    f"but the Ray cluster has {cluster_gpus:g}"
+                )
+        if workers is None:
+            workers = max(1, int(cluster_cpus // threads))
+            if gpus > 0:
+                workers = min(workers, int(cluster_gpus / gpus + 1e-9))
+        self.workers = workers
+
+        actor_spec = dataclasses.replace(spec, threads=threads, device="cuda" if gpus > 0 else spec.device)
+        plugins = _plugin_modules(spec)
+        sys_paths = [root for root in (_module_root(name) for name in plugins) if root]
+        options: dict[str, Any] = {
+            "num_cpus": threads,
+            "num_gpus": gpus,
+            "max_restarts": -1,  # Ray restarts a dead actor; retry-once is handled here
+            "max_task_retries": 0,
+            "scheduling_strategy": "SPREAD",
+        }
+        actor_class = ray.remote(_ActorBody)
+        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths) for _ in range(workers)]
+
+        pending = {actor.ready.remote(): i for i, actor in enumerate(self._actors)}
+        info: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + startup_timeout
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise RuntimeError(
+                    f"ray executor: only {len(info)} of {workers} workers started within {startup_timeout:g}s "
+                    f"(each needs {threads} CPU, {gpus:g} GPU; "
+                    f"the cluster has {cluster_cpus:g} CPU, {cluster_gpus:g} GPU)"
+                )
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    info[i] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise RuntimeError(f"ray executor: a worker failed to start: {_describe_error(exc)}") from None
+        self.actor_nodes = [info[i]["node_id"] for i in range(workers)]
+        self.actor_pids = [info[i]["pid"] for i in range(workers)]
+        self.actor_py_modules = [info[i]["py_modules"] for i in range(workers)]  # code shipped to each actor
+        log.info("ray executor: %d workers on %d node(s), %d thread(s) each%s", workers, len(set(self.actor_nodes)),
+                 threads, f", {gpus:g} GPU each" if gpus else "")
+
+    def actor_stats(self) -> list[dict[str, Any]]:
+        """Per live actor: params versions fetched, jobs run, pid, wall and CPU seconds in jobs."""
+        actors = [a for a in self._actors if a is not None]
+        return self._ray.get([a.stats.remote() for a in actors])
+
+    # ------------------------------------------------------------------ params
+
+    def _params_ref(self, job: ClientJob) -> Any:
+        entry = self._refs.get(job.version)
+        if entry is None or entry[0] is not job.params:
+            ref = self._ray.put(job.params.detach().cpu().contiguous().numpy())
+            self.puts += 1
+            entry = (job.params, ref)
+            self._refs[job.version] = entry
+        self._refs.move_to_end(job.version)
+        while len(self._refs) > _PARAMS_CACHE:
+            self._refs.popitem(last=False)
+        return entry[1]
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, jobs: Sequence[ClientJob]) -> list[ClientResult]:
+        if self._closed:
+            raise RuntimeError("ray executor is closed")
+        ray = self._ray
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        light = [dataclasses.replace(job, params=None) for job in jobs]
+        boxes = [[self._params_ref(job)] for job in jobs]
+        results: list[ClientResult | None] = [None] * len(jobs)
+        attempts = [0] * len(jobs)
+        solo: set[int] = set()  # jobs that were on a worker when it died
+        queue = collections.deque(range(len(jobs)))
+        inflight: dict[Any, tuple[int, int]] = {}  # call ref -> (actor index, job index)
+        per_actor: dict[int, list[Any]] = {i: [] for i in range(len(self._actors))}  # calls in submission order
+        probing = {i for i, _ in self._probes.values()} | set(self._reprobe)
+        alive = {i for i, actor in enumerate(self._actors) if actor is not None and i not in probing}
+
+        while queue or inflight:
+            self._tick_probes()
+            for i in sorted(alive, key=lambda k: len(per_actor[k])):  # least busy first
+                while queue and len(per_actor[i]) < self.pipeline:
+                    j = queue[0]
+                    if per_actor[i] and (j in solo or inflight[per_actor[i][0]][1] in solo):
+                        break  # a job retried after a death runs alone: a second death is its own
+                    queue.popleft()
+                    call = self._actors[i].run.remote(light[j], boxes[j])
+                    inflight[call] = (i, j)
+                    per_actor[i].append(call)
+            waiting = list(inflight) + list(self._probes)
+            if not waiting:
+                if not self._reprobe:
+                    raise RuntimeError(f"ray executor: no workers left to run {len(queue)} job(s)")
+                time.sleep(self._probe_wait() or 0.0)
+                continue
+            done, _ = ray.wait(waiting, num_returns=1, timeout=self._probe_wait())
+            if not done:
+                continue
+            ref = done[0]
+            if ref in self._probes:
+                back = self._finish_probe(ref)
+                if back is not None:
+                    alive.add(back)
+                continue
+            i, j = inflight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                alive.discard(i)
+                calls = [(call, j if call == ref else inflight.pop(call)[1]) for call in per_actor[i]]
+                per_actor[i] = []
+                self._on_death(i, calls, ref, exc, queue, attempts, solo, jobs, results)
+                continue
+            except ray.exceptions.RayError as exc:  # e.g. a result that could not be deserialised
+                result = _error_result(jobs[j], _describe_error(exc))
+            per_actor[i].remove(ref)
+            results[j] = self._unpack(result)
+        return results  # type: ignore[return-value]
+
+    def _unpack(self, result: ClientResult) -> ClientResult:
+        if isinstance(result.delta, np.ndarray):  # read-only view of the object store: own a copy
+            result.delta = torch.from_numpy(np.array(result.delta, copy=True))
+        return result
+
+    # ------------------------------------------------------------------ failures
+
+    def _on_death(self, i, calls, failed, exc, queue, attempts, solo, jobs, results) -> None:
+        """Actor ``i`` died with ``calls`` unfinished on it (submission order).
+
+        Which of them killed it is unknown when several were in flight (a finished call's reply
+        can be lost with the process too), so each is charged one attempt and re-queued to run
+        *alone* on a worker: a job whose solo retry kills its worker again is a dropout, and an
+        innocent job never dies twice. Calls that did finish are kept.
+        """
+        ray = self._ray
+        self.deaths += 1
+        cause = type(exc).__name__  # Ray's message is long and says no more than "the process died"
+        suspects: list[int] = []
+        for call, j in calls:
+            if call != failed and ray.wait([call], timeout=0)[0]:
+                try:  # it finished before the death: keep its result
+                    results[j] = self._unpack(ray.get(call))
+                    continue
+                except ray.exceptions.RayError:
+                    pass
+            suspects.append(j)
+        retry: list[int] = []
+        for j in suspects:
+            attempts[j] += 1
+            job = jobs[j]
+            if attempts[j] >= 2:
+                results[j] = _error_result(job, f"its ray worker process died twice running this client ({cause})")
+                log.warning("ray worker process died (%s) again running client %d (version %d) alone; counting it as "
+                            "a dropout", cause, job.client_id, job.version)
+            else:
+                retry.append(j)
+        if retry:
+            self.retries += len(retry)
+            solo.update(retry)
+            clients = ", ".join(f"{jobs[j].client_id} (version {jobs[j].version})" for j in retry)
+            log.warning("ray worker process died (%s) with client(s) %s in flight; restarting it and retrying each "
+                        "of these jobs once, alone on a worker", cause, clients)
+        queue.extendleft(reversed(retry))
+        self._start_probe(i)
+
+    def _start_probe(self, i: int, since: float | None = None) -> None:
+        """Ask a dead actor's replacement whether it is up (Ray restarts it: max_restarts=-1)."""
+        probe = self._actors[i].ready.remote()
+        self._probes[probe] = (i, time.monotonic() if since is None else since)
+
+    def _probe_wait(self) -> float | None:
+        """Seconds until the next probe must be re-sent or given up (None: no probes)."""
+        times = [since + self.restart_timeout for _, since in self._probes.values()]
+        times += [at for at, _ in self._reprobe.values()]
+        return max(0.0, min(times) - time.monotonic()) if times else None
+
+    def _finish_probe(self, ref: Any) -> int | None:
+        i, since = self._probes.pop(ref)
+        try:
+            self._ray.get(ref)
+        except self._ray.exceptions.ActorUnavailableError:  # still restarting: ask again shortly
+            self._reprobe[i] = (time.monotonic() + _PROBE_EVERY, since)
+            return None
+        except self._ray.exceptions.RayError as exc:  # gone for good (e.g. its constructor raised)
+            self._drop_actor(i, _describe_error(exc))
+            return None
+        log.info("ray executor: worker %d restarted after %.1fs", i, time.monotonic() - since)
+        return i
+
+    def _tick_probes(self) -> None:
+        now = time.monotonic()
+        for i, (at, since) in list(self._reprobe.items()):
+            if now - since >= self.restart_timeout:
+                del self._reprobe[i]
+                self._drop_actor(i, f"not back after {self.restart_timeout:g}s")
+            elif now >= at:
+                del self._reprobe[i]
+                self._start_probe(i, since)
+        for ref, (i, since) in list(self._probes.items()):
+            if now - since >= self.restart_timeout:
+                del self._probes[ref]
+                self._drop_actor(i, f"not back after {self.restart_timeout:g}s")
+
+    def _drop_actor(self, i: int, why: str) -> None:
+        actor, self._actors[i] = self._actors[i], None
+        left = sum(a is not None for a in self._actors)
+        log.warning("ray executor: worker %d could not be restarted (%s); %d worker(s) left", i, why, left)
+        try:
+            self._ray.kill(actor)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ close
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray = self._ray
+        self._refs.clear()
+        self._probes.clear()
+        self._reprobe.clear()
+        if ray.is_initialized():
+            for actor in self._actors:
+                if actor is not None:
+                    try:
+                        ray.kill(actor)
+                    except Exception:  # noqa: BLE001
+                        pass
+        self._actors = []
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+        self._owns_ray = False
+
+
+def _error_result(job: ClientJob, error: str) -> ClientResult:
+    return ClientResult(client_id=job.client_id, base_version=job.version, delta=torch.empty(0),
+                        num_samples=0, num_steps=0, error=error)
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line: the underlying cause of a Ray error, without Ray's multi-line boilerplate."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return f"{type(cause).__name__}: {_first_line(cause)}"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+@EXECUTORS.register("ray", "Ray actors on this machine or a cluster (--workers, --ray-address, --gpus-per-client)")
+def ray_executor(config: Any, spec: WorkerSpec, task: Any = None) -> RayExecutor:
+    return RayExecutor(
+        spec,
+        workers=config.workers,
+        address=config.ray_address,
+        gpus_per_client=config.gpus_per_client,
+        threads=config.threads,
+    )

@@ -1,0 +1,357 @@
+"""Ray executor: bit-identical to serial, one put per model version, actor deaths, GPUs, clusters.
+
+The quick tests share one local Ray session (module fixture; Ray takes seconds to start). The
+multi-node test starts its own two-node cluster with `ray start` subprocesses and stops them by
+their process ids (never `ray stop`: other people's Ray processes may share this machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clients import CLIENTS, LocalSGD
+from fedsim.config import load_config
+from fedsim.executors import WorkerSpec
+from fedsim.run import build, task_spec
+from fedsim.types import ClientJob
+
+ray = pytest.importorskip("ray")
+
+from fedsim.executors.ray_executor import RayExecutor, init_local_ray, resolve_ray_address  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CrashyClient(LocalSGD):
+    """Local SGD that kills its worker process for chosen clients (the Ray actor-death test).
+
+    Rules travel in the job config (``_crash``): ``{"<client id>": "once" | "always"}``. In a Ray
+    actor, "once" calls ``os._exit(1)`` the first time (a marker file in ``_crash_dir`` remembers
+    it) and "always" every time. In the driver process (serial reference run) "once" does nothing
+    and "always" raises, so serial and Ray runs must end up with identical results.
+    """
+
+    name = "test_ray_crashy"
+
+    def train(self, ctx, params, data, config, state, rng):
+        rule = config.get("_crash", {}).get(str(config.get("_client_id")))
+        if rule is not None:
+            in_driver = os.getpid() == config["_driver_pid"]
+            if rule == "always":
+                if in_driver:
+                    raise RuntimeError("simulated crash")
+                os._exit(1)
+            if rule == "once" and not in_driver:
+                marker = Path(config["_crash_dir"]) / f"died-{config['_client_id']}"
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    pass
+                else:
+                    os._exit(1)
+        return super().train(ctx, params, data, config, state, rng)
+
+
+if CrashyClient.name not in CLIENTS:  # Ray actors import this module too (it registers the client)
+    CLIENTS.register(CrashyClient.name, "test only: kills its Ray worker for chosen clients")(CrashyClient)
+
+
+def values(**overrides):
+    base = {
+        "seed": 1,
+        "rounds": 3,
+        "task": {"name": "synthetic"},
+        "data": {"num_clients": 20},
+        "population": {"participation": "uniform", "clients_per_round": 5},
+        "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
+        "eval": {"every": 1},
+        "output": {"progress": False, "tensorboard": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+def history(experiment):
+    summary = experiment.run()
+    rows = [{k: v for k, v in row.items() if k != "wall_time"} for row in experiment.engine.history]
+    return rows, experiment.engine.state.params.clone(), summary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def _ray_module():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_ray_module, monkeypatch):
+    """A shared local Ray session (2 CPUs), started the way the executor starts one."""
+    if not ray.is_initialized():
+        # a dead RAY_ADDRESS must not matter: local mode always starts a fresh instance
+        with monkeypatch.context() as m:
+            m.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+            init_local_ray(num_cpus=2)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the serial reference runs pin this process to 1 thread
+
+
+# ------------------------------------------------------------------------------ determinism
+
+
+@pytest.mark.timeout(240)
+def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray):
+    reference, params, _ = history(build(load_config(values=values(executor={"threads": 1}))))
+    for workers in (1, 2):
+        experiment = build(load_config(values=values(executor={"name": "ray", "workers": workers, "threads": 1})))
+        executor = experiment.executor
+        assert len(executor.actor_nodes) == workers
+        rows, final, summary = history(experiment)
+        assert rows == reference, f"ray with {workers} worker(s) differs from serial"
+        assert torch.equal(final, params)
+        assert summary["dropouts"] == 0
+        assert executor.puts == 3  # one ray.put per model version (3 rounds), not one per client
+    assert ray.is_initialized()  # the executor did not start this session, so it did not shut it down
+
+
+@pytest.mark.timeout(120)
+def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small_config):
+    config = small_config()
+    spec = WorkerSpec(task=task_spec(config), client="sgd", threads=1)
+    executor = RayExecutor(spec, workers=2)
+    try:
+        v0, v1 = torch.zeros(executor_numel(config)), torch.ones(executor_numel(config)) * 0.01
+        client = config.client.model_dump()
+        jobs = [ClientJob(job_id=k, client_id=k, version=0 if k < 6 else 1, params=v0 if k < 6 else v1,
+                          config=client, seed=k) for k in range(8)]
+        results = executor.run(jobs)
+        assert [r.client_id for r in results] == list(range(8))  # job order
+        assert all(r.ok and r.delta.shape == v0.shape for r in results)
+        assert executor.puts == 2
+        stats = executor.actor_stats()
+        assert sum(s["jobs"] for s in stats) == 8
+        assert all(s["fetches"] <= 2 for s in stats)  # each actor fetches each version at most once
+        executor.run(jobs[6:])  # same version, same tensor: the cached ref is reused
+        assert executor.puts == 2
+    finally:
+        executor.close()
+    assert ray.is_initialized()
+
+
+def executor_numel(config) -> int:
+    from fedsim.run import initial_params  # noqa: PLC0415
+    from fedsim.tasks import build_task  # noqa: PLC0415
+
+    return initial_params(build_task(task_spec(config)), 0).numel()
+
+
+# ------------------------------------------------------------------------------ actor deaths
+
+
+@pytest.mark.timeout(240)
+def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_path, caplog, monkeypatch):
+    crash = {"1": "once", "2": "always"}
+
+    def make(executor):
+        experiment = build(load_config(values=values(
+            rounds=1, data={"num_clients": 6}, population={"participation": "always"},
+            client={"algorithm": CrashyClient.name}, executor=executor,
+        )))
+        configure = experiment.engine.strategy.configure
+        extra = {"_crash": crash, "_crash_dir": str(tmp_path), "_driver_pid": os.getpid()}
+        monkeypatch.setattr(experiment.engine.strategy, "configure",
+                            lambda state, cid, now: configure(state, cid, now) | {"_client_id": cid, **extra})
+        return experiment
+
+    reference, params, serial_summary = history(make({"threads": 1}))
+    assert serial_summary["dropouts"] == 1  # client 2 raises
+
+    experiment = make({"name": "ray", "workers": 2, "threads": 1})
+    executor = experiment.executor
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        rows, final, summary = history(experiment)
+    # client 1 killed its worker once and its retry succeeded; client 2 killed it again when
+    # retried alone -> dropout. Other jobs in flight on a dying worker are retried too.
+    assert summary["dropouts"] == 1
+    assert rows == reference
+    assert torch.equal(final, params)
+    assert executor.deaths == 3 and executor.retries >= 2
+    assert (tmp_path / "died-1").exists()
+    text = caplog.text
+    assert "ray worker process died" in text and "retrying each of these jobs once" in text
+    assert "again running client 2 (version 0) alone; counting it as a dropout" in text
+    assert "again running client 1" not in text
+    assert "client 2 dropped" in text  # the engine's dropout log
+
+
+# ------------------------------------------------------------------------------ GPUs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+@pytest.mark.timeout(60)
+def test_gpus_per_client_without_gpu_fails_early(local_ray, small_config):
+    spec = WorkerSpec(task=task_spec(small_config()), client="sgd")
+    with pytest.raises(ValueError, match=r"^executor.gpus_per_client=0.25 but the Ray cluster has no GPUs$"):
+        RayExecutor(spec, workers=2, gpus_per_client=0.25)
+    assert ray.is_initialized()  # not ours: left running
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+@pytest.mark.timeout(120)
+def test_cli_gpus_per_client_without_gpu_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", "--executor", "ray", "--gpus-per-client", "0.25", "--rounds", "1",
+         "--quiet", "--no-tensorboard", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=110, cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fedsim: error: executor.gpus_per_client=0.25 but the Ray cluster "
+                                                   "has no GPUs"), proc.stderr
+
+
+# ------------------------------------------------------------------------------ addresses
+
+
+@pytest.mark.timeout(60)
+def test_dead_or_stale_addresses_fail_fast_with_one_line(tmp_path, monkeypatch):
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=rf"executor.ray_address=127.0.0.1:{port}: no Ray cluster reachable"):
+        resolve_ray_address(f"127.0.0.1:{port}")
+    # a killed head leaves its address in <RAY_TMPDIR>/ray/ray_current_cluster
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    with pytest.raises(ValueError, match="no running Ray cluster was found"):
+        resolve_ray_address("auto")
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="stale after a killed head"):
+        resolve_ray_address("auto")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="RAY_ADDRESS"):
+        resolve_ray_address("auto")
+    with pytest.raises(ValueError, match="expected 'auto' or host:port"):
+        resolve_ray_address("nonsense")
+    assert time.monotonic() - start < 30
+
+
+# ------------------------------------------------------------------------------ multi-node cluster
+
+
+# Ray refuses multi-node clusters in its loopback mode (tests/conftest.py turns that mode on for
+# the single-node tests), so the two nodes of this test run in Ray's cluster mode, where Ray
+# advertises this machine's own interface address; every process and all traffic stay on this machine.
+CLUSTER_MODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+
+
+def _start_node(args: list[str], log: Path) -> subprocess.Popen:
+    ray_cli = Path(sys.executable).with_name("ray")
+    with open(log, "w") as out:
+        return subprocess.Popen([str(ray_cli), "start", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=os.environ | CLUSTER_MODE,
+                                start_new_session=True)  # own process group: stopped by its id below
+
+
+def _stop_node(proc: subprocess.Popen) -> None:
+    """SIGTERM the `ray start --block` process group we created (it stops its raylet, GCS...)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
+def _leftover_pids(marker: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if marker in line]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_existing_two_node_cluster_spreads_actors_over_both_nodes(_ray_module, monkeypatch):
+    if ray.is_initialized():  # this test connects like a fresh driver would
+        ray.shutdown()
+    # the driver must agree with the nodes on cluster mode (read at ray import, so patch the constant)
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", True)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="fsray"))  # short: Ray's socket paths must stay < 108 chars
+    port = free_port()
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats",
+              "--object-store-memory=100000000", "--block"]
+    nodes: list[subprocess.Popen] = []
+    try:
+        nodes.append(_start_node(["--head", f"--port={port}", "--include-dashboard=false",
+                                  f"--ray-client-server-port={free_port()}",
+                                  f"--dashboard-agent-listen-port={free_port()}",
+                                  f"--temp-dir={tmp / 'head' / 'ray'}", *common], tmp / "head.log"))
+        address_file = tmp / "head" / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 90
+        while not address_file.exists():
+            assert nodes[0].poll() is None, (tmp / "head.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "head node did not start within 90 s"
+            time.sleep(0.25)
+        nodes.append(_start_node([f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}",
+                                  f"--temp-dir={tmp / 'node' / 'ray'}", *common], tmp / "node.log"))
+
+        reference, params, _ = history(build(load_config(values=values(rounds=2, executor={"threads": 1}))))
+        # each node has 1 CPU and each actor needs 1: the two actors must land on different nodes
+        experiment = build(load_config(values=values(rounds=2, executor={
+            "name": "ray", "workers": 2, "threads": 1, "ray_address": f"127.0.0.1:{port}"})))
+        assert ray.is_initialized()
+        assert len(set(experiment.executor.actor_nodes)) == 2
+        for uris in experiment.executor.actor_py_modules:  # fedsim, strategies, clients shipped via runtime_env
+            assert len(uris) == 3 and all(uri.startswith("gcs://") for uri in uris), uris
+        assert len(ray.nodes()) == 2
+        rows, final, _ = history(experiment)  # closes the executor: actors killed, driver disconnected
+        assert not ray.is_initialized()
+        assert rows == reference and torch.equal(final, params)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for proc in reversed(nodes):
+            _stop_node(proc)
+        time.sleep(1)
+        for pid in _leftover_pids(str(tmp)):  # only processes started for this test's own temp dir
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not _leftover_pids(str(tmp))
+    # the killed head left a stale address file: "auto" reports it in seconds, a local start ignores it
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp / "head"))
+    with pytest.raises(ValueError, match="stale"):
+        resolve_ray_address("auto")
+    shutil.rmtree(tmp, ignore_errors=True)
