@@ -8,12 +8,10 @@ stragglers. Asynchronous and anarchic schedulers plug into the same engine loop.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fedsim.engine import Engine, Event
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["SyncRounds", "SCHEDULERS"]
+__all__ = ["SyncRounds"]
 
 
 class SyncRounds:
@@ -61,5 +59,3 @@ class SyncRounds:
         self.round += 1
         engine.schedule(0.0, "round_start")
 
-
-SCHEDULERS: dict[str, Any] = {"sync": SyncRounds}
