@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from clients import CLIENTS, LocalSGD
-from fedsim.config import load_config
 from fedsim.executors import WorkerSpec
 from fedsim.run import build, task_spec
 from fedsim.types import ClientJob
@@ -68,25 +67,6 @@ if CrashyClient.name not in CLIENTS:  # Ray actors import this module too (it re
     CLIENTS.register(CrashyClient.name, "test only: kills its Ray worker for chosen clients")(CrashyClient)
 
 
-def values(**overrides):
-    base = {
-        "seed": 1,
-        "rounds": 3,
-        "task": {"name": "synthetic"},
-        "data": {"num_clients": 20},
-        "population": {"participation": "uniform", "clients_per_round": 5},
-        "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
-        "eval": {"every": 1},
-        "output": {"progress": False, "tensorboard": False},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return base
-
-
 def history(experiment):
     summary = experiment.run()
     rows = [{k: v for k, v in row.items() if k != "wall_time"} for row in experiment.engine.history]
@@ -123,10 +103,10 @@ def local_ray(_ray_module, monkeypatch):
 
 
 @pytest.mark.timeout(240)
-def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray):
-    reference, params, _ = history(build(load_config(values=values(executor={"threads": 1}))))
+def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray, small_config):
+    reference, params, _ = history(build(small_config(executor={"threads": 1})))
     for workers in (1, 2):
-        experiment = build(load_config(values=values(executor={"name": "ray", "workers": workers, "threads": 1})))
+        experiment = build(small_config(executor={"name": "ray", "workers": workers, "threads": 1}))
         executor = experiment.executor
         assert len(executor.actor_nodes) == workers
         rows, final, summary = history(experiment)
@@ -172,14 +152,14 @@ def executor_numel(config) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_path, caplog, monkeypatch):
+def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_path, caplog, monkeypatch, small_config):
     crash = {"1": "once", "2": "always"}
 
     def make(executor):
-        experiment = build(load_config(values=values(
+        experiment = build(small_config(
             rounds=1, data={"num_clients": 6}, population={"participation": "always"},
             client={"algorithm": CrashyClient.name}, executor=executor,
-        )))
+        ))
         configure = experiment.engine.strategy.configure
         extra = {"_crash": crash, "_crash_dir": str(tmp_path), "_driver_pid": os.getpid()}
         monkeypatch.setattr(experiment.engine.strategy, "configure",
@@ -300,7 +280,7 @@ def _leftover_pids(marker: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_existing_two_node_cluster_spreads_actors_over_both_nodes(_ray_module, monkeypatch):
+def test_existing_two_node_cluster_spreads_actors_over_both_nodes(_ray_module, monkeypatch, small_config):
     if ray.is_initialized():  # this test connects like a fresh driver would
         ray.shutdown()
     # the driver must agree with the nodes on cluster mode (read at ray import, so patch the constant)
@@ -325,10 +305,10 @@ def test_existing_two_node_cluster_spreads_actors_over_both_nodes(_ray_module, m
         nodes.append(_start_node([f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}",
                                   f"--temp-dir={tmp / 'node' / 'ray'}", *common], tmp / "node.log"))
 
-        reference, params, _ = history(build(load_config(values=values(rounds=2, executor={"threads": 1}))))
+        reference, params, _ = history(build(small_config(rounds=2, executor={"threads": 1})))
         # each node has 1 CPU and each actor needs 1: the two actors must land on different nodes
-        experiment = build(load_config(values=values(rounds=2, executor={
-            "name": "ray", "workers": 2, "threads": 1, "ray_address": f"127.0.0.1:{port}"})))
+        experiment = build(small_config(rounds=2, executor={
+            "name": "ray", "workers": 2, "threads": 1, "ray_address": f"127.0.0.1:{port}"}))
         assert ray.is_initialized()
         assert len(set(experiment.executor.actor_nodes)) == 2
         for uris in experiment.executor.actor_py_modules:  # fedsim, strategies, clients shipped via runtime_env
