@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from fedsim.executors.base import EXECUTORS
-from fedsim.executors.worker import Worker, WorkerSpec
+from fedsim.executors.worker import Worker, WorkerSpec, failed_result
 from fedsim.types import ClientJob, ClientResult
 
 __all__ = ["RayExecutor", "init_local_ray", "resolve_ray_address"]
@@ -478,7 +478,7 @@ class RayExecutor:
                 self._on_death(i, calls, ref, exc, queue, attempts, solo, jobs, results)
                 continue
             except ray.exceptions.RayError as exc:  # e.g. a result that could not be deserialised
-                result = _error_result(jobs[j], _describe_error(exc))
+                result = failed_result(jobs[j], _describe_error(exc))
             per_actor[i].remove(ref)
             results[j] = self._unpack(result)
         return results  # type: ignore[return-value]
@@ -515,7 +515,7 @@ class RayExecutor:
             attempts[j] += 1
             job = jobs[j]
             if attempts[j] >= 2:
-                results[j] = _error_result(job, f"its ray worker process died twice running this client ({cause})")
+                results[j] = failed_result(job, f"its ray worker process died twice running this client ({cause})")
                 log.warning("ray worker process died (%s) again running client %d (version %d) alone; counting it as "
                             "a dropout", cause, job.client_id, job.version)
             else:
@@ -597,11 +597,6 @@ class RayExecutor:
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
-
-
-def _error_result(job: ClientJob, error: str) -> ClientResult:
-    return ClientResult(client_id=job.client_id, base_version=job.version, delta=torch.empty(0),
-                        num_samples=0, num_steps=0, error=error)
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from fedsim.params import ResidentModel
 from fedsim.tasks import Task, TaskSpec, build_task
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result"]
+__all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result", "failed_result"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,14 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"executor.device: cuda requested but not available (torch {torch.__version__})")
     return torch.device(device)
+
+
+def failed_result(job: ClientJob, error: str) -> ClientResult:
+    """The result of a job that produced no update (a dropout); never aggregated."""
+    return ClientResult(
+        client_id=job.client_id, base_version=job.version, delta=torch.empty(0),
+        num_samples=0, num_steps=0, error=error,
+    )
 
 
 def check_result(result: ClientResult, numel: int) -> ClientResult:
@@ -73,10 +81,7 @@ class Worker:
             result = self.algorithm.train(self.context, params, data, job.config, job.state, rng)
             result.delta = result.delta.detach().to("cpu", torch.float32)
         except Exception as exc:  # a failing client is a dropout, not a crash
-            result = ClientResult(
-                client_id=job.client_id, base_version=job.version, delta=torch.empty(0),
-                num_samples=0, num_steps=0, error=f"{type(exc).__name__}: {exc}",
-            )
+            result = failed_result(job, f"{type(exc).__name__}: {exc}")
         result.client_id = job.client_id
         result.base_version = job.version
         return check_result(result, self.numel)
