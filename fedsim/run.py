@@ -87,11 +87,12 @@ class Experiment:
             self.executor.close()
 
 
-def build(config: RunConfig, callbacks: list[Any] | None = None, task: Task | None = None) -> Experiment:
+def build(config: RunConfig, task: Task | None = None) -> Experiment:
     """Everything a run needs; raises ValueError with a one-line message on bad input.
 
     ``task`` reuses an already built task (it must match ``task_spec(config)``), e.g. to
-    compare strategies on the same data without generating it again.
+    compare strategies on the same data without generating it again. Callbacks (e.g. a
+    RunRecorder) are appended to ``experiment.engine.callbacks`` afterwards.
     """
     resolve_device(config.executor.device)
     client_config = config.client.model_dump()
@@ -114,7 +115,6 @@ def build(config: RunConfig, callbacks: list[Any] | None = None, task: Task | No
         params=initial_params(task, config.seed),
         seed=config.seed,
         eval_every=config.eval.every,
-        callbacks=callbacks or [],
     )
     return Experiment(config, task, population, engine, SyncRounds(config.rounds, config.round_deadline), executor)
 
