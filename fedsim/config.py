@@ -9,6 +9,7 @@ one-line :class:`ConfigError` that names the field (and the valid choices for na
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,13 @@ class ConfigError(ValueError):
     """Bad configuration; the message is one line and names the field."""
 
 
+MAX_LOCAL_STEPS = 1_000_000  # per job: the batch schedule of a longer job would not fit in memory
+MAX_CONFIG_BYTES = 1_000_000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf or NaN in any rate, time, size or concentration is rejected by name
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _check_name(kind_registry: str, value: str) -> str:
@@ -47,7 +53,7 @@ def _check_name(kind_registry: str, value: str) -> str:
 class TaskConfig(BaseModel):
     """Which task; extra keys are task options (e.g. ``alpha``, ``model``), checked by the task."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: str = "synthetic"
 
     @field_validator("name")
@@ -104,8 +110,8 @@ class PopulationConfig(_Strict):
 class ClientConfig(_Strict):
     algorithm: str = "sgd"
     lr: float = Field(0.05, ge=0)
-    local_epochs: int = Field(1, ge=1)
-    local_steps: int | None = Field(None, ge=1)  # if set, overrides local_epochs
+    local_epochs: int = Field(1, ge=1, le=10_000)
+    local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)  # if set, overrides local_epochs
     batch_size: int = Field(10, ge=1)
     optimizer: str = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -121,6 +127,31 @@ class ClientConfig(_Strict):
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
         return _check_name("optimizer", v)
+
+    @field_validator("optimizer_kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = _first_non_finite(v)
+        if bad is not None:
+            raise ValueError(f"{bad} must be finite (no inf or NaN)")
+        return v
+
+
+def _first_non_finite(value: Any, path: str = "") -> str | None:
+    """Dotted path of the first inf/NaN number inside nested dicts and lists, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _first_non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class StrategyConfig(_Strict):
@@ -180,6 +211,13 @@ class EvalConfig(_Strict):
     max_clients: int = Field(1000, ge=1)  # per-client evaluation looks at most at this many
 
 
+class StopConfig(_Strict):
+    """When a run stops early instead of finishing with a wrong or empty result."""
+
+    max_dropout_fraction: float = Field(0.5, ge=0, le=1)  # failed jobs / jobs run above this -> status failed
+    divergence_factor: float | None = Field(10.0, gt=1)  # test loss > factor x max(first test loss, ln C) -> diverged
+
+
 class OutputConfig(_Strict):
     out: str | None = None  # run folder; default runs/<timestamp>-<strategy>
     tensorboard: bool = True
@@ -197,7 +235,9 @@ class RunConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    provenance: dict[str, Any] = Field(default_factory=dict)  # written into a run's config.yaml; ignored on load
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunConfig":
@@ -217,6 +257,13 @@ class RunConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _task_options_finite(self) -> "RunConfig":
+        bad = _first_non_finite(self.task.options)
+        if bad is not None:
+            raise ValueError(f"task.{bad} must be finite (no inf or NaN)")
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -230,7 +277,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set expects a dotted key like strategy.server_lr, got '{key}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -257,14 +304,44 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases: an alias bomb (billion laughs) is refused, not expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML data: plain tags only (safe_load), no aliases, bounded nesting."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {len(raw):,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text and raw or "\x00" in text:
+        raise ConfigError(f"config file {path} is not a UTF-8 text file (binary content)")
+    try:
+        data = safe_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).strip().splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
