@@ -2,7 +2,7 @@
 
 from strategies.base import Aggregator, ServerState, Strategy
 from strategies.fedau import FedAUState, FedAUWeighting, fedau
-from strategies.fedopt import STRATEGIES, FedOpt, Preset, build_strategy, resolve_parts
+from strategies.fedopt import STRATEGIES, FedOpt, Preset, build_strategy, resolve_parts, resolved_options
 from strategies.fedvarp import FedVARP, fedvarp
 from strategies.mifa import MIFA, MemoryState, mifa
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, adagrad, adam, sgd, yogi
@@ -17,6 +17,7 @@ __all__ = [
     "Preset",
     "build_strategy",
     "resolve_parts",
+    "resolved_options",
     "SERVER_OPTIMIZERS",
     "ServerOptimizer",
     "adagrad",
