@@ -54,6 +54,7 @@ class ClientResult:
     state: Any = None  # new client state, stored by the engine if not None
     staleness: int = 0  # server version at arrival - base_version, set by the engine
     error: str | None = None  # set when the client failed; such results are never aggregated
+    traceback: str | None = None  # where a failing client raised (the first one goes to the run's log)
 
     @property
     def ok(self) -> bool:

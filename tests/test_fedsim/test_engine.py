@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clients import CLIENTS, LocalSGD, TrainContext
+from fedsim.executors.worker import torch_threads
 from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
 from fedsim.rng import derive_seed
@@ -70,7 +71,8 @@ def test_fedavg_one_client_full_participation_equals_local_training(small_config
     model = ResidentModel(task.build_model())
     ctx = TrainContext(model, task.loss_fn, torch.device("cpu"))
     rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", 0, 0, 0))
-    local = LocalSGD().train(ctx, start, task.data.train(0), config.client.model_dump(), None, rng)
+    with torch_threads(config.executor.threads):  # the thread count the worker trains with: same floats
+        local = LocalSGD().train(ctx, start, task.data.train(0), config.client.model_dump(), None, rng)
     assert torch.equal(experiment.engine.state.params, start + local.delta)
 
 
