@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from fedsim.config import ConfigError, load_config
+from fedsim.errors import RunFailed
 from fedsim.registry import UnknownNameError
 
 __all__ = ["main"]
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default runs/<timestamp>-<strategy>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (not available yet)")
 
     sub.add_parser("list", help="list strategies, clients, tasks, partitioners, executors, ...")
 
@@ -76,8 +79,18 @@ def _cli_overrides(args: argparse.Namespace) -> list[str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedsim.run import run_experiment  # noqa: PLC0415
 
+    from fedsim.run import exit_code  # noqa: PLC0415
+
+    if args.resume:
+        raise ConfigError("--resume is not available yet (checkpointing is not implemented); "
+                          "start a new run or pass --overwrite to replace the old one")
     config = load_config(args.config, _cli_overrides(args))
-    summary, out = run_experiment(config)
+    summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]])
+    status = summary.get("status", "completed")
+    if status != "completed":
+        print(f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}",
+              file=sys.stderr)
+        return exit_code(summary)
     final = summary.get("final", {})
     acc = final.get("test_accuracy")
     print(
@@ -133,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"fedsim: run failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
         return 130

@@ -215,7 +215,7 @@ class StopConfig(_Strict):
     """When a run stops early instead of finishing with a wrong or empty result."""
 
     max_dropout_fraction: float = Field(0.5, ge=0, le=1)  # failed jobs / jobs run above this -> status failed
-    divergence_factor: float | None = Field(10.0, gt=1)  # test loss > factor x max(first test loss, ln C) -> diverged
+    divergence_factor: float | None = Field(10.0, gt=1)  # test loss > factor x max(initial test loss, ln C) -> diverged
 
 
 class OutputConfig(_Strict):

@@ -95,6 +95,7 @@ class Engine:
         self._results: dict[int, ClientResult] = {}
         self._cancelled: set[int] = set()
         self._stopped = False
+        self.status = "running"  # -> completed | diverged | failed | interrupted (first stop() wins)
         self._since_eval: list[ClientResult] = []
         self._last_eval_version = -1
         self._last_participants = 0
@@ -138,7 +139,9 @@ class Engine:
             self._uncomputed.pop(job.job_id, None)
             self._results.pop(job.job_id, None)
 
-    def stop(self) -> None:
+    def stop(self, status: str = "completed") -> None:
+        if self.status == "running":
+            self.status = status
         self._stopped = True
 
     # ------------------------------------------------------------------ the loop
@@ -165,7 +168,9 @@ class Engine:
                 self.dropouts += 1
                 log.warning("client %d dropped at version %d: %s", job.client_id, job.version, result.error)
             scheduler.on_result(self, job, result)
-        if self._last_eval_version != self.state.version:
+        if self.status == "running":
+            self.status = "completed"
+        if self.status == "completed" and self._last_eval_version != self.state.version:
             self.evaluate()
         summary = self.summary()
         for cb in self.callbacks:
@@ -204,7 +209,7 @@ class Engine:
         }
         for cb in self.callbacks:
             cb.on_round(self, record)
-        if self.state.version % self.eval_every == 0:
+        if self.status == "running" and self.state.version % self.eval_every == 0:  # a stop callback may have ended it
             self.evaluate()
 
     def evaluate(self) -> dict[str, Any]:
@@ -230,6 +235,7 @@ class Engine:
         last = self.history[-1] if self.history else {}
         accuracies = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
         return {
+            "status": self.status,
             "rounds": self.state.version,
             "virtual_time": self.now,
             "wall_time": time.perf_counter() - self._start_wall,
