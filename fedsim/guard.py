@@ -54,6 +54,7 @@ class RunGuard:
         self.first_failure: Failure | None = None
         self.reason: str | None = None  # one line: why the run stopped early
         self.stopped_at: int | None = None  # model version at the stop
+        self.signal: str | None = None  # SIGINT / SIGTERM that interrupted the run, if any
 
     # ------------------------------------------------------------------ results
 
@@ -108,6 +109,8 @@ class RunGuard:
             summary["reason"] = self.reason
         if self.first_failure is not None:
             summary["first_failure"] = self._first_failure_line()
+        if self.signal is not None:
+            summary["signal"] = self.signal
 
     # ------------------------------------------------------------------ helpers
 

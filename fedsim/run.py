@@ -299,7 +299,7 @@ class _StopOnSignal:
         name = signal.Signals(signum).name
         if self.signal_name is not None:
             raise KeyboardInterrupt(name)
-        self.signal_name = name
+        self.signal_name = self.guard.signal = name
         log.warning("%s: stopping after the current step (send it again to stop at once)", name)
         self.guard.stop(self.engine, "interrupted", f"stopped by {name}")
 
@@ -387,6 +387,7 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
         try:
             summary = experiment.run()
         except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the main thread): stop at once
+            guard.signal = guard.signal or "SIGINT"
             guard.stop(engine, "interrupted", f"stopped by {signals.signal_name or 'SIGINT'}")
         except Exception as exc:  # noqa: BLE001  (recorded as status failed, then re-raised as RunFailed)
             crash, trace = exc, traceback.format_exc()
@@ -396,8 +397,6 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
         guard.on_end(engine, summary)
         recorder.on_end(engine, summary)
     recorder.close()
-    if signals.signal_name is not None:
-        summary["signal"] = signals.signal_name
     if engine.status == "failed":
         first = guard.first_failure
         if trace:

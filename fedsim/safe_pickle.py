@@ -56,7 +56,7 @@ def load(file: str | Path | BinaryIO, what: str = "pickle file", encoding: str =
     ``encoding`` is passed to the unpickler (``"bytes"`` for Python 2 pickles such as the
     CIFAR-10 batches).
     """
-    name = str(getattr(file, "name", file))
+    name = str(file) if isinstance(file, (str, Path)) else str(getattr(file, "name", "<stream>"))
     try:
         if isinstance(file, (str, Path)):
             with open(file, "rb") as f:
