@@ -19,7 +19,6 @@ import errno
 import fcntl
 import inspect
 import logging
-import math
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
@@ -47,7 +46,7 @@ from fedsim.params import ParamLayout
 from fedsim.population import Population, build_population
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
-from fedsim.schedulers import SyncRounds
+from fedsim.schedulers import build_scheduler
 from fedsim.tasks import Task, TaskSpec, build_task
 from strategies import build_strategy
 from strategies.fedopt import resolved_options
@@ -102,7 +101,7 @@ class Experiment:
     task: Task
     population: Population
     engine: Engine
-    scheduler: SyncRounds
+    scheduler: Any
     executor: Any
     guard: RunGuard
 
@@ -125,14 +124,17 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     check_optimizer_options(client_config)
     spec = task_spec(config)
     task = task if task is not None else build_task(spec)
-    population = build_population(config.population, task.data, config.seed)
+    params = initial_params(task, config.seed)
+    population = build_population(config.population, task.data, config.seed,
+                                  model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
     strategy = build_strategy(config.strategy)
+    scheduler = build_scheduler(config)
+    check_rounds_only(strategy, config)
     algorithm = CLIENTS.get(config.client.algorithm)()
     _check_local_steps(algorithm, client_config, population)
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
     executor = EXECUTORS.get(config.executor.name)(config.executor, worker_spec, task)
     evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
-    params = initial_params(task, config.seed)
     initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
     guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)
     engine = Engine(
@@ -144,11 +146,25 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         evaluator=evaluator,
         params=params,
         seed=config.seed,
+        max_updates=config.rounds,
+        max_time=config.scheduler.max_time,
+        max_staleness=config.scheduler.max_staleness,
         eval_every=config.eval.every,
+        eval_every_time=config.eval.every_time,
+        target_accuracy=config.eval.target_accuracy,
         callbacks=[guard],
     )
-    scheduler = SyncRounds(config.rounds, config.round_deadline)
     return Experiment(config, task, population, engine, scheduler, executor, guard)
+
+
+def check_rounds_only(strategy: Any, config: RunConfig) -> None:
+    """Refuse weightings defined only for synchronous rounds under an asynchronous scheduler."""
+    if config.scheduler.name != "sync" and getattr(strategy.aggregator, "requires_rounds", False):
+        raise ValueError(
+            f"strategy '{config.strategy.name}' (weighting '{config.strategy.weighting or 'fedau'}') counts "
+            f"participation in synchronous rounds and is not defined for scheduler '{config.scheduler.name}'; "
+            "use scheduler sync, or weighting mifa / fedvarp / uniform"
+        )
 
 
 def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population: Population) -> None:

@@ -84,6 +84,17 @@ def test_malicious_fedscale_trace_is_refused_without_running_code(tmp_path):
     assert not canary.exists()
 
 
+def test_malicious_fedscale_device_file_is_refused_without_running_code(tmp_path):
+    from fedsim.population.simple import load_device_file  # noqa: PLC0415
+
+    canary = tmp_path / "canary"
+    devices = tmp_path / "devices.pkl"
+    devices.write_bytes(_malicious(canary, lambda obj: {1: {"computation": obj, "communication": 10.0}}))
+    with pytest.raises(DataFileError, match=r"devices\.pkl.*refusing"):
+        load_device_file(devices)
+    assert not canary.exists()
+
+
 def test_safe_unpickler_admits_plain_data_and_numpy(tmp_path):
     data = {"a": [1, 2.5, "x", b"y", None, True], "t": (1, 2), "s": {1, 2}, "arr": np.arange(6).reshape(2, 3),
             "f32": np.float32(1.5)}
