@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,10 +83,15 @@ class DataConfig(_Strict):
 class PopulationConfig(_Strict):
     participation: str = "uniform"
     clients_per_round: int = Field(10, ge=1)  # used by "uniform"
-    mean_prob: float = Field(0.1, gt=0, le=1)  # heterogeneous models: mean participation probability
-    min_prob: float = Field(0.02, gt=0, le=1)  # ... and its floor
+    # heterogeneous models: mean participation probability; null = clients_per_round / num_clients
+    # (0.1 for the defaults, as in the FedAU paper), so the expected clients per round, and the
+    # cost of a round, do not grow with the population
+    mean_prob: float | None = Field(None, gt=0, le=1)
+    min_prob: float | None = Field(None, gt=0, le=1)  # ... and its floor; null = mean_prob / 5 (0.02 for the defaults)
     prob_alpha: float = Field(0.1, gt=0)  # Dirichlet concentration of the class preference vector
-    correlate_with_data: bool = True  # p_n follows the client's label mix (FedAU paper) or is i.i.d.
+    # p_n follows the client's label mix (FedAU paper) or is i.i.d.; "auto" = true unless that would
+    # generate a lazily generated population of more than 10^4 clients just for their label histograms
+    correlate_with_data: bool | Literal["auto"] = "auto"
     markov_rate: float = Field(0.05, gt=0, le=1)  # P(inactive -> active) for "markov"
     cyclic_period: int = Field(100, ge=2)
     trace_path: str | None = None
@@ -100,6 +105,11 @@ class PopulationConfig(_Strict):
     bandwidth: float | None = Field(None, gt=0)  # Mbit/s per client: adds 2 x model size / bandwidth per job
     extra_delay: float = Field(0.0, ge=0)  # mean of a random exponential extra delay per job (virtual s)
     dropout_prob: float = Field(0.0, ge=0, le=1)  # probability that a job fails mid-training
+
+    def probability_range(self, num_clients: int) -> tuple[float, float]:
+        """(mean_prob, min_prob) with null resolved: clients_per_round / num_clients and mean / 5."""
+        mean = self.mean_prob if self.mean_prob is not None else min(1.0, self.clients_per_round / num_clients)
+        return mean, (self.min_prob if self.min_prob is not None else mean / 5)
 
     @field_validator("participation")
     @classmethod
@@ -298,6 +308,9 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _cross_field(self) -> "RunConfig":
         n = self.data.num_clients
+        if self.population.mean_prob is None or self.population.min_prob is None:
+            mean, floor = self.population.probability_range(n)
+            self.population.mean_prob, self.population.min_prob = mean, floor  # resolved: saved as numbers
         if self.population.participation == "uniform" and self.population.clients_per_round > n:
             raise ValueError(
                 f"population.clients_per_round ({self.population.clients_per_round}) "

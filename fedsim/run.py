@@ -44,6 +44,7 @@ from fedsim.guard import RunGuard
 from fedsim.metrics import RunRecorder
 from fedsim.params import ParamLayout
 from fedsim.population import Population, build_population
+from fedsim.population.heterogeneous import correlates_with_data
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
 from fedsim.schedulers import build_scheduler
@@ -195,6 +196,7 @@ def resolved_config(config: RunConfig, experiment: Experiment, argv: list[str] |
     values = config.to_dict()
     values["strategy"] = resolved_options(config.strategy)
     values["data"]["partition"] = task_spec(config).partition
+    values["population"]["correlate_with_data"] = correlates_with_data(config.population, experiment.task.data)
     values["task"] = {"name": config.task.name, **experiment.task.options}
     values["output"]["out"] = None
     values["provenance"] = _provenance(argv)
