@@ -490,12 +490,24 @@ def test_dropout_model_serial_equals_ray_with_1_and_2_workers(small_config):
         assert torch.equal(ray_run.engine.state.params, serial.engine.state.params), f"{workers} workers"
 
 
+class _BuggyClient(LocalSGD):
+    """A client with a typo: every job raises NameError."""
+
+    name = "test_integrity_buggy"
+
+    def train(self, ctx, params, data, config, state, rng):
+        return undefined_helper(ctx)  # noqa: F821  (the bug)
+
+
+if _BuggyClient.name not in CLIENTS:  # Ray actors import this module too (it registers the client)
+    CLIENTS.register(_BuggyClient.name, "test only: raises NameError")(_BuggyClient)
+
+
 @pytest.mark.slow
-def test_a_programming_error_on_ray_is_not_a_dropout(tmp_path, small_config, failing_client):
-    name = failing_client(NameError)
+def test_a_programming_error_on_ray_is_not_a_dropout(tmp_path, small_config):
     with pytest.raises(RunFailed, match="NameError"):
-        run_experiment(small_config(rounds=2, client={"algorithm": name}, executor={"name": "ray", "workers": 1}),
-                       out_dir=tmp_path / "run")
+        run_experiment(small_config(rounds=2, client={"algorithm": _BuggyClient.name},
+                                    executor={"name": "ray", "workers": 1}), out_dir=tmp_path / "run")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
