@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
+
+# No telemetry, no update checks, no reinstalling the app's dependencies (offline)
+for _name in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"):
+    os.environ.setdefault(_name, "0" if _name == "FLWR_TELEMETRY_ENABLED" else "1")
 
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
