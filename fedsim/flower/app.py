@@ -99,6 +99,12 @@ def make_sampler(config: RunConfig, task: Task) -> Sampler:
 
 
 def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | None = None) -> FedsimStrategy:
+    """The FedsimStrategy for a fedsim config; only synchronous strategies (scheduler ``sync``)."""
+    if config.scheduler.name != "sync":
+        raise ConfigError(
+            f"config error: scheduler.name: Flower runs synchronous rounds; strategy '{config.strategy.name}' "
+            f"uses scheduler '{config.scheduler.name}' (choose a synchronous strategy, e.g. fedavg, fedau, mifa)"
+        )
     flower = {**FLOWER_DEFAULTS, **(flower or {})}
     return FedsimStrategy(
         build_strategy(config.strategy),

@@ -110,7 +110,7 @@ class FedsimStrategy(FlowerStrategy):
         self.int_buffers: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []  # one record per round
         self._population_size = 0  # N the strategy state is sized for
-        self._jobs = 0  # jobs dispatched so far (the engine's job counter)
+        self._dispatch_counts: dict[int, int] = {}  # client index -> jobs sent to it so far
         self._sampled: dict[int, int] = {}  # node id -> index, this round
         self._start = time.monotonic()
 
@@ -134,8 +134,9 @@ class FedsimStrategy(FlowerStrategy):
             node_id = self.nodes.node_of[index]
             job_config = self.client_config | self.strategy.configure(state, index, now)
             # same derivation as fedsim.engine.Engine.dispatch, so a job trains identically in both
-            seed = derive_seed(self.seed, "client-train", index, state.version, self._jobs)
-            self._jobs += 1
+            count = self._dispatch_counts.get(index, 0)
+            self._dispatch_counts[index] = count + 1
+            seed = derive_seed(self.seed, "client-train", index, state.version, count)
             record = ConfigRecord(dict(config))
             record.update({
                 "server-round": server_round,

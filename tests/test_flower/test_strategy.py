@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedsim.config import load_config
 from fedsim.flower import KEYS, STATE_KEY, ArrayCodec, FedsimStrategy, ParticipationSampler, make_client_app, make_strategy, task_for
+from fedsim.population.base import slot_of
 from fedsim.run import build, initial_params
 from strategies import STRATEGIES, build_strategy
 from tests.conftest import small_values
@@ -49,7 +50,18 @@ def partition_nodes(n: int) -> dict[int, dict]:
     return {NODE_IDS[(5 * i + 1) % len(NODE_IDS)]: {"partition-id": i, "num-partitions": n} for i in range(n)}
 
 
-PRESETS = [name for name in STRATEGIES.names() if STRATEGIES.get(name).weighting != "known_prob"]
+PRESETS = [  # every synchronous preset except the oracle (a Flower server cannot know probabilities)
+    name for name, preset in ((n, STRATEGIES.get(n)) for n in STRATEGIES.names())
+    if preset.weighting != "known_prob" and preset.config_defaults.get("scheduler", {}).get("name", "sync") == "sync"
+]
+
+
+def test_asynchronous_strategies_are_refused_with_a_clear_error():
+    from fedsim.config import ConfigError
+
+    config = config_for("fedbuff")
+    with pytest.raises(ConfigError, match="Flower runs synchronous rounds"):
+        make_strategy(config, task_for(config))
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -71,13 +83,20 @@ def test_fedau_absent_and_failing_nodes_count_as_absent():
     failing = {(3, 1), (5, 3)}  # (round, client): the client raises
 
     class Pattern:
+        """A fixed participation pattern, one availability slot per round."""
+
         probabilities = None
+        time_varying = True
+        round_length = 60.0  # fedsim's default population.round_length
 
         def __init__(self, skip=()):
             self.skip = set(skip)
 
         def participants(self, round):
-            return np.array([c for c in pattern[round] if (round, c) not in self.skip], dtype=np.int64)
+            return np.array([c for c in pattern.get(round, []) if (round, c) not in self.skip], dtype=np.int64)
+
+        def available(self, ids, now):
+            return np.isin(ids, self.participants(slot_of(now, self.round_length)))
 
     # full-batch local steps: the result does not depend on job seeds, which differ because
     # fedsim never dispatches the jobs that Flower sends and loses
