@@ -47,7 +47,7 @@ def build_digits(spec: TaskSpec) -> Task:
 
     def build_model() -> nn.Module:
         if opts["model"] == "mlp":
-            return mlp(64, int(opts["hidden"]), NUM_CLASSES, float(opts["dropout"]))
+            return mlp(64, int(opts["hidden"]), NUM_CLASSES, dropout=float(opts["dropout"]))
         return small_cnn(NUM_CLASSES, float(opts["dropout"]))
 
     return Task(

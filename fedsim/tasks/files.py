@@ -172,7 +172,7 @@ def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_
     def build_model() -> nn.Module:
         if opts["model"] == "cnn":
             return conv_net(channels, side, num_classes, float(opts["dropout"]))
-        return mlp(channels * side * side, int(opts["hidden"]), num_classes, float(opts["dropout"]))
+        return mlp(channels * side * side, int(opts["hidden"]), num_classes, dropout=float(opts["dropout"]))
 
     return Task(name=spec.name, data=data, build_model=build_model, num_classes=num_classes, input_shape=input_shape,
                 options=opts)

@@ -43,13 +43,15 @@ DEFAULTS = {
     "num_classes": 10,
     "model": "logreg",
     "hidden": 64,
+    "hidden_layers": 1,  # model "mlp": number of hidden layers of width `hidden`
     "iid": False,
     "min_samples": 50,
     "max_samples": 1000,
     "max_test_clients": 1000,
 }
 MODELS = ("logreg", "mlp")
-MINIMUM = {"alpha": 0.0, "beta": 0.0, "num_features": 1, "num_classes": 2, "hidden": 1, "min_samples": 1,
+MINIMUM = {"alpha": 0.0, "beta": 0.0, "num_features": 1, "num_classes": 2, "hidden": 1, "hidden_layers": 1,
+           "min_samples": 1,
            "max_samples": 1, "max_test_clients": 1}
 
 
@@ -134,7 +136,7 @@ def build_synthetic(spec: TaskSpec) -> Task:
     def build_model() -> nn.Module:
         if opts["model"] == "logreg":
             return nn.Linear(num_features, num_classes)
-        return mlp(num_features, int(opts["hidden"]), num_classes)
+        return mlp(num_features, int(opts["hidden"]), num_classes, int(opts["hidden_layers"]))
 
     return Task(
         name=spec.name,
