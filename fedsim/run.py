@@ -415,6 +415,8 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
         guard.on_end(engine, summary)
         recorder.on_end(engine, summary)
     recorder.close()
+    if trace and engine.status == "interrupted":  # e.g. Ray workers hit by the same Ctrl-C: part of the stop
+        _append_log(out, f"after the interrupting signal, the run raised:\n{trace}")
     if engine.status == "failed":
         first = guard.first_failure
         if trace:
@@ -423,7 +425,7 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
             _append_log(out, f"first failure: client {first.client_id} at version {first.version}:\n{first.traceback}")
     if engine.status in ("completed", "interrupted") and bool(torch.isfinite(engine.state.params).all()):
         save_model(experiment.task, engine.state.params, out)
-    if crash is not None:
+    if crash is not None and engine.status != "interrupted":
         raise RunFailed(f"{type(crash).__name__}: {_first_line(crash)} (traceback in {out / 'log.txt'})") from crash
     return summary, out
 

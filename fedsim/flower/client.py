@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from clients import CLIENTS, ClientAlgorithm, TrainContext
-from fedsim.executors.worker import check_result
+from fedsim.executors.worker import check_result, job_rng, torch_threads
 from fedsim.flower.arrays import ArrayCodec, record_to_state, state_to_record
 from fedsim.flower.strategy import KEYS
 from fedsim.params import ResidentModel
@@ -124,9 +124,12 @@ def make_client_app(
         if KEYS.BROADCAST in msg.content.array_records:
             job_config = job_config | {"broadcast": record_to_state(msg.content.array_records[KEYS.BROADCAST])}
         params = params.to(node.device)
-        result = client_algorithm.train(
-            node.context, params, (x.to(node.device), y.to(node.device)), job_config, state, rng
-        )
+        # train as a fedsim Worker does (one torch thread, dropout drawn from the job's seed), so
+        # the update equals fedsim's executors bit for bit and the process's own settings are kept
+        with torch_threads(1), job_rng(seed, node.device):
+            result = client_algorithm.train(
+                node.context, params, (x.to(node.device), y.to(node.device)), job_config, state, rng
+            )
         result.delta = result.delta.detach().to("cpu", torch.float32)
         result = check_result(result, node.codec.numel)
         if not result.ok:
