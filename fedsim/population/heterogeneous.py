@@ -172,22 +172,26 @@ class TraceParticipation:
         return np.flatnonzero(self._expand(self.trace.available(round * self.round_length))).astype(np.int64)
 
 
-@PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)")
+@PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)",
+                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data"))
 def bernoulli(config: Any, data: Any, seed: int) -> BernoulliParticipation:
     return BernoulliParticipation(participation_probabilities(config, data, seed), seed)
 
 
-@PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate")
+@PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate",
+                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data", "population.markov_rate"))
 def markov(config: Any, data: Any, seed: int) -> MarkovParticipation:
     return MarkovParticipation(participation_probabilities(config, data, seed), config.markov_rate, seed)
 
 
-@PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)")
+@PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)",
+                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data", "population.cyclic_period"))
 def cyclic(config: Any, data: Any, seed: int) -> CyclicParticipation:
     return CyclicParticipation(participation_probabilities(config, data, seed), config.cyclic_period, seed)
 
 
-@PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)")
+@PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)",
+                        options=("population.trace_path", "population.round_length"))
 def trace(config: Any, data: Any, seed: int) -> TraceParticipation:
     if config.trace_path is None:
         raise ValueError("population.trace_path must be set for population.participation=trace")

@@ -59,12 +59,13 @@ class LognormalSpeed:
         return self.seconds * np.exp(self.sigma * z)
 
 
-@PARTICIPATION.register("always", "every client takes part in every round (full participation)")
+@PARTICIPATION.register("always", "every client takes part in every round (full participation)", options=())
 def always(config: Any, data: Any, seed: int) -> AlwaysParticipation:
     return AlwaysParticipation(data.num_clients)
 
 
-@PARTICIPATION.register("uniform", "server samples clients_per_round clients uniformly each round (FedAvg)")
+@PARTICIPATION.register("uniform", "server samples clients_per_round clients uniformly each round (FedAvg)",
+                        options=("population.clients_per_round",))
 def uniform_sampling(config: Any, data: Any, seed: int) -> UniformParticipation:
     return UniformParticipation(data.num_clients, config.clients_per_round, seed)
 
