@@ -2,7 +2,7 @@
 
 The probabilities, and the Bernoulli, Markov and cyclic models, follow FedAU (S. Wang, M. Ji,
 "A Lightweight Method for Tackling Unknown Participation Statistics in Federated Averaging",
-arXiv 2306.03401) and its reference code; see ALGORITHMS.md §0.1 and §2.6:
+arXiv 2306.03401, Sec. 6 and Appendix) and its reference code (github.com/IBM/fedau):
 
 - ``bernoulli``: client n takes part in each round independently with probability p_n. A round
   with no participant is returned as empty (no redraw, as in FedAU's code); the engine then
@@ -82,7 +82,7 @@ class BernoulliParticipation:
 
 
 class MarkovParticipation:
-    """Two-state chain per client (ALGORITHMS.md §0.1, FedAU ref-code ``markov-q``).
+    """Two-state chain per client (FedAU paper's Markovian participation; IBM/fedau ``markov-q``).
 
     P(inactive -> active) = q = ``rate``, P(active -> inactive) = q (1/p_n - 1). Where the latter
     exceeds 1 it becomes 1 and q is divided by the same factor, so the stationary probability is
@@ -121,7 +121,7 @@ class MarkovParticipation:
 
 
 class CyclicParticipation:
-    """Fixed-length inactive/active blocks (ALGORITHMS.md §0.1, FedAU ref-code ``cyclic-P``).
+    """Fixed-length inactive/active blocks (FedAU paper's cyclic participation; IBM/fedau ``cyclic-P``).
 
     Active block A_n = max(1, round(P p_n)), inactive block B_n = max(1, P - A_n); the client
     starts inactive with a phase r_n ~ UniformInt[0, B_n), so it is active in round t iff
