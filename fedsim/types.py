@@ -53,6 +53,7 @@ class ClientResult:
     duration: float = 0.0  # virtual seconds, set by the engine from the population model
     state: Any = None  # new client state, stored by the engine if not None
     staleness: int = 0  # server version at arrival - base_version, set by the engine
+    base_params: Params | None = None  # the model the client started from, set by the engine (FedAsync mixing)
     error: str | None = None  # set when the client failed; such results are never aggregated
 
     @property

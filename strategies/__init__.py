@@ -7,6 +7,9 @@ from strategies.fedvarp import FedVARP, fedvarp
 from strategies.mifa import MIFA, MemoryState, mifa
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, adagrad, adam, sgd, yogi
 from strategies.weighting import WEIGHTINGS, WeightedAverage, weighted_sum
+from strategies.staleness import STALENESS
+from strategies import afa as _afa  # noqa: F401  (registers weightings afa_cd, afa_cs)
+from strategies import fedfix as _fedfix  # noqa: F401  (registers weighting fedfix)
 
 __all__ = [
     "Aggregator",
@@ -34,4 +37,5 @@ __all__ = [
     "WEIGHTINGS",
     "WeightedAverage",
     "weighted_sum",
+    "STALENESS",
 ]

@@ -117,6 +117,15 @@ def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray, small_
     assert ray.is_initialized()  # the executor did not start this session, so it did not shut it down
 
 
+def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_config):
+    # jobs of several model versions in flight at once; inputs fixed at dispatch
+    values = {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}}
+    reference, params, _ = history(build(small_config(executor={"threads": 1}, **values)))
+    rows, final, _ = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1}, **values)))
+    assert rows == reference
+    assert torch.equal(final, params)
+
+
 @pytest.mark.timeout(120)
 def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small_config):
     config = small_config()

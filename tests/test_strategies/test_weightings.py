@@ -37,6 +37,9 @@ HAND_EXPECTED = {
     "fedau": [0.75, 1.25],  # first participation: omega = 1, c = 1/N
     "mifa": [0.75, 1.25],  # (1/N) sum of stored = the 3 fresh ones; client 3 stores 0
     "fedvarp": [1.0, 5 / 3],  # y_bar = 0, G = 0: mean over participants
+    "fedfix": [0.4, 0.9],  # staleness 0: c = m_i / (sum of ALL m = 200) = 0.05, 0.15, 0.3
+    "afa_cd": [1.0, 5 / 3],  # one step each: c = 1 / (m K_i) = 1/3
+    "afa_cs": [0.75, 1.25],  # one step each: (1/M) sum of stored, as MIFA
 }
 
 
@@ -80,7 +83,7 @@ def test_empty_round_after_updates(name):
     state = agg.init(torch.zeros(2), POP)
     _, state = agg.aggregate(state, RESULTS, 0)
     u, _ = agg.aggregate(state, [], 1)
-    if name == "mifa":  # MIFA keeps applying the mean of stored updates (paper, reference code)
+    if name in ("mifa", "afa_cs"):  # MIFA (and AFA-CS) keep applying the mean of stored updates (paper, reference code)
         torch.testing.assert_close(u, torch.tensor([0.75, 1.25]))
     else:
         assert torch.equal(u, torch.zeros(2))
