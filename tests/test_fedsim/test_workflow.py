@@ -52,7 +52,7 @@ def test_help_lists_choices_and_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "choices: fedadagrad, fedadam, fedau" in out and "default: fedavg" in out
+    assert "config key strategy.name; choices: " in out and " fedau, " in out and "default: fedavg" in out
     assert "choices: auto, ray, serial, vmap; default: auto" in out
     assert "default: 50" in out  # rounds
 
