@@ -17,6 +17,9 @@ from fedsim.registry import UnknownNameError
 
 __all__ = ["describe"]
 
+NOUNS = {"client": "client algorithm", "optimizer": "local optimizer", "participation": "participation model",
+         "speed": "speed model", "arrivals": "arrival process", "staleness": "staleness weighting"}
+
 
 def _signature_defaults(factory: Callable[..., Any], skip: int = 0) -> list[tuple[str, Any]]:
     params = list(inspect.signature(factory).parameters.values())[skip:]
@@ -69,6 +72,11 @@ def _show_strategy(name: str) -> list[str]:
     lines.append(f"  server optimizer {preset.server_optimizer} (strategy.server_optimizer): "
                  f"{registries.get('server_optimizer').description(preset.server_optimizer)}")
     lines += _lines(_part_options(optimizer, values))
+    shown = {key for key, _ in _part_options(weighting, values) + _part_options(optimizer, values)}
+    others = [(key, value) for key, value in values.items() if key not in shown]
+    if others:
+        lines.append("  other options of the preset:")
+        lines += _lines(others)
     suggested = flatten(preset.config_defaults)
     if suggested:
         lines.append("  config defaults it suggests (anything you set wins):")
@@ -78,7 +86,7 @@ def _show_strategy(name: str) -> list[str]:
 
 def _show_part(kind: str, name: str) -> list[str]:
     registry = registries.get(kind)
-    lines = [f"{registries.KINDS[kind][2].split(' (')[0][:-1]} {name}: {registry.description(name)}"]
+    lines = [f"{NOUNS.get(kind, kind.replace('_', ' '))} {name}: {registry.description(name)}"]
     factory = registry.get(name)
     if kind in ("weighting", "server_optimizer"):
         lines += _lines(_part_options(factory, {}))

@@ -193,6 +193,7 @@ def _run_sequential(planned: list[tuple[dict[str, str], RunConfig]]) -> list[str
 def _remote_run(config: dict[str, Any], cwd: str, sys_paths: list[str]) -> dict[str, Any]:
     """One run inside a Ray worker process (same folder and import path as the driver)."""
     os.chdir(cwd)
+    logging.getLogger("fedsim").setLevel(logging.INFO)  # notices go to the run's log.txt, as in the driver
     for path in sys_paths:
         if path not in sys.path:
             sys.path.append(path)
