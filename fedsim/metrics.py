@@ -11,8 +11,9 @@
   training losses), ``updates`` (successful updates aggregated);
 - cumulative since the start: ``dropouts`` (failed jobs and dropped stragglers).
 
-``rounds.jsonl``: one JSON object per server round: ``round``, ``virtual_time``,
-``participants``, ``dropouts`` (this round), ``train_loss`` (this round's participants).
+``rounds.jsonl``: one JSON object per server update: ``round``, ``virtual_time``,
+``participants``, ``dropouts`` (this round), ``train_loss`` (this round's participants),
+``staleness`` (mean over the aggregated updates).
 ``summary.json`` is written at the end.
 """
 
