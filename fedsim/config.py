@@ -248,7 +248,7 @@ class SchedulerConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    name: str = "serial"
+    name: str = "auto"  # vmap when the client algorithm and model batch, else serial
     workers: int | None = Field(None, ge=1)  # ray: actors (default = CPU count)
     ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
@@ -290,6 +290,7 @@ class OutputConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    plugins: list[str] = Field(default_factory=list)  # modules imported before validation (they register names)
     seed: int = 0
     rounds: int = Field(50, ge=1)  # server updates (= rounds for scheduler sync)
     round_deadline: float | None = Field(None, gt=0)  # scheduler sync: virtual seconds; stragglers are dropped
@@ -455,13 +456,41 @@ def load_config(
     return validate(raw)
 
 
-def validate(raw: dict[str, Any]) -> RunConfig:
-    from fedsim import registries  # noqa: PLC0415
+# A preset's suggested scenario: taken as a whole, or not at all once the user picks the task or
+# the population size (a scenario tuned for 100 digits clients must not turn a 10^5-client
+# synthetic run into a pooled split of every client).
+SCENARIO_KEYS = (("task",), ("rounds",), ("data", "num_clients"), ("data", "partition"), ("client",), ("eval",))
+SCENARIO_TRIGGERS = (("task", "name"), ("data", "num_clients"))
 
+
+def preset_defaults(defaults: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """A preset's config defaults, without its scenario if ``raw`` sets the task or the population size."""
+    if not any(isinstance(raw.get(section), dict) and key in raw[section] for section, key in SCENARIO_TRIGGERS):
+        return defaults
+    kept = copy.deepcopy(defaults)
+    for path in SCENARIO_KEYS:
+        node = kept
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        node.pop(path[-1], None)
+    return kept
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    from fedsim import plugins, registries  # noqa: PLC0415
+
+    plugin_names = raw.get("plugins") or []
+    if not isinstance(plugin_names, list):
+        raise ConfigError(f"config error: plugins: expected a list of module names, got {plugin_names!r}")
+    try:
+        plugins.load_entry_points_once()
+        plugins.import_plugins(plugin_names)
+    except plugins.PluginError as exc:
+        raise ConfigError(str(exc)) from None
     strategy = raw.get("strategy", {})
     name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else "fedavg"
     if isinstance(name, str) and name in registries.get("strategy"):
-        raw = deep_merge(registries.strategy_config_defaults(name), raw)
+        raw = deep_merge(preset_defaults(registries.strategy_config_defaults(name), raw), raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

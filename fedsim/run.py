@@ -39,9 +39,9 @@ from fedsim.data import PARTITIONERS
 from fedsim.engine import Engine
 from fedsim.evaluation import Evaluator
 from fedsim.errors import RunFailed
-from fedsim.executors import EXECUTORS, WorkerSpec, resolve_device
+from fedsim.executors import WorkerSpec, build_executor, resolve_device
 from fedsim.guard import RunGuard
-from fedsim.metrics import RunRecorder
+from fedsim.metrics import LogBuffer, RunRecorder, hparams_of
 from fedsim.params import ParamLayout
 from fedsim.population import Population, build_population
 from fedsim.population.heterogeneous import correlates_with_data
@@ -134,7 +134,7 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     algorithm = CLIENTS.get(config.client.algorithm)()
     _check_local_steps(algorithm, client_config, population)
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
-    executor = EXECUTORS.get(config.executor.name)(config.executor, worker_spec, task)
+    executor = build_executor(config.executor, worker_spec, task, client_config)  # resolves "auto"
     evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
     initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
     guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)
@@ -366,6 +366,7 @@ def run_experiment(
     """
     out = Path(out_dir or config.output.out or default_out_dir(config)).expanduser()
     _check_out_dir(out, overwrite)  # early, before building: fail fast on a taken folder
+    early_logs = LogBuffer()  # notices while building (executor choice, Ray start-up) go to log.txt too
     try:
         experiment = build(config, task=task)
     except (ValueError, UnknownNameError, FileNotFoundError) as exc:
@@ -374,22 +375,26 @@ def run_experiment(
         if "requested but not available" not in str(exc):
             raise
         raise ConfigError(str(exc)) from exc
+    finally:
+        early_logs.close()
     try:
         lock = _prepare_out_dir(out, overwrite)
     except BaseException:
         experiment.executor.close()
         raise
     try:
-        return _run_in_folder(config, experiment, out, argv)
+        return _run_in_folder(config, experiment, out, argv, early_logs.records)
     finally:
         lock.release()
 
 
-def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: list[str] | None) -> tuple[dict[str, Any], Path]:
+def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: list[str] | None,
+                   early_logs: list[Any]) -> tuple[dict[str, Any], Path]:
     engine, guard = experiment.engine, experiment.guard
     try:
         (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(config, experiment, argv), sort_keys=False))
-        recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard)
+        recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
+                               hparams=hparams_of(config.to_dict()), early_logs=early_logs)
     except BaseException:
         experiment.executor.close()
         raise
@@ -403,6 +408,7 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     trace = ""
     with _StopOnSignal(engine, guard) as signals:
         try:
+            recorder.on_start(engine)
             summary = experiment.run()
         except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the main thread): stop at once
             guard.signal = guard.signal or "SIGINT"

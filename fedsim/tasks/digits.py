@@ -34,7 +34,7 @@ def small_cnn(num_classes: int = NUM_CLASSES, dropout: float = 0.0) -> nn.Module
     )
 
 
-@TASKS.register("digits", "scikit-learn 8x8 digits (1,797 images, 10 classes; no download)")
+@TASKS.register("digits", "scikit-learn 8x8 digits (1,797 images, 10 classes; no download)", options=DEFAULTS)
 def build_digits(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, DEFAULTS, {"model": MODELS}, {"hidden": 1, "dropout": 0.0}, {"dropout": 1.0})
     from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import; only when used)
