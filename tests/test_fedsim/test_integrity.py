@@ -377,7 +377,8 @@ def test_a_non_finite_global_model_stops_the_run_as_diverged(tmp_path, small_con
     assert summary["status"] == "diverged" and summary["stopped_at_round"] == 1
     assert "not finite" in summary["reason"]
     assert summary["final"] == {} and summary["best_test_accuracy"] is None  # no accuracy from NaN logits
-    assert (out / "metrics.jsonl").read_text() == ""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0]  # the initial model only: nothing evaluated after it diverged
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
     assert not (out / "model.pt2").exists()
 
@@ -413,7 +414,7 @@ def _start_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
                             start_new_session=True)
     deadline = time.monotonic() + 120
     metrics = out / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # round 0 (initial model), 1, 2
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"run did not start: {proc.communicate()}")
