@@ -207,7 +207,7 @@ class Engine:
             jobs.append(job)
             counts.append(count)
             steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
-        timing = self.population.timing(ids, np.asarray(steps), np.asarray(counts))
+        timing = self.population.timing(ids, steps, counts)
         for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
             rs.jobs[job.job_id] = job
             rs.durations[job.job_id] = duration
@@ -273,7 +273,8 @@ class Engine:
         result.base_params = job.params
         if not result.ok:
             rs.dropouts += 1
-            log.warning("client %d dropped at version %d: %s", job.client_id, job.version, result.error)
+            level = logging.INFO if reason is not None else logging.WARNING  # simulated dropouts are expected
+            log.log(level, "client %d dropped at version %d: %s", job.client_id, job.version, result.error)
         elif self.max_staleness is not None and result.staleness > self.max_staleness:
             rs.stale_refused += 1
             result.error = f"staleness {result.staleness} > max_staleness {self.max_staleness}"

@@ -68,7 +68,7 @@ def uniform_per_client(seed: int, purpose: str, client_ids: np.ndarray, counters
 
 def splitmix_ints(seed: int, purpose: str, counter: int, count: int) -> list[int]:
     """``count`` 64-bit integers from (seed, purpose, counter), in plain Python (fast for a few)."""
-    x = (derive_seed(seed, purpose, counter) * 0x9E3779B97F4A7C15) & _MASK64
+    x = (int(_base(seed, purpose)) ^ ((counter + 1) * 0xD1B54A32D192ED03)) & _MASK64
     out = []
     for _ in range(count):
         x = (x + 0x9E3779B97F4A7C15) & _MASK64

@@ -109,7 +109,8 @@ class Population:
         check = self.participation.time_varying
         attempts = 4 if 2 * len(busy) < n else 0  # mostly busy: scan at once
         for attempt in range(attempts):
-            draws = [h % n for h in splitmix_ints(seed, "select-idle", 4 * counter + attempt, 2 * (k - len(chosen)) + 8)]
+            wanted = k - len(chosen)
+            draws = [h % n for h in splitmix_ints(seed, "select-idle", 4 * counter + attempt, wanted + wanted // 4 + 2)]
             ok = self.available(np.asarray(draws, dtype=np.int64), now).tolist() if check else None
             for i, cid in enumerate(draws):
                 if (ok is None or ok[i]) and cid not in busy and cid not in seen:
@@ -153,6 +154,10 @@ class Population:
         (client, the client's dispatch count).
         """
         ids = np.asarray(client_ids, dtype=np.int64)
+        plain = self.extra_delay == 0 and (self.dropout_prob == 0 or not dropouts) and self.bandwidth is None
+        if plain and len(ids) == 1:  # the common asynchronous refill: skip array arithmetic
+            duration = float(steps[0]) * float(self.step_times[ids[0]]) + self.comm_time
+            return JobTiming(np.array([duration]), np.zeros(1, dtype=bool))
         counts = np.asarray(dispatch_counts, dtype=np.int64)
         durations = np.asarray(steps, dtype=np.float64) * self.step_times[ids] + self.comm_time
         if self.bandwidth is not None and self.model_bits > 0:
