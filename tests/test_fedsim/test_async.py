@@ -342,6 +342,25 @@ def test_dropouts_mid_training_and_extra_delays(small_config):
     assert np.all(delayed > plain.population.durations(np.arange(20), steps))
 
 
+@pytest.mark.parametrize("process", ["constant", "poisson"])
+def test_open_arrivals_start_clients_at_the_arrival_rate(small_config, process):
+    config = _config(small_config, data={"num_clients": 50}, rounds=100, strategy={"name": "fedbuff"},
+                     scheduler={"arrivals": "rate", "arrival_rate": 4.0, "arrival_process": process,
+                                "buffer_size": 5, "max_time": 10.0})
+    experiment = build(config)
+    starts: list[float] = []
+    dispatch = experiment.engine.dispatch
+    experiment.engine.dispatch = lambda ids, overrides=None: (starts.append(experiment.engine.now),
+                                                               dispatch(ids, overrides))[1]
+    experiment.run()
+    gaps = np.diff(starts)
+    if process == "constant":
+        np.testing.assert_allclose(gaps, 0.25)
+    else:
+        assert abs(gaps.mean() - 0.25) < 0.08 and gaps.std() > 0.1  # exponential gaps, mean 1/rate
+    assert len(starts) == pytest.approx(40, abs=12)
+
+
 # ---------------------------------------------------------------- anarchic participation
 
 
