@@ -51,7 +51,7 @@ __all__ = [
     "task_for",
 ]
 
-log = logging.getLogger("fedsim")
+log = logging.getLogger("flwr.fedsim")  # shown by Flower's log handlers in Flower processes
 
 FLOWER_DEFAULTS: dict[str, Any] = {
     "fraction_evaluate": 0.0,  # federated evaluation on this fraction of nodes each round

@@ -47,7 +47,7 @@ from strategies.base import ServerState, Strategy
 
 __all__ = ["FedsimStrategy", "KEYS"]
 
-log = logging.getLogger("fedsim")
+log = logging.getLogger("flwr.fedsim")  # shown by Flower's log handlers in Flower processes
 
 
 class KEYS:
