@@ -57,7 +57,7 @@ from fedsim.params import ParamLayout
 from fedsim.tasks import Task, build_task
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["VmapExecutor", "flat_batch_schedule", "DEFAULT_CPU_BUDGET", "MAX_BATCH_CAP"]
+__all__ = ["VmapExecutor", "why_not_batched", "model_reason", "flat_batch_schedule", "DEFAULT_CPU_BUDGET", "MAX_BATCH_CAP"]
 
 log = logging.getLogger("fedsim")
 
@@ -207,16 +207,7 @@ class VmapExecutor:
         return self._serial
 
     def _model_reason(self) -> str | None:
-        if any(self.layout.is_buffer):
-            return "a model with float buffers (e.g. BatchNorm running statistics)"
-        for module in self.model.modules():
-            if isinstance(module, _DropoutNd):
-                return "a model with dropout"
-            if isinstance(module, _NormBase):
-                return "a model with batch/instance normalisation"
-        if any(not p.requires_grad for p in self.model.parameters()):
-            return "a model with frozen parameters"
-        return None
+        return model_reason(self.model, self.layout)
 
     def _prepare(self, pos: int, job: ClientJob) -> _Item:
         if self.spec.client != "sgd":
@@ -522,3 +513,34 @@ class VmapExecutor:
 @EXECUTORS.register("vmap", "many clients of a small model per kernel call (torch.func.vmap)")
 def vmap_executor(config: Any, spec: WorkerSpec, task: Task | None = None) -> VmapExecutor:
     return VmapExecutor(spec, task, max_batch=getattr(config, "max_batch", None))
+
+
+# ----------------------------------------------------------------------------- capability check
+
+
+def model_reason(model: nn.Module, layout: ParamLayout | None = None) -> str | None:
+    """Why this model cannot be trained batched (None: it can)."""
+    layout = layout if layout is not None else ParamLayout.of(model)
+    if any(layout.is_buffer):
+        return "a model with float buffers (e.g. BatchNorm running statistics)"
+    for module in model.modules():
+        if isinstance(module, _DropoutNd):
+            return "a model with dropout"
+        if isinstance(module, _NormBase):
+            return "a model with batch/instance normalisation"
+    if any(not p.requires_grad for p in model.parameters()):
+        return "a model with frozen parameters"
+    return None
+
+
+def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any]) -> str | None:
+    """Capability check (used by ``executor: auto``): why jobs of this client algorithm, client
+    config and task would all fall back to serial here (None: they take the batched path)."""
+    if spec.client != "sgd":
+        return f"client algorithm '{spec.client}'"
+    optimizer = client_config.get("optimizer", "sgd")
+    if optimizer != "sgd":
+        return f"optimizer '{optimizer}'"
+    if set(client_config.get("optimizer_kwargs") or {}) - _SGD_KWARGS:
+        return "optimizer options torch.optim.SGD does not take"
+    return model_reason(task.build_model())

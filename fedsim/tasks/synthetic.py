@@ -90,7 +90,7 @@ def generate_client(
     return x.astype(np.float32), y.astype(np.int64)
 
 
-@TASKS.register("synthetic", "LEAF Synthetic(alpha, beta) logistic-regression data (FedProx generator)")
+@TASKS.register("synthetic", "LEAF Synthetic(alpha, beta) logistic-regression data (FedProx generator)", options=DEFAULTS)
 def build_synthetic(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, DEFAULTS, {"model": MODELS})
     num_features, num_classes = int(opts["num_features"]), int(opts["num_classes"])
