@@ -208,7 +208,7 @@ def test_non_finite_updates_are_dropped():
 class CountingClient:
     """A stateful client (a torch.optim-style ``train``): its state counts its jobs, as a flat vector."""
 
-    name = "test_counting"
+    name = "test_flower_counting"
 
     def num_steps(self, config, num_samples):
         return 1
