@@ -536,6 +536,19 @@ def model_reason(model: nn.Module, layout: ParamLayout | None = None) -> str | N
 def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any]) -> str | None:
     """Capability check (used by ``executor: auto``): why jobs of this client algorithm, client
     config and task would all fall back to serial here (None: they take the batched path)."""
+    from clients import CLIENTS  # noqa: PLC0415
+
+    reason = model_reason(task.build_model())
+    if reason is not None:
+        return reason
+    algorithm = CLIENTS.get(spec.client)()
+    options = getattr(algorithm, "options", None)
+    if options is not None:  # a client algorithm with a batched step says itself (None: not this config)
+        try:
+            batchable = options(dict(client_config)) is not None
+        except Exception as exc:  # noqa: BLE001  (the serial worker reports it per client)
+            return f"this client config ({type(exc).__name__}: {exc})"
+        return None if batchable else f"optimizer '{client_config.get('optimizer')}' with client '{spec.client}'"
     if spec.client != "sgd":
         return f"client algorithm '{spec.client}'"
     optimizer = client_config.get("optimizer", "sgd")
@@ -543,4 +556,4 @@ def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any])
         return f"optimizer '{optimizer}'"
     if set(client_config.get("optimizer_kwargs") or {}) - _SGD_KWARGS:
         return "optimizer options torch.optim.SGD does not take"
-    return model_reason(task.build_model())
+    return None
