@@ -410,6 +410,24 @@ def test_anarchic_clients_choose_their_local_steps(small_config):
     assert set(steps) <= set(range(2, 7)) and len(set(steps)) > 2
 
 
+def test_afa_normalises_by_local_steps_and_cs_keeps_each_workers_latest():
+    from fedsim.types import ClientResult, PopulationInfo  # noqa: PLC0415
+    from strategies import WEIGHTINGS  # noqa: PLC0415
+
+    population = PopulationInfo(4, num_samples=np.array([1, 1, 1, 1]))
+    a = ClientResult(0, 0, torch.tensor([2.0, 0.0]), 5, 2)  # G = [1, 0]
+    b = ClientResult(1, 0, torch.tensor([0.0, 8.0]), 5, 4)  # G = [0, 2]
+    a_again = ClientResult(0, 0, torch.tensor([6.0, 0.0]), 5, 3)  # G = [2, 0], supersedes a in AFA-CS
+    cd = WEIGHTINGS.get("afa_cd")()
+    u, _ = cd.aggregate(cd.init(torch.zeros(2), population), [a, b, a_again], 0)
+    torch.testing.assert_close(u, torch.tensor([(1 + 2) / 3, 2 / 3]))  # mean over the m = 3 arrivals
+    cs = WEIGHTINGS.get("afa_cs")()
+    u, state = cs.aggregate(cs.init(torch.zeros(2), population), [a, b, a_again], 0)
+    torch.testing.assert_close(u, torch.tensor([2 / 4, 2 / 4]))  # (1/M) sum of latest G over all M = 4
+    u, _ = cs.aggregate(state, [], 1)  # nobody arrives: stale entries keep contributing
+    torch.testing.assert_close(u, torch.tensor([2 / 4, 2 / 4]))
+
+
 def test_afa_cd_with_eta_k_and_full_arrivals_is_fedavg(small_config):
     # every worker arrives once per update, K local steps each, no delay: eta = K gives FedAvg
     sync, _ = _run(_config(small_config, strategy={"name": "fedavg", "weighting": "uniform"}))
