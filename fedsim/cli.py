@@ -30,6 +30,7 @@ FLAG_KEYS: dict[str, tuple[str, str | None]] = {
     "gpus_per_client": ("executor.gpus_per_client", None),
     "device": ("executor.device", None),
     "out": ("output.out", None),
+    "checkpoint_every": ("output.checkpoint_every", None),
 }
 FLAG_HELP = {
     "strategy": "strategy preset",
@@ -43,8 +44,9 @@ FLAG_HELP = {
     "gpus_per_client": "ray: fraction of a GPU per actor",
     "device": "cpu | cuda | cuda:N",
     "out": "run folder (default runs/<timestamp>-<strategy>); with --seeds/--sweep, the sweep folder",
+    "checkpoint_every": "save checkpoint.pt every N server updates (always on SIGINT/SIGTERM), for --resume",
 }
-FLAG_TYPES = {"rounds": int, "seed": int, "workers": int, "gpus_per_client": float}
+FLAG_TYPES = {"checkpoint_every": int, "rounds": int, "seed": int, "workers": int, "gpus_per_client": float}
 
 
 def _config_default(key: str) -> Any:
@@ -103,7 +105,7 @@ def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (not available yet)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run from RUN_DIR/checkpoint.pt (config from RUN_DIR/config.yaml)")
     run.add_argument("--dry-run", action="store_true", help="print the fully resolved config (YAML) and exit")
     run.add_argument("--seeds", metavar="S1,S2,...", help="run once per seed, e.g. --seeds 0,1,2")
     run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -156,10 +158,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from fedsim import sweep  # noqa: PLC0415
 
-    if args.resume:
-        raise ConfigError("--resume is not available yet (checkpointing is not implemented); "
-                          "start a new run or pass --overwrite to replace the old one")
     overrides = _cli_overrides(args)
+    if args.resume:
+        return _resume(args, overrides)
     values = {"plugins": list(args.plugins)} if args.plugins else None
     axes = sweep.parse_axes(args.seeds, args.sweep)
     if axes:
@@ -184,8 +185,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]])
     status = summary.get("status", "completed")
     if status != "completed":
-        print(f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}",
-              file=sys.stderr)
+        _print_stopped(summary, out)
+        return exit_code(summary)
+    print(sweep.done_line(summary, out))
+    return 0
+
+
+def _print_stopped(summary: dict, out: Any) -> None:
+    status = summary.get("status")
+    hint = f" (continue it with --resume {out})" if status == "interrupted" and summary.get("checkpoint") else ""
+    print(f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}{hint}",
+          file=sys.stderr)
+
+
+def _resume(args: argparse.Namespace, overrides: list[str]) -> int:
+    from fedsim import sweep  # noqa: PLC0415
+    from fedsim.run import exit_code, resume_experiment  # noqa: PLC0415
+
+    given = [flag for flag in ("config", "seeds", "dry_run", "overwrite", "plugins") if getattr(args, flag)]
+    if given or args.sweep or args.jobs != 1:
+        raise ConfigError(f"--resume takes its config from RUN_DIR/config.yaml; drop --{(given or ['sweep'])[0].replace('_', '-')}")
+    summary, out = resume_experiment(args.resume, overrides, argv=["fedsim", *sys.argv[1:]])
+    status = summary.get("status", "completed")
+    if status != "completed":
+        _print_stopped(summary, out)
         return exit_code(summary)
     print(sweep.done_line(summary, out))
     return 0

@@ -287,6 +287,7 @@ class OutputConfig(_Strict):
     out: str | None = None  # run folder; default runs/<timestamp>-<strategy>
     tensorboard: bool = True
     progress: bool = True
+    checkpoint_every: int | None = Field(None, ge=1)  # server updates between checkpoints (checkpoint.pt); None: only on SIGINT/SIGTERM
 
 
 class RunConfig(_Strict):

@@ -144,6 +144,8 @@ class Engine:
         self._last_eval_version = -1
         self._last_participants = 0
         self._start_wall = 0.0
+        self._wall_before = 0.0  # wall seconds spent before a resume
+        self._resumed = False
 
     # ------------------------------------------------------------------ read-only views
 
@@ -235,10 +237,12 @@ class Engine:
 
     def run(self, scheduler: Scheduler) -> dict[str, Any]:
         rs = self.run_state
-        self._start_wall = time.perf_counter()
-        scheduler.start(self)
-        if self.eval_every_time:
-            self.schedule(self.eval_every_time, EVAL)
+        self._start_wall = time.perf_counter() - self._wall_before
+        if not self._resumed:  # a resumed run's queue already holds what start() scheduled
+            scheduler.start(self)
+            if self.eval_every_time:
+                self.schedule(self.eval_every_time, EVAL)
+        after_event = [cb.after_event for cb in self.callbacks if hasattr(cb, "after_event")]  # e.g. checkpoints
         while rs.queue and not rs.stopped:
             event = heapq.heappop(rs.queue)
             if self.max_time is not None and event.time > self.max_time:
@@ -253,6 +257,8 @@ class Engine:
                     self.schedule(self.eval_every_time, EVAL)
             else:
                 scheduler.on_event(self, event)
+            for hook in after_event:
+                hook(self)
         if self.status == "running":
             self.status = "completed"
         if self.status == "completed" and (self._last_eval_version != self.state.version or not self.history):
@@ -314,6 +320,38 @@ class Engine:
         for job, result in zip(jobs, results):
             rs.results[job.job_id] = result
 
+    # ------------------------------------------------------------------ snapshots
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's state between two events (see :mod:`fedsim.checkpoint` for how it is stored)."""
+        run_state = dict(vars(self.run_state), stopped=False)
+        return {
+            "run_state": run_state,
+            "server_state": self.state,
+            "client_states": dict(self.client_states.items()),
+            "history": self.history,
+            "time_to_accuracy": self.time_to_accuracy,
+            "since_eval": self._since_eval,
+            "last_eval_version": self._last_eval_version,
+            "last_participants": self._last_participants,
+            "wall_time": time.perf_counter() - self._start_wall,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``; ``run`` then goes on without starting the scheduler again."""
+        self.run_state = RunState(**state["run_state"])
+        self.state = state["server_state"]
+        self.client_states = ClientStateStore()
+        for cid, client_state in state["client_states"].items():
+            self.client_states.put(cid, client_state)
+        self.history = list(state["history"])
+        self.time_to_accuracy = state["time_to_accuracy"]
+        self._since_eval = list(state["since_eval"])
+        self._last_eval_version = state["last_eval_version"]
+        self._last_participants = state["last_participants"]
+        self._wall_before = state["wall_time"]
+        self._resumed = True
+
     # ------------------------------------------------------------------ server side
 
     def aggregate(self, results: Sequence[ClientResult], dropped: int = 0) -> None:
@@ -335,8 +373,10 @@ class Engine:
         }
         for cb in self.callbacks:
             cb.on_round(self, record)
-        if self.status == "running" and self.eval_every and self.state.version % self.eval_every == 0:
-            self.evaluate()  # (not after a stop callback ended the run, e.g. on a non-finite model)
+        if self.status in ("running", "interrupted") and self.eval_every and self.state.version % self.eval_every == 0:
+            # not after a stop callback ended the run (e.g. on a non-finite model); a signal's stop lets the
+            # step finish, so the state a checkpoint saves then is the one an uninterrupted run passes through
+            self.evaluate()
         if self.state.version >= self.max_updates:
             self.stop()
 

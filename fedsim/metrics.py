@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,6 +68,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _truncate_lines(path: Path, keep: int) -> int:
+    """Cut ``path`` after its first ``keep`` lines (what a resumed run wrote after its checkpoint goes)."""
+    data = path.read_bytes() if path.exists() else b""
+    lines = data.splitlines(keepends=True)
+    if len(lines) < keep or (keep and not lines[keep - 1].endswith(b"\n")):
+        raise ValueError(f"{path}: holds {len(lines)} complete lines, the checkpoint counts {keep}")
+    path.write_bytes(b"".join(lines[:keep]))
+    return keep
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and other leaves kept as they are)."""
     out: dict[str, Any] = {}
@@ -94,7 +105,9 @@ class RunRecorder:
     def __init__(
         self, out_dir: Path, total_rounds: int, label: str, progress: bool = True, tensorboard: bool = True,
         hparams: Mapping[str, Any] | None = None, early_logs: list[logging.LogRecord] | None = None,
+        resume: Mapping[str, int] | None = None,
     ):
+        """``resume`` (a checkpoint's ``state_dict()``): keep that many lines of metrics/rounds.jsonl, append after them."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._file_log = logging.FileHandler(self.out_dir / "log.txt")
@@ -102,8 +115,13 @@ class RunRecorder:
         for record in early_logs or []:
             self._file_log.handle(record)
         logging.getLogger("fedsim").addHandler(self._file_log)
-        self._metrics = (self.out_dir / "metrics.jsonl").open("w")
-        self._rounds = (self.out_dir / "rounds.jsonl").open("w")
+        self._lines = {"metrics": 0, "rounds": 0}
+        if resume is not None:
+            for name in self._lines:
+                self._lines[name] = _truncate_lines(self.out_dir / f"{name}.jsonl", int(resume[f"{name}_lines"]))
+        mode = "a" if resume is not None else "w"
+        self._metrics = (self.out_dir / "metrics.jsonl").open(mode)
+        self._rounds = (self.out_dir / "rounds.jsonl").open(mode)
         self._hparams = dict(hparams or {})
         self._tb = None
         if tensorboard:
@@ -129,6 +147,7 @@ class RunRecorder:
 
     def on_round(self, engine: Any, record: dict[str, Any]) -> None:
         self._rounds.write(json.dumps(_clean(record)) + "\n")
+        self._lines["rounds"] += 1
         self._postfix.update(vtime=f"{record['virtual_time']:.1f}s", clients=str(record["participants"]))
         if record.get("train_loss") is not None:
             self._postfix["loss"] = f"{record['train_loss']:.3f}"
@@ -137,6 +156,7 @@ class RunRecorder:
 
     def on_eval(self, engine: Any, record: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(_clean(record)) + "\n")
+        self._lines["metrics"] += 1
         self._metrics.flush()
         self._rounds.flush()
         if record.get("test_accuracy") is not None:
@@ -147,6 +167,13 @@ class RunRecorder:
             for key, value in record.items():
                 if key != "round" and isinstance(value, (int, float)) and value is not None:
                     self._tb.add_scalar(key, value, record["round"])
+
+    def state_dict(self) -> dict[str, int]:
+        """Lines written so far, on disk (flushed and synced) before a checkpoint records them."""
+        for stream in (self._metrics, self._rounds):
+            stream.flush()
+            os.fsync(stream.fileno())
+        return {"metrics_lines": self._lines["metrics"], "rounds_lines": self._lines["rounds"]}
 
     def on_end(self, engine: Any, summary: dict[str, Any]) -> None:
         summary["out_dir"] = str(self.out_dir)

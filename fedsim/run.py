@@ -8,7 +8,8 @@ Run folder rules: a folder that already holds files is never written into unless
 refuses a second run into the same folder while the first is alive; ``config.yaml`` is the
 resolved config (every option as used, plus provenance) with ``output.out`` cleared, so
 running it again makes a new folder; ``summary.json`` always says how the run ended
-(``status``); the final model is saved as ``model.pt2`` (``torch.export``) and
+(``status``); ``checkpoint.pt`` (every ``output.checkpoint_every`` updates and on SIGINT/SIGTERM)
+lets ``resume_experiment`` continue the run in the same folder; the final model is saved as ``model.pt2`` (``torch.export``) and
 ``model_state.pt`` (a plain state dict).
 """
 
@@ -34,7 +35,8 @@ import torch
 import yaml
 
 from clients import CLIENTS, check_optimizer_options
-from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig
+from fedsim.checkpoint import CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint
+from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig, load_config
 from fedsim.data import PARTITIONERS
 from fedsim.engine import Engine
 from fedsim.evaluation import Evaluator
@@ -54,7 +56,7 @@ from strategies.fedopt import resolved_options
 
 __all__ = [
     "Experiment", "build", "run_experiment", "task_spec", "initial_params", "default_out_dir", "resolved_config",
-    "RunFailed", "save_model", "exit_code",
+    "RunFailed", "save_model", "exit_code", "resume_experiment", "snapshot", "restore",
 ]
 
 log = logging.getLogger("fedsim")
@@ -180,6 +182,35 @@ def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population
         )
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+GUARD_STATE = ("jobs", "failed", "failed_since_update", "first_failure")
+
+
+def snapshot(experiment: Experiment, recorder: RunRecorder | None = None) -> dict[str, Any]:
+    """The run's state between two events, as plain containers and tensors (see fedsim.checkpoint).
+
+    The population keeps no state (its randomness is counter-based; the Markov participation
+    chain is a cache it replays), nor do the evaluator and the executor.
+    """
+    guard = experiment.guard
+    return {
+        "engine": encode(experiment.engine.state_dict()),
+        "scheduler": encode(vars(experiment.scheduler)),
+        "guard": encode({name: getattr(guard, name) for name in GUARD_STATE}),
+        "recorder": recorder.state_dict() if recorder is not None else None,
+    }
+
+
+def restore(experiment: Experiment, checkpoint: dict[str, Any]) -> None:
+    """Put a freshly built experiment (same config) in the state ``snapshot`` saved."""
+    experiment.engine.load_state_dict(decode(checkpoint["engine"]))
+    for name, value in decode(checkpoint["scheduler"]).items():
+        setattr(experiment.scheduler, name, value)
+    for name, value in decode(checkpoint["guard"]).items():
+        setattr(experiment.guard, name, value)
+
+
 # ----------------------------------------------------------------------------- the run folder
 
 EXIT_CODES = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": 130}
@@ -239,8 +270,8 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ConfigError(
-            f"output.out: {out} already holds a run; pick another --out or pass --overwrite to replace it "
-            f"(--resume to continue a run is not available yet)"
+            f"output.out: {out} already holds a run; pick another --out, pass --overwrite to replace it, "
+            f"or --resume {out} to continue it"
         )
     if not any((out / marker).exists() for marker in RUN_FOLDER_MARKERS):
         raise ConfigError(f"output.out: {out} is not empty and is not a fedsim run folder; --overwrite refuses to delete it")
@@ -389,16 +420,26 @@ def run_experiment(
 
 
 def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: list[str] | None,
-                   early_logs: list[Any]) -> tuple[dict[str, Any], Path]:
+                   early_logs: list[Any], checkpoint: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     engine, guard = experiment.engine, experiment.guard
     try:
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(config, experiment, argv), sort_keys=False))
+        if checkpoint is None:
+            (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(config, experiment, argv), sort_keys=False))
+        else:
+            (out / "summary.json").unlink(missing_ok=True)  # the run is running again
         recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
-                               hparams=hparams_of(config.to_dict()), early_logs=early_logs)
+                               hparams=hparams_of(config.to_dict()), early_logs=early_logs,
+                               resume=checkpoint["recorder"] if checkpoint is not None else None)
     except BaseException:
         experiment.executor.close()
         raise
+    # the checkpointer goes first: on an interrupted run's end it saves before the recorder closes its files
+    engine.callbacks.append(Checkpointer(out / CHECKPOINT_NAME, config.output.checkpoint_every,
+                                         lambda: snapshot(experiment, recorder)))
     engine.callbacks.append(recorder)
+    if checkpoint is not None:
+        log.info("resumed at update %d (virtual time %.1f s) from %s", engine.state.version, engine.now,
+                 out / CHECKPOINT_NAME)
     probs = experiment.population.participation.probabilities
     if probs is not None:
         log.info("participation: %s, mean probability %.3g (min %.3g, max %.3g)",
@@ -408,7 +449,8 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     trace = ""
     with _StopOnSignal(engine, guard) as signals:
         try:
-            recorder.on_start(engine)
+            if checkpoint is None:
+                recorder.on_start(engine)
             summary = experiment.run()
         except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the main thread): stop at once
             guard.signal = guard.signal or "SIGINT"
@@ -434,6 +476,58 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     if crash is not None and engine.status != "interrupted":
         raise RunFailed(f"{type(crash).__name__}: {_first_line(crash)} (traceback in {out / 'log.txt'})") from crash
     return summary, out
+
+
+def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
+                      argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """Continue the run in ``run_dir`` from its ``checkpoint.pt``, through the same ``build()`` as a fresh run.
+
+    The config is ``run_dir/config.yaml`` (``overrides`` may change only ``output.*``);
+    metrics.jsonl and rounds.jsonl keep the lines written up to the checkpoint and go on
+    after them, so the finished files match an uninterrupted run's (wall times aside).
+    """
+    out = Path(run_dir).expanduser()
+    if not (out / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {out} is not a fedsim run folder (no config.yaml)")
+    for text in overrides or []:
+        if not text.startswith("output."):
+            raise ConfigError(f"--resume: the config comes from {out / 'config.yaml'}; only output.* may change "
+                              f"(got {text.split('=')[0]})")
+    config = load_config(out / "config.yaml", [*(overrides or []), f"output.out={out}"])
+    early_logs = LogBuffer()
+    try:
+        lock = _FolderLock(out)
+        lock.acquire()
+    except OSError as exc:
+        early_logs.close()
+        raise ConfigError(f"--resume: cannot write to {out} ({exc.strerror or exc})") from None
+    except BaseException:
+        early_logs.close()
+        raise
+    try:
+        summary_path = out / "summary.json"
+        if summary_path.is_file() and '"status": "completed"' in summary_path.read_text():
+            raise ConfigError(f"--resume: the run in {out} already completed (summary.json)")
+        try:
+            checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
+            experiment = build(config)
+        except CheckpointError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+        except (ValueError, UnknownNameError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from exc
+        finally:
+            early_logs.close()
+        try:
+            restore(experiment, checkpoint)
+        except BaseException as exc:
+            experiment.executor.close()
+            if isinstance(exc, (CheckpointError, KeyError, TypeError, AttributeError)):
+                raise ConfigError(f"--resume: {out / CHECKPOINT_NAME} does not fit this run's config "
+                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
+            raise
+        return _run_in_folder(config, experiment, out, argv, early_logs.records, checkpoint=checkpoint)
+    finally:
+        lock.release()
 
 
 def exit_code(summary: dict[str, Any]) -> int:

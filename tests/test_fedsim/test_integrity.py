@@ -230,8 +230,8 @@ def test_existing_run_folder_is_refused_then_overwritten_on_request(tmp_path, ca
     (out / "stale.txt").write_text("from the old run")
     assert run_cli(capsys, *base, "--overwrite")[0] == 0
     assert not (out / "stale.txt").exists()
-    code, err = run_cli(capsys, *base, "--resume", str(out))
-    assert code == 2 and "not available yet" in one_line_error(err)
+    code, err = run_cli(capsys, "--resume", str(out))
+    assert code == 2 and "already completed" in one_line_error(err)
 
 
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -1,0 +1,213 @@
+"""Checkpoint and resume: a run killed part way and resumed writes the metrics an uninterrupted run writes.
+
+Runs are started with ``python -m fedsim run`` in a subprocess (own session, bounded waits,
+killed by pid even on failure); wall times are the only fields allowed to differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fedsim.checkpoint as checkpoint_module
+from fedsim.checkpoint import CheckpointError, decode, encode, load_checkpoint
+from fedsim.cli import main
+from fedsim.config import ConfigError
+from fedsim.run import run_experiment
+
+ROUNDS = 24
+BASE = ["--quiet", "--no-tensorboard", "--seed", "3", "--set", "data.num_clients=20", "--set", "eval.every=1",
+        "--set", "population.clients_per_round=4"]
+SCENARIOS = {
+    "sync": ["--strategy", "fedavg"],
+    # buffered asynchronous: results of older versions are pending in the event queue at every checkpoint
+    "fedbuff": ["--strategy", "fedbuff", "--set", "scheduler.concurrency=6", "--set", "scheduler.buffer_size=3"],
+}
+
+
+def _cmd(out: Path, scenario: str, executor: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fedsim", "run", "--rounds", str(ROUNDS), "--out", str(out), *BASE,
+            *SCENARIOS[scenario], "--executor", executor, *extra]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=60)
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"} for line in path.read_text().splitlines()]
+
+
+def _start_and_wait(cmd: list[str], cwd: Path, out: Path, rows: int, checkpoint: bool = True) -> subprocess.Popen:
+    """Start a run; return once it has ``rows`` rows of metrics.jsonl and a checkpoint if asked (or fail, killing it)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    metrics = out / "metrics.jsonl"
+    try:
+        while not (((out / "checkpoint.pt").exists() or not checkpoint) and metrics.exists() and metrics.read_text().count("\n") >= rows):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"run did not reach row {rows}: {proc.returncode}")
+            time.sleep(0.02)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+def _kill_and_resume(tmp_path: Path, scenario: str, executor: str, rows: int) -> Path:
+    out = tmp_path / f"killed-{executor}"
+    proc = _start_and_wait(_cmd(out, scenario, executor, "--checkpoint-every", "2"), tmp_path, out, rows)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        _stop(proc)
+    assert not (out / "summary.json").exists(), "the run finished before it was killed: raise ROUNDS"
+    done = _run([sys.executable, "-m", "fedsim", "run", "--resume", str(out), "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resumed at update" in (out / "log.txt").read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference runs (serial), one per scenario, made once."""
+    root = tmp_path_factory.mktemp("reference")
+    outs = {}
+    for scenario in SCENARIOS:
+        outs[scenario] = root / scenario
+        done = _run(_cmd(outs[scenario], scenario, "serial"), root)
+        assert done.returncode == 0, done.stderr
+    return outs
+
+
+def _assert_same_run(resumed: Path, reference: Path) -> None:
+    for name in ("metrics.jsonl", "rounds.jsonl"):
+        assert _rows(resumed / name) == _rows(reference / name), name
+    assert len(_rows(reference / "metrics.jsonl")) == ROUNDS + 1
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == ROUNDS
+    expected = json.loads((reference / "summary.json").read_text())
+    assert summary["jobs_dispatched"] == expected["jobs_dispatched"]
+    final, expected_final = (torch.load(run / "model_state.pt", weights_only=True) for run in (resumed, reference))
+    assert final.keys() == expected_final.keys()
+    assert all(torch.equal(final[k], expected_final[k]) for k in final)
+
+
+@pytest.mark.parametrize("scenario, rows", [("sync", 5), ("fedbuff", 8)])
+def test_sigkill_then_resume_matches_an_uninterrupted_run_serial(tmp_path, uninterrupted, scenario, rows):
+    resumed = _kill_and_resume(tmp_path, scenario, "serial", rows)
+    _assert_same_run(resumed, uninterrupted[scenario])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["sync", "fedbuff"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run_ray(tmp_path, uninterrupted, scenario):
+    # the reference is the serial run: results do not depend on the executor
+    resumed = _kill_and_resume(tmp_path, scenario, "ray", 4)
+    _assert_same_run(resumed, uninterrupted[scenario])
+
+
+def test_sigterm_leaves_a_checkpoint_the_run_resumes_from(tmp_path, uninterrupted):
+    out = tmp_path / "stopped"
+    proc = _start_and_wait(_cmd(out, "fedbuff", "serial", "--checkpoint-every", "1000"), tmp_path, out, 2,
+                           checkpoint=False)
+    assert not (out / "checkpoint.pt").exists()
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 143, err
+    assert "--resume" in err and "Traceback" not in err
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    done = _run([sys.executable, "-m", "fedsim", "run", "--resume", str(out), "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(out, uninterrupted["fedbuff"])
+    again = _run([sys.executable, "-m", "fedsim", "run", "--resume", str(out)], tmp_path)
+    assert again.returncode == 2 and "already completed" in again.stderr
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in fedsim handles it."""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(small_config, tmp_path, monkeypatch):
+    config = small_config(rounds=6, output={"checkpoint_every": 2, "progress": False, "tensorboard": False})
+    real_save, saves = torch.save, []
+
+    def dies_while_writing(obj, f, *args, **kwargs):  # the second checkpoint is cut off half way, as by a kill
+        if not str(getattr(f, "name", "")).endswith("checkpoint.pt.tmp"):
+            return real_save(obj, f, *args, **kwargs)
+        saves.append(1)
+        real_save(obj, f, *args, **kwargs)
+        if len(saves) == 2:
+            f.truncate(f.tell() // 2)
+            raise _Killed("killed during the write")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_while_writing)
+    with pytest.raises(_Killed):
+        run_experiment(config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    out = tmp_path / "run"
+    assert (out / "checkpoint.pt.tmp").exists()
+    state = load_checkpoint(out / "checkpoint.pt")  # the first one, intact
+    assert decode(state["engine"])["server_state"].version == 2
+    summary, _ = run_experiment_resumed(out)
+    assert summary["status"] == "completed" and summary["rounds"] == 6
+    reference, _ = run_experiment(config, out_dir=tmp_path / "reference")
+    assert _rows(out / "metrics.jsonl") == _rows(tmp_path / "reference" / "metrics.jsonl")
+
+
+def run_experiment_resumed(out: Path):
+    from fedsim.run import resume_experiment  # noqa: PLC0415
+
+    return resume_experiment(out, ["output.progress=false", "output.tensorboard=false"])
+
+
+def test_checkpoints_hold_only_plain_data_and_refuse_foreign_classes(tmp_path):
+    payload = {"a": (1, 2.5), 3: [torch.ones(2), None], "s": {4, 5}}
+    roundtrip = decode(encode(payload))
+    assert roundtrip["a"] == (1, 2.5) and torch.equal(roundtrip[3][0], torch.ones(2)) and roundtrip["s"] == {4, 5}
+    with pytest.raises(CheckpointError, match="not one of fedsim's own"):
+        decode({"__object__": "os:system", "values": ["echo hi"]})
+    evil = tmp_path / "checkpoint.pt"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    evil.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(CheckpointError, match="not a readable fedsim checkpoint"):
+        load_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_errors_are_one_line(tmp_path, capsys):
+    code = main(["run", "--resume", str(tmp_path / "nothing")])
+    assert code == 2 and "not a fedsim run folder" in capsys.readouterr().err
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("rounds: 2\n")
+    code = main(["run", "--resume", str(out)])
+    assert code == 2 and "no checkpoint" in capsys.readouterr().err
+    code = main(["run", "--resume", str(out), "--set", "rounds=5"])
+    assert code == 2 and "only output.* may change" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        run_experiment_resumed(out)
