@@ -111,6 +111,7 @@ class Engine:
         """Fix the inputs of one job per client (on the current model) and schedule their finishes."""
         client_ids = np.asarray(client_ids, dtype=np.int64)
         jobs, steps = [], []
+        broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(self.state)  # algos: per-version payload (SCAFFOLD's c)
         for cid in client_ids.tolist():
             config = self.client_config | self.strategy.configure(self.state, cid, self.now)
             job_id = next(self._job_ids)
@@ -122,6 +123,7 @@ class Engine:
                 config=config,
                 seed=derive_seed(self.seed, "client-train", cid, self.state.version, job_id),
                 state=self.client_states.get(cid),
+                broadcast=broadcast,
             )
             jobs.append(job)
             steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
@@ -237,6 +239,10 @@ class Engine:
             "best_test_accuracy": max(accuracies) if accuracies else None,
             "dropouts": self.dropouts,
         }
+
+
+def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload
+    return None
 
 
 def _weighted_train_loss(results: Sequence[ClientResult]) -> float | None:

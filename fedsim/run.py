@@ -28,6 +28,7 @@ from fedsim.population import Population, build_population
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
 from fedsim.schedulers import SyncRounds
+from fedsim.state import ClientStateStore
 from fedsim.tasks import Task, TaskSpec, build_task
 from strategies import build_strategy
 
@@ -85,6 +86,7 @@ class Experiment:
             return self.engine.run(self.scheduler)
         finally:
             self.executor.close()
+            self.engine.client_states.close()  # algos: remove spilled client state
 
 
 def build(config: RunConfig, task: Task | None = None) -> Experiment:
@@ -102,6 +104,9 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     population = build_population(config.population, task.data, config.seed)
     strategy = build_strategy(config.strategy)
     algorithm = CLIENTS.get(config.client.algorithm)()
+    if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
+        raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
+                         f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
     executor = EXECUTORS.get(config.executor.name)(config.executor, worker_spec, task)
     evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
@@ -116,6 +121,8 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         seed=config.seed,
         eval_every=config.eval.every,
     )
+    limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
+    engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)
     return Experiment(config, task, population, engine, SyncRounds(config.rounds, config.round_deadline), executor)
 
 
