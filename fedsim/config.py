@@ -88,7 +88,12 @@ class PopulationConfig(_Strict):
     speed: str = "constant"
     step_time: float = Field(0.01, gt=0)  # virtual seconds per local step (median client)
     speed_sigma: float = Field(0.5, ge=0)  # lognormal spread of per-client step times
-    comm_time: float = Field(0.0, ge=0)  # virtual seconds of up+down link per job
+    speed_tiers: list[list[float]] = Field(default_factory=lambda: [[0.5, 1.0], [0.3, 2.0], [0.2, 5.0]])  # "tiered": [fraction, slowdown]
+    device_file: str | None = None  # "device_file": FedScale device capacity pickle
+    comm_time: float = Field(0.0, ge=0)  # fixed virtual seconds of latency per job
+    bandwidth: float | None = Field(None, gt=0)  # Mbit/s per client: adds 2 x model size / bandwidth per job
+    extra_delay: float = Field(0.0, ge=0)  # mean of a random exponential extra delay per job (virtual s)
+    dropout_prob: float = Field(0.0, ge=0, le=1)  # probability that a job fails mid-training
 
     @field_validator("participation")
     @classmethod
@@ -144,6 +149,9 @@ class StrategyConfig(_Strict):
     tau: float | None = Field(None, gt=0)
     bias_correction: bool | None = None
     cutoff: int | None = Field(None, ge=1)  # FedAU's K; None = no cutoff (K -> infinity)
+    staleness: str | None = None  # staleness weighting s(tau): constant | polynomial | hinge
+    staleness_a: float | None = Field(None, ge=0)  # polynomial exponent a / hinge slope a
+    staleness_b: float | None = Field(None, ge=0)  # hinge: updates up to b versions stale get weight 1
 
     @field_validator("name")
     @classmethod
@@ -159,6 +167,51 @@ class StrategyConfig(_Strict):
     @classmethod
     def _known_optimizer(cls, v: str | None) -> str | None:
         return v if v is None else _check_name("server_optimizer", v)
+
+    @field_validator("staleness")
+    @classmethod
+    def _known_staleness(cls, v: str | None) -> str | None:
+        return v if v is None else _check_name("staleness", v)
+
+
+class AnarchicConfig(_Strict):
+    idle_mean: float = Field(1.0, gt=0)  # mean virtual seconds a client waits before joining again
+    idle_sigma: float = Field(1.0, ge=0)  # lognormal spread of that mean across clients
+    min_steps: int = Field(1, ge=1)  # local steps a client chooses: uniform in [min_steps, max_steps]
+    max_steps: int = Field(10, ge=1)
+
+
+class SchedulerConfig(_Strict):
+    """When clients train and when the server aggregates (see fedsim/schedulers.py)."""
+
+    name: str = "sync"  # sync | buffered | periodic
+    over_selection: float = Field(0.0, ge=0)  # sync + uniform: dispatch (1+x) clients_per_round, keep the first
+    buffer_size: int = Field(10, ge=1)  # buffered: K arrivals per server update
+    interval: float | None = Field(None, gt=0)  # periodic: virtual seconds between server updates
+    arrivals: str = "concurrency"  # concurrency | rate | anarchic
+    concurrency: int = Field(10, ge=1)  # clients training at once
+    arrival_rate: float = Field(1.0, gt=0)  # starts per virtual second
+    arrival_process: str = "constant"  # constant | poisson gaps
+    max_staleness: int | None = Field(None, ge=0)  # refuse (and count) staler updates
+    max_time: float | None = Field(None, gt=0)  # stop at this virtual time, whatever the updates
+    anarchic: AnarchicConfig = Field(default_factory=AnarchicConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name("scheduler", v)
+
+    @field_validator("arrivals")
+    @classmethod
+    def _known_arrivals(cls, v: str) -> str:
+        return _check_name("arrivals", v)
+
+    @field_validator("arrival_process")
+    @classmethod
+    def _process(cls, v: str) -> str:
+        if v not in ("constant", "poisson"):
+            raise ValueError(f"unknown arrival process '{v}'; valid choices: constant, poisson")
+        return v
 
 
 class ExecutorConfig(_Strict):
@@ -190,7 +243,9 @@ class ClientStateConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    every: int = Field(5, ge=1)  # evaluate every n rounds (and always after the last)
+    every: int | None = Field(5, ge=1)  # evaluate every n server updates (and always after the last); null = never
+    every_time: float | None = Field(None, gt=0)  # also evaluate every this many virtual seconds
+    target_accuracy: float | None = Field(None, gt=0, le=1)  # record time-to-accuracy in summary.json
     per_client: bool = False  # also report mean and worst-10% accuracy over clients
     max_clients: int = Field(1000, ge=1)  # per-client evaluation looks at most at this many
 
@@ -203,12 +258,13 @@ class OutputConfig(_Strict):
 
 class RunConfig(_Strict):
     seed: int = 0
-    rounds: int = Field(50, ge=1)
-    round_deadline: float | None = Field(None, gt=0)  # virtual seconds; stragglers are dropped
+    rounds: int = Field(50, ge=1)  # server updates (= rounds for scheduler sync)
+    round_deadline: float | None = Field(None, gt=0)  # scheduler sync: virtual seconds; stragglers are dropped
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     client_state: ClientStateConfig = Field(default_factory=ClientStateConfig)
@@ -228,6 +284,25 @@ class RunConfig(_Strict):
                 f"population.min_prob ({self.population.min_prob}) must be <= "
                 f"population.mean_prob ({self.population.mean_prob})"
             )
+        sched = self.scheduler
+        if sched.name != "sync":
+            if self.round_deadline is not None:
+                raise ValueError(f"round_deadline applies to scheduler 'sync', not '{sched.name}' (use scheduler.max_staleness)")
+            if sched.over_selection > 0:
+                raise ValueError(f"scheduler.over_selection applies to scheduler 'sync', not '{sched.name}'")
+        elif sched.over_selection > 0 and self.population.participation != "uniform":
+            raise ValueError(
+                "scheduler.over_selection needs population.participation 'uniform' (it over-selects "
+                f"clients_per_round), got '{self.population.participation}'"
+            )
+        if sched.interval is not None and sched.name != "periodic":
+            raise ValueError(f"scheduler.interval applies to scheduler 'periodic', not '{sched.name}'")
+        if sched.name == "periodic" and sched.arrivals == "anarchic":
+            raise ValueError("scheduler.arrivals 'anarchic' does not combine with scheduler 'periodic' "
+                             "(anarchic clients choose their own start times); use scheduler 'buffered'")
+        if sched.anarchic.min_steps > sched.anarchic.max_steps:
+            raise ValueError(f"scheduler.anarchic.min_steps ({sched.anarchic.min_steps}) must be <= "
+                             f"max_steps ({sched.anarchic.max_steps})")
         from clients import check_client_options  # noqa: PLC0415  (lazy: registries import config)
         from strategies import check_pairing  # noqa: PLC0415
 

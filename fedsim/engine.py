@@ -1,23 +1,31 @@
 """The engine: one event loop on a virtual clock, shared by every scheduling mode.
 
-It owns the clock, a priority queue of events ordered by (virtual time, sequence number),
-the strategy's ServerState (model version + parameters), and the jobs in flight.
+The loop pops events in (virtual time, priority, sequence) order. At equal times, job
+finishes come before scheduler timers, timers before dispatches and dispatches before
+evaluations, so a client that finishes at the instant a buffer flushes or a window closes
+is counted in it, and clients restarted at that instant get the new model (as in FLSim).
 
 - ``dispatch`` fixes a job's inputs (client, model version, config, seed, client state),
   asks the population how long it takes, and schedules its ``finish`` event. Nothing is
-  computed yet.
+  computed yet. The seed derives from (experiment seed, client, model version, that
+  client's dispatch count), so adding a client never reseeds the others' jobs.
 - When the loop pops a ``finish`` event whose result is unknown, it hands EVERY dispatched
   but uncomputed job to the executor in one ``run(jobs)`` call. Inputs were fixed at
   dispatch, so batching cannot change any result: runs are deterministic whatever the
-  executor, and vmap/Ray get many clients at once.
-- A scheduler (sync rounds now; asynchronous and anarchic modes later) decides when to
-  dispatch and when the strategy aggregates; the engine does the bookkeeping.
+  executor, and vmap/Ray get many clients at once (also jobs on different model versions).
+- A result is delivered at its finish time: staleness (server version now minus the
+  version it started from) is set, over-stale updates are refused, the client's new state
+  is stored, and the scheduler decides what to do with it. Schedulers
+  (:mod:`fedsim.schedulers`) decide when to dispatch and when the strategy aggregates.
+
+Run state lives in three explicit places: :class:`RunState` (clock, event queue with the
+jobs in flight, counters), the strategy's ``ServerState`` and the client state store; the
+scheduler keeps its own small state. Each holds plain data, so a run can be snapshotted.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,28 +35,57 @@ import numpy as np
 import torch
 
 from fedsim.evaluation import Evaluator
+from fedsim.executors.worker import failed_result
 from fedsim.population import Population
-from fedsim.rng import derive_seed
+from fedsim.rng import derive_seed, numpy_generator
 from fedsim.state import ClientStateStore
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["Engine", "Event", "Scheduler", "Callback"]
+__all__ = ["Engine", "Event", "RunState", "Scheduler", "Callback", "FINISH", "TIMER", "DISPATCH", "EVAL"]
 
 log = logging.getLogger("fedsim")
+
+# Event kinds, in the order they are processed at equal virtual times.
+FINISH, TIMER, DISPATCH, EVAL = "finish", "timer", "dispatch", "eval"
+_PRIORITY = {FINISH: 0, TIMER: 1, DISPATCH: 2, EVAL: 3}
 
 
 @dataclass(order=True)
 class Event:
     time: float
+    priority: int
     seq: int
     kind: str = field(compare=False)
-    payload: Any = field(compare=False, default=None)
+    payload: Any = field(compare=False, default=None)  # FINISH: job id; others: the scheduler's
+
+
+@dataclass
+class RunState:
+    """Everything the loop changes besides the strategy's and the clients' state."""
+
+    now: float = 0.0
+    next_seq: int = 0
+    next_job_id: int = 0
+    selections: int = 0  # counter seeding each sample of idle clients
+    queue: list[Event] = field(default_factory=list)  # a heap
+    jobs: dict[int, ClientJob] = field(default_factory=dict)  # in flight, by job id
+    uncomputed: dict[int, None] = field(default_factory=dict)  # job ids not yet computed (insertion order)
+    results: dict[int, ClientResult] = field(default_factory=dict)  # computed, not yet delivered
+    failing: dict[int, str] = field(default_factory=dict)  # job id -> why it drops out (decided at dispatch)
+    durations: dict[int, float] = field(default_factory=dict)  # job id -> virtual seconds
+    busy: dict[int, int] = field(default_factory=dict)  # client id -> jobs in flight
+    dispatch_counts: dict[int, int] = field(default_factory=dict)  # client id -> jobs dispatched so far
+    dropouts: int = 0  # failed jobs and deadline stragglers
+    stale_refused: int = 0  # results older than max_staleness
+    executor_calls: int = 0
+    executor_jobs: int = 0
+    stopped: bool = False
 
 
 class Scheduler(Protocol):
     def start(self, engine: "Engine") -> None: ...
 
-    def on_event(self, engine: "Engine", event: Event) -> None: ...
+    def on_event(self, engine: "Engine", event: Event) -> None: ...  # TIMER and DISPATCH events
 
     def on_result(self, engine: "Engine", job: ClientJob, result: ClientResult) -> None: ...
 
@@ -73,7 +110,12 @@ class Engine:
         evaluator: Evaluator,
         params: torch.Tensor,
         seed: int,
-        eval_every: int = 1,
+        max_updates: int,
+        max_time: float | None = None,
+        max_staleness: int | None = None,
+        eval_every: int | None = 1,
+        eval_every_time: float | None = None,
+        target_accuracy: float | None = None,
         callbacks: Sequence[Callback] = (),
     ):
         self.strategy = strategy
@@ -83,118 +125,199 @@ class Engine:
         self.executor = executor
         self.evaluator = evaluator
         self.seed = seed
+        self.max_updates = max_updates
+        self.max_time = max_time
+        self.max_staleness = max_staleness
         self.eval_every = eval_every
+        self.eval_every_time = eval_every_time
+        self.target_accuracy = target_accuracy
         self.callbacks = list(callbacks)
         self.state = strategy.init(params, population.info())
         self.client_states = ClientStateStore()
-        self.now = 0.0
-        self._queue: list[Event] = []
-        self._seq = itertools.count()
-        self._job_ids = itertools.count()
-        self._uncomputed: dict[int, ClientJob] = {}
-        self._results: dict[int, ClientResult] = {}
-        self._cancelled: set[int] = set()
-        self._stopped = False
+        self.run_state = RunState()
+        # metrics bookkeeping
+        self.history: list[dict[str, Any]] = []
+        self.time_to_accuracy: dict[str, Any] | None = None
         self._since_eval: list[ClientResult] = []
         self._last_eval_version = -1
         self._last_participants = 0
         self._start_wall = 0.0
-        self.dropouts = 0
-        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def now(self) -> float:
+        return self.run_state.now
+
+    @property
+    def busy(self) -> dict[int, int]:
+        """Clients with a job in flight (client id -> number of jobs)."""
+        return self.run_state.busy
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.run_state.jobs)
+
+    @property
+    def dropouts(self) -> int:
+        return self.run_state.dropouts
 
     # ------------------------------------------------------------------ scheduling
 
     def schedule(self, delay: float, kind: str, payload: Any = None) -> None:
-        heapq.heappush(self._queue, Event(self.now + delay, next(self._seq), kind, payload))
+        rs = self.run_state
+        heapq.heappush(rs.queue, Event(rs.now + delay, _PRIORITY[kind], rs.next_seq, kind, payload))
+        rs.next_seq += 1
 
-    def dispatch(self, client_ids: np.ndarray) -> list[ClientJob]:
-        """Fix the inputs of one job per client (on the current model) and schedule their finishes."""
-        client_ids = np.asarray(client_ids, dtype=np.int64)
-        jobs, steps = [], []
+    def sample_idle(self, k: int) -> np.ndarray:
+        """Up to k clients, uniformly among those available now and not training."""
+        rs = self.run_state
+        rng = numpy_generator(self.seed, "select-idle", rs.selections)
+        rs.selections += 1
+        return self.population.sample(k, rs.now, rs.busy, rng)
+
+    def dispatch(self, client_ids: Sequence[int] | np.ndarray, overrides: Sequence[dict[str, Any]] | None = None) -> list[ClientJob]:
+        """Fix the inputs of one job per client on the current model and schedule their finishes.
+
+        ``overrides`` (one dict per client) change that job's local config, e.g. the local
+        steps an anarchic client chose; they win over the strategy's instructions.
+        """
+        rs = self.run_state
+        ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            return []
+        version = self.state.version
+        jobs, steps, counts = [], [], []
         broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(self.state)  # algos: per-version payload (SCAFFOLD's c)
-        for cid in client_ids.tolist():
-            config = self.client_config | self.strategy.configure(self.state, cid, self.now)
-            job_id = next(self._job_ids)
+        for i, cid in enumerate(ids.tolist()):
+            config = self.client_config | self.strategy.configure(self.state, cid, rs.now)
+            if overrides is not None:
+                config |= overrides[i]
+            count = rs.dispatch_counts.get(cid, 0)
+            rs.dispatch_counts[cid] = count + 1
             job = ClientJob(
-                job_id=job_id,
+                job_id=rs.next_job_id,
                 client_id=cid,
-                version=self.state.version,
+                version=version,
                 params=self.state.params,
                 config=config,
-                seed=derive_seed(self.seed, "client-train", cid, self.state.version, job_id),
+                seed=derive_seed(self.seed, "client-train", cid, version, count),
                 state=self.client_states.get(cid),
                 broadcast=broadcast,
             )
+            rs.next_job_id += 1
             jobs.append(job)
+            counts.append(count)
             steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
-        durations = self.population.durations(client_ids, np.asarray(steps)) if jobs else []
-        for job, duration in zip(jobs, durations):
-            self._uncomputed[job.job_id] = job
-            self.schedule(float(duration), "finish", (job, float(duration)))
+        timing = self.population.timing(ids, np.asarray(steps), np.asarray(counts))
+        for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
+            rs.jobs[job.job_id] = job
+            rs.durations[job.job_id] = duration
+            rs.busy[job.client_id] = rs.busy.get(job.client_id, 0) + 1
+            if dropped:
+                rs.failing[job.job_id] = "dropped out mid-training (population.dropout_prob)"
+            else:
+                rs.uncomputed[job.job_id] = None
+            self.schedule(duration, FINISH, job.job_id)
         return jobs
 
     def cancel(self, jobs: Sequence[ClientJob]) -> None:
-        """Forget jobs whose results are no longer wanted (e.g. stragglers past a deadline)."""
+        """Forget jobs whose results are no longer wanted (stragglers, unneeded over-selected clients)."""
         for job in jobs:
-            self._cancelled.add(job.job_id)
-            self._uncomputed.pop(job.job_id, None)
-            self._results.pop(job.job_id, None)
+            if self._release(job.job_id) is not None:
+                self.run_state.results.pop(job.job_id, None)
 
     def stop(self) -> None:
-        self._stopped = True
+        self.run_state.stopped = True
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, scheduler: Scheduler) -> dict[str, Any]:
+        rs = self.run_state
         self._start_wall = time.perf_counter()
         scheduler.start(self)
-        while self._queue and not self._stopped:
-            event = heapq.heappop(self._queue)
-            self.now = event.time
-            if event.kind != "finish":
+        if self.eval_every_time:
+            self.schedule(self.eval_every_time, EVAL)
+        while rs.queue and not rs.stopped:
+            event = heapq.heappop(rs.queue)
+            if self.max_time is not None and event.time > self.max_time:
+                rs.now = self.max_time
+                break
+            rs.now = event.time
+            if event.kind == FINISH:
+                self._deliver(scheduler, event.payload)
+            elif event.kind == EVAL:
+                self.evaluate()
+                self.schedule(self.eval_every_time, EVAL)
+            else:
                 scheduler.on_event(self, event)
-                continue
-            job, duration = event.payload
-            if job.job_id in self._cancelled:
-                self._cancelled.discard(job.job_id)
-                continue
-            if job.job_id not in self._results:
-                self._compute_all_pending()
-            result = self._results.pop(job.job_id)
-            result.duration = duration
-            result.staleness = self.state.version - job.version
-            if not result.ok:
-                self.dropouts += 1
-                log.warning("client %d dropped at version %d: %s", job.client_id, job.version, result.error)
-            scheduler.on_result(self, job, result)
-        if self._last_eval_version != self.state.version:
+        if self._last_eval_version != self.state.version or not self.history:
             self.evaluate()
         summary = self.summary()
         for cb in self.callbacks:
             cb.on_end(self, summary)
         return summary
 
-    def _compute_all_pending(self) -> None:
-        jobs = sorted(self._uncomputed.values(), key=lambda j: j.job_id)
-        self._uncomputed.clear()
+    def _deliver(self, scheduler: Scheduler, job_id: int) -> None:
+        rs = self.run_state
+        if job_id not in rs.jobs:
+            return  # cancelled
+        if job_id in rs.uncomputed:
+            self._compute_pending()
+        job = rs.jobs[job_id]
+        duration = rs.durations[job_id]
+        reason = rs.failing.get(job_id)
+        result = failed_result(job, reason) if reason is not None else rs.results.pop(job_id)
+        self._release(job_id)
+        result.duration = duration
+        result.staleness = self.state.version - job.version
+        result.base_params = job.params
+        if not result.ok:
+            rs.dropouts += 1
+            log.warning("client %d dropped at version %d: %s", job.client_id, job.version, result.error)
+        elif self.max_staleness is not None and result.staleness > self.max_staleness:
+            rs.stale_refused += 1
+            result.error = f"staleness {result.staleness} > max_staleness {self.max_staleness}"
+        elif result.state is not None:
+            self.client_states.put(job.client_id, result.state)  # on arrival: a re-dispatch gets it at once
+        scheduler.on_result(self, job, result)
+
+    def _release(self, job_id: int) -> ClientJob | None:
+        rs = self.run_state
+        job = rs.jobs.pop(job_id, None)
+        if job is None:
+            return None
+        rs.uncomputed.pop(job_id, None)
+        rs.failing.pop(job_id, None)
+        rs.durations.pop(job_id, None)
+        left = rs.busy[job.client_id] - 1
+        if left:
+            rs.busy[job.client_id] = left
+        else:
+            del rs.busy[job.client_id]
+        return job
+
+    def _compute_pending(self) -> None:
+        rs = self.run_state
+        jobs = [rs.jobs[j] for j in rs.uncomputed]
+        rs.uncomputed.clear()
         results = self.executor.run(jobs)
         if len(results) != len(jobs):
             raise RuntimeError(f"executor returned {len(results)} results for {len(jobs)} jobs")
+        rs.executor_calls += 1
+        rs.executor_jobs += len(jobs)
         for job, result in zip(jobs, results):
-            self._results[job.job_id] = result
+            rs.results[job.job_id] = result
 
     # ------------------------------------------------------------------ server side
 
     def aggregate(self, results: Sequence[ClientResult], dropped: int = 0) -> None:
-        """Hand successful results to the strategy; store new client states; record the round."""
+        """Hand successful results to the strategy (one server update) and record it."""
         ok = [r for r in results if r.ok]
         if dropped:
-            self.dropouts += dropped
+            self.run_state.dropouts += dropped
             log.info("version %d: %d straggler(s) missed the deadline and were dropped", self.state.version, dropped)
         self.state = self.strategy.aggregate(self.state, ok, self.now)
-        for r in ok:
-            if r.state is not None:
-                self.client_states.put(r.client_id, r.state)
         self._since_eval.extend(ok)
         self._last_participants = len(ok)
         record = {
@@ -203,11 +326,14 @@ class Engine:
             "participants": len(ok),
             "dropouts": len(results) - len(ok) + dropped,
             "train_loss": _weighted_train_loss(ok),
+            "staleness": float(np.mean([r.staleness for r in ok])) if ok else None,
         }
         for cb in self.callbacks:
             cb.on_round(self, record)
-        if self.state.version % self.eval_every == 0:
+        if self.eval_every and self.state.version % self.eval_every == 0:
             self.evaluate()
+        if self.state.version >= self.max_updates:
+            self.stop()
 
     def evaluate(self) -> dict[str, Any]:
         metrics = self.evaluator.evaluate(self.state.params)
@@ -219,16 +345,26 @@ class Engine:
             **metrics,
             "participants": self._last_participants,
             "updates": len(self._since_eval),
-            "dropouts": self.dropouts,
+            "dropouts": self.run_state.dropouts,
         }
         self._since_eval = []
         self._last_eval_version = self.state.version
         self.history.append(record)
+        accuracy = record.get("test_accuracy")
+        if self.target_accuracy is not None and self.time_to_accuracy is None and accuracy is not None \
+                and accuracy >= self.target_accuracy:
+            self.time_to_accuracy = {
+                "target": self.target_accuracy,
+                "virtual_time": self.now,
+                "server_updates": self.state.version,
+                "wall_time": record["wall_time"],
+            }
         for cb in self.callbacks:
             cb.on_eval(self, record)
         return record
 
     def summary(self) -> dict[str, Any]:
+        rs = self.run_state
         last = self.history[-1] if self.history else {}
         accuracies = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
         return {
@@ -237,8 +373,17 @@ class Engine:
             "wall_time": time.perf_counter() - self._start_wall,
             "final": last,
             "best_test_accuracy": max(accuracies) if accuracies else None,
-            "dropouts": self.dropouts,
+            "dropouts": rs.dropouts,
+            "stale_refused": rs.stale_refused,
+            "jobs_dispatched": rs.next_job_id,
+            "executor_batch_mean": rs.executor_jobs / rs.executor_calls if rs.executor_calls else None,
+            "time_to_accuracy": self._time_to_accuracy_summary(),
         }
+
+    def _time_to_accuracy_summary(self) -> dict[str, Any] | None:
+        if self.target_accuracy is None:
+            return None
+        return self.time_to_accuracy or {"target": self.target_accuracy, "virtual_time": None, "server_updates": None}
 
 
 def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload

@@ -24,6 +24,9 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "participation": ("fedsim.population", "PARTICIPATION", "participation models (population.participation)"),
     "speed": ("fedsim.population", "SPEEDS", "client speed models (population.speed)"),
     "executor": ("fedsim.executors", "EXECUTORS", "executors (executor.name)"),
+    "scheduler": ("fedsim.schedulers", "SCHEDULERS", "schedulers (scheduler.name)"),
+    "arrivals": ("fedsim.schedulers", "ARRIVALS", "arrival processes (scheduler.arrivals)"),
+    "staleness": ("strategies", "STALENESS", "staleness weightings (strategy.staleness)"),
 }
 
 

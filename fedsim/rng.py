@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "torch_generator", "numpy_generator", "uniform"]
+__all__ = ["derive_seed", "torch_generator", "numpy_generator", "uniform", "uniform_per_client"]
 
 _MASK = (1 << 63) - 1
 
@@ -48,4 +48,14 @@ def uniform(seed: int, purpose: str, client_ids: np.ndarray, step: int) -> np.nd
     ids = np.asarray(client_ids, dtype=np.uint64)
     with np.errstate(over="ignore"):
         bits = _splitmix64(_splitmix64(ids ^ base) + base)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def uniform_per_client(seed: int, purpose: str, client_ids: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """U[0,1) draws, one per (client id, that client's own counter) pair; independent per pair."""
+    base = np.uint64(derive_seed(seed, purpose))
+    ids = np.asarray(client_ids, dtype=np.uint64)
+    steps = np.asarray(counters, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(_splitmix64(_splitmix64(ids ^ base) + steps) + base)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

@@ -27,7 +27,7 @@ from fedsim.params import ParamLayout
 from fedsim.population import Population, build_population
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
-from fedsim.schedulers import SyncRounds
+from fedsim.schedulers import build_scheduler
 from fedsim.state import ClientStateStore
 from fedsim.tasks import Task, TaskSpec, build_task
 from strategies import build_strategy
@@ -78,7 +78,7 @@ class Experiment:
     task: Task
     population: Population
     engine: Engine
-    scheduler: SyncRounds
+    scheduler: Any
     executor: Any
 
     def run(self) -> dict[str, Any]:
@@ -101,8 +101,12 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     check_optimizer_options(client_config)
     spec = task_spec(config)
     task = task if task is not None else build_task(spec)
-    population = build_population(config.population, task.data, config.seed)
+    params = initial_params(task, config.seed)
+    population = build_population(config.population, task.data, config.seed,
+                                  model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
     strategy = build_strategy(config.strategy)
+    scheduler = build_scheduler(config)
+    check_rounds_only(strategy, config)
     algorithm = CLIENTS.get(config.client.algorithm)()
     if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
         raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
@@ -117,13 +121,28 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         population=population,
         executor=executor,
         evaluator=evaluator,
-        params=initial_params(task, config.seed),
+        params=params,
         seed=config.seed,
+        max_updates=config.rounds,
+        max_time=config.scheduler.max_time,
+        max_staleness=config.scheduler.max_staleness,
         eval_every=config.eval.every,
+        eval_every_time=config.eval.every_time,
+        target_accuracy=config.eval.target_accuracy,
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
     engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)
-    return Experiment(config, task, population, engine, SyncRounds(config.rounds, config.round_deadline), executor)
+    return Experiment(config, task, population, engine, scheduler, executor)
+
+
+def check_rounds_only(strategy: Any, config: RunConfig) -> None:
+    """Refuse weightings defined only for synchronous rounds under an asynchronous scheduler."""
+    if config.scheduler.name != "sync" and getattr(strategy.aggregator, "requires_rounds", False):
+        raise ValueError(
+            f"strategy '{config.strategy.name}' (weighting '{config.strategy.weighting or 'fedau'}') counts "
+            f"participation in synchronous rounds and is not defined for scheduler '{config.scheduler.name}'; "
+            "use scheduler sync, or weighting mifa / fedvarp / uniform"
+        )
 
 
 def run_experiment(config: RunConfig, out_dir: str | Path | None = None, task: Task | None = None) -> tuple[dict[str, Any], Path]:

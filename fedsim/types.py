@@ -55,6 +55,7 @@ class ClientResult:
     state: Any = None  # new client state (dict of flat tensors on the CPU), stored by the engine if not None
     extras: dict[str, Any] | None = None  # flat tensors for the server (e.g. SCAFFOLD's change of c_i), checked like delta
     staleness: int = 0  # server version at arrival - base_version, set by the engine
+    base_params: Params | None = None  # the model the client started from, set by the engine (FedAsync mixing)
     error: str | None = None  # set when the client failed; such results are never aggregated
 
     @property

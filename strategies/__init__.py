@@ -12,6 +12,9 @@ from strategies.fedcm import MomentumAggregator, MomentumState, fedcm
 from strategies.mifa import MIFA, MemoryState, mifa
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, adagrad, adam, sgd, yogi
 from strategies.weighting import WEIGHTINGS, WeightedAverage, weighted_sum
+from strategies.staleness import STALENESS
+from strategies import afa as _afa  # noqa: F401  (registers weightings afa_cd, afa_cs)
+from strategies import fedfix as _fedfix  # noqa: F401  (registers weighting fedfix)
 
 __all__ = [
     "FL_SIMULATOR_CLIENT",
@@ -52,4 +55,5 @@ __all__ = [
     "WEIGHTINGS",
     "WeightedAverage",
     "weighted_sum",
+    "STALENESS",
 ]

@@ -42,6 +42,8 @@ class FedAUState:
 
 
 class FedAUWeighting:
+    requires_rounds = True  # intervals are counted in synchronous rounds; refused by async schedulers
+
     def __init__(self, cutoff: int | None = None):
         if cutoff is not None and cutoff < 1:
             raise ValueError(f"strategy.cutoff must be >= 1 or null (no cutoff), got {cutoff}")

@@ -12,7 +12,8 @@ As a pseudo-gradient for the server optimizer: U = mean_{S_t} Delta_i + (1/N) H 
 H = sum_i h_i. The server never needs the h_i themselves: H grows by the participants'
 deltas, kept here in float64 so that thousands of rounds of additions do not drift. With the
 default server optimizer (sgd, lr 1) x_{t+1} = x_t + U is the reference update. A round
-without participants still adds (1/N) H, as the reference loop would (its h list is unchanged).
+without participants applies a zero update (the reference redraws participants until the
+round is not empty, so it has no such round; fedsim treats it like every other weighting).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ class FedDynAggregator:
         return FedDynState(torch.zeros_like(params, dtype=torch.float64), population.num_clients, params.dtype)
 
     def aggregate(self, state: FedDynState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, FedDynState]:
+        if not results:
+            return torch.zeros_like(state.h_sum, dtype=state.dtype), state
         total = torch.zeros_like(state.h_sum)
         for r in results:
             total.add_(r.delta.to(total.device))
         h_sum = state.h_sum + total
-        mean_delta = total / len(results) if results else total
-        u = (mean_delta + h_sum / state.num_clients).to(state.dtype)
+        u = (total / len(results) + h_sum / state.num_clients).to(state.dtype)
         return u, FedDynState(h_sum, state.num_clients, state.dtype)
 
 

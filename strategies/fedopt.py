@@ -5,20 +5,31 @@ One strategy class covers FedAvg (McMahan et al., AISTATS 2017, arXiv 1602.05629
 arXiv 2003.00295), FedAU and the FedAU paper's baselines: each named preset is a weighting
 (strategies/weighting.py, fedau.py, mifa.py, fedvarp.py) times a server optimizer
 (strategies/server_optimizers.py). Any weighting combines with any server optimizer.
+
+The asynchronous presets are the same composition with two optional parts applied to each
+update first: a staleness factor s(tau) (strategies/staleness.py) and, for FedAsync, rebasing
+the update onto the current model (strategies/fedasync.py). FedBuff (Nguyen et al., AISTATS
+2022, arXiv 2106.06639) is the uniform average of a buffer of K staleness-weighted deltas
+followed by any server optimizer; FedFix and AFA add their weightings (strategies/fedfix.py,
+strategies/afa.py). Presets also choose their scheduler through ``config_defaults``.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import torch
 
 from fedsim.registry import Registry
 from fedsim.types import ClientResult, PopulationInfo
+import numpy as np
+
 from strategies.base import Aggregator, ServerState
+from strategies.fedasync import rebase
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer
+from strategies.staleness import STALENESS
 from strategies.weighting import WEIGHTINGS
 
 __all__ = [
@@ -36,6 +47,7 @@ OPTION_FIELDS: dict[str, str] = {
     "bias_correction": "bias_correction",
     "cutoff": "cutoff",
 }
+STALENESS_FIELDS: dict[str, str] = {"staleness_a": "a", "staleness_b": "b"}
 
 
 @dataclass
@@ -43,6 +55,8 @@ class FedOpt:
     name: str
     aggregator: Aggregator
     optimizer: ServerOptimizer
+    staleness: Callable[[np.ndarray], np.ndarray] | None = None  # s(tau), multiplies each update
+    mixing: bool = False  # rebase updates onto the current model first (FedAsync)
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> ServerState:
         params = params.detach().clone().float()
@@ -62,6 +76,11 @@ class FedOpt:
         return broadcast(state.aggregator) if broadcast is not None else None
 
     def aggregate(self, state: ServerState, results: Sequence[ClientResult], now: float) -> ServerState:
+        if self.mixing:
+            results = rebase(results, state.params)
+        if self.staleness is not None and results:
+            factors = self.staleness(np.array([r.staleness for r in results]))
+            results = [r if f == 1.0 else replace(r, delta=r.delta * float(f)) for r, f in zip(results, factors)]
         u, aggregator_state = self.aggregator.aggregate(state.aggregator, results, state.version)
         step, optimizer_state = self.optimizer.update(u, state.optimizer)
         return state.replace(
@@ -143,6 +162,36 @@ _register(
 )
 
 
+ASYNC_SPEEDS = {"speed": "lognormal", "speed_sigma": 1.0}  # heavy-tailed client speeds: where asynchrony matters
+_register(
+    "fedasync", "FedAsync: mix each arrival into the model, alpha=0.9, polynomial staleness (Xie et al. 2019)",
+    "uniform", "sgd", server_lr=0.9, staleness="polynomial", staleness_a=0.5, mixing=True,
+    config_defaults={"scheduler": {"name": "buffered", "buffer_size": 1, "concurrency": 10},
+                     "population": ASYNC_SPEEDS},
+)
+_register(
+    "fedbuff", "FedBuff: average K=10 staleness-weighted deltas, then a server step (Nguyen et al. 2022)",
+    "uniform", "sgd", server_lr=1.0, staleness="polynomial", staleness_a=0.5,
+    config_defaults={"scheduler": {"name": "buffered", "buffer_size": 10, "concurrency": 20},
+                     "population": ASYNC_SPEEDS},
+)
+_register(
+    "fedfix", "FedFix: aggregate every interval, restart finished clients at the tick (Fraboni et al. 2023)",
+    "fedfix", "sgd", server_lr=1.0,
+    config_defaults={"scheduler": {"name": "periodic", "interval": 0.5, "concurrency": 20},
+                     "population": ASYNC_SPEEDS},
+)
+ANARCHIC = {"scheduler": {"name": "buffered", "buffer_size": 10, "arrivals": "anarchic"}, "population": ASYNC_SPEEDS}
+_register(
+    "afa-cd", "AFA-CD: anarchic clients, mean of step-normalised updates, eta=5 (Yang et al. 2022)",
+    "afa_cd", "sgd", server_lr=5.0, config_defaults=ANARCHIC,
+)
+_register(
+    "afa-cs", "AFA-CS: anarchic clients, mean of every worker's latest normalised update (Yang et al. 2022)",
+    "afa_cs", "sgd", server_lr=5.0, config_defaults=ANARCHIC,
+)
+
+
 def resolve_parts(cfg: Any) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
     """(weighting, its kwargs, server optimizer, its kwargs) for a StrategyConfig.
 
@@ -160,6 +209,8 @@ def resolve_parts(cfg: Any) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
     w_kwargs: dict[str, Any] = {}
     o_kwargs: dict[str, Any] = {}
     for key, value in (preset.options | user).items():
+        if key not in OPTION_FIELDS:
+            continue  # staleness / mixing options: see staleness_part
         arg = OPTION_FIELDS[key]
         if arg in o_params:
             o_kwargs[arg] = value
@@ -202,10 +253,36 @@ def check_pairing(cfg: Any, algorithm: str) -> None:
     )
 
 
+def staleness_part(cfg: Any) -> tuple[Callable[[np.ndarray], np.ndarray] | None, bool]:
+    """(s(tau) or None, mixing) for a StrategyConfig; staleness_a/_b need a staleness that takes them."""
+    preset = STRATEGIES.get(cfg.name)
+    name = cfg.staleness or preset.options.get("staleness")
+    preset_values = preset.options if name == preset.options.get("staleness") else {}
+    kwargs: dict[str, Any] = {}
+    for key, arg in STALENESS_FIELDS.items():
+        user = getattr(cfg, key)
+        value = user if user is not None else preset_values.get(key)
+        if value is None:
+            continue
+        takes = set(inspect.signature(STALENESS.get(name)).parameters) if name else set()
+        if arg in takes:
+            kwargs[arg] = value
+        elif user is not None:
+            raise ValueError(
+                f"strategy.{key} is not used by staleness '{name}'"
+                + ("" if name else " (set strategy.staleness: polynomial or hinge)")
+            )
+    fn = STALENESS.get(name)(**kwargs) if name else None
+    return fn, bool(preset.options.get("mixing", False))
+
+
 def build_strategy(cfg: Any) -> FedOpt:
     weighting, w_kwargs, optimizer, o_kwargs = resolve_parts(cfg)
+    staleness, mixing = staleness_part(cfg)
     return FedOpt(
         name=cfg.name,
         aggregator=WEIGHTINGS.get(weighting)(**w_kwargs),
         optimizer=SERVER_OPTIMIZERS.get(optimizer)(**o_kwargs),
+        staleness=staleness,
+        mixing=mixing,
     )

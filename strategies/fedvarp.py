@@ -19,7 +19,9 @@ y_bar = S / N always holds.
 
 Cost: O(|S_t| d) per round. Memory: one float32 update per client SEEN so far, N_seen x d
 floats in a ClientStateStore, plus S. State is functional and shared with MIFA
-(strategies/mifa.py): a new state per round, stored tensors never modified in place.
+(strategies/mifa.py): a new state per round, stored tensors never modified in place. Under
+asynchronous schedulers a round is one server update and a client arriving twice in it
+counts once, with its latest update (S_t = the distinct clients).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Sequence
 import torch
 
 from fedsim.types import ClientResult, PopulationInfo
-from strategies.mifa import MemoryState, init_memory, store_updates
+from strategies.mifa import MemoryState, init_memory, latest_per_client, store_updates
 from strategies.weighting import WEIGHTINGS
 
 __all__ = ["FedVARP", "fedvarp"]
@@ -45,7 +47,7 @@ class FedVARP:
         if not results:
             return torch.zeros_like(state.total, dtype=state.dtype), state
         change, new_state = store_updates(state, results)  # change = sum_{n in S_t} (delta_n - G_n^old)
-        u = state.total / state.num_clients + change / len(results)
+        u = state.total / state.num_clients + change / len(latest_per_client(results))
         return u.to(state.dtype), new_state
 
 

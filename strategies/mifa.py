@@ -20,6 +20,10 @@ and the reference code (the stored updates do not depend on who shows up).
 State is functional: each round returns a new MemoryState whose store is a shallow copy of
 the old one with only the participants' entries replaced; stored tensors are never modified
 in place. ``MemoryState`` and ``store_updates`` are shared with FedVARP (strategies/fedvarp.py).
+
+Under asynchronous schedulers a "round" is one server update, and a client can arrive twice
+before the buffer is aggregated: its later update supersedes the earlier one (G_n is the
+client's LATEST update), so each client counts once per server update.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from fedsim.state import ClientStateStore
 from fedsim.types import ClientResult, PopulationInfo
 from strategies.weighting import WEIGHTINGS
 
-__all__ = ["MemoryState", "MIFA", "mifa", "store_updates"]
+__all__ = ["MemoryState", "MIFA", "mifa", "store_updates", "latest_per_client"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,9 @@ def init_memory(params: torch.Tensor, population: PopulationInfo) -> MemoryState
 
 def store_updates(state: MemoryState, results: Sequence[ClientResult]) -> tuple[torch.Tensor, MemoryState]:
     """Replace G_n by delta_n for every result; returns (sum_n (delta_n - G_n^old) in float64, new state)."""
-    ids = [r.client_id for r in results]
-    if len(set(ids)) != len(ids):
-        raise ValueError("MIFA / FedVARP expect each client at most once per round")
     stored = state.stored.copy()
     change = torch.zeros_like(state.total)
-    for r in results:
+    for r in latest_per_client(results):
         delta = r.delta.detach().to(device=state.total.device, dtype=torch.float32, copy=True)
         old = state.stored.get(r.client_id)
         change.add_(delta)
@@ -74,6 +75,14 @@ def store_updates(state: MemoryState, results: Sequence[ClientResult]) -> tuple[
         stored.put(r.client_id, delta)
     new_state = MemoryState(stored, state.total + change, state.num_clients, state.dtype)
     return change, new_state
+
+
+def latest_per_client(results: Sequence[ClientResult]) -> list[ClientResult]:
+    """One result per client: its last one in the sequence (arrival order)."""
+    latest: dict[int, ClientResult] = {}
+    for r in results:
+        latest[r.client_id] = r
+    return list(latest.values())
 
 
 class MIFA:

@@ -1,29 +1,46 @@
-"""Population model: who can take part in a round, and how long a client's job takes.
+"""Population model: who is available at a virtual time, and how long a client's job takes.
 
-A participation model answers ``participants(round)`` with sorted client ids; its
-``probabilities`` are the true long-run participation probabilities (known to the
-simulator, hidden from strategies except oracle baselines). A speed model gives each
-client's virtual seconds per local step. Per-client bookkeeping is O(1) numbers, so
-populations of 10^6 clients work.
+A participation model answers two questions on the engine's virtual clock:
+
+- ``available(ids, now)``: which of these clients are online at virtual time ``now``. The
+  per-round models (Bernoulli, Markov, cyclic) are defined over virtual-time slots of
+  ``population.round_length`` seconds: slot ``floor(now / round_length)``; traces are read
+  at ``now`` itself. ``time_varying`` is False for models whose answer never changes.
+- ``participants(slot)``: every client online in one slot (the round-indexed view).
+
+Its ``probabilities`` are the true long-run participation probabilities (known to the
+simulator, hidden from strategies except oracle baselines).
+
+A speed model gives each client's virtual seconds per local step; :class:`Population` adds
+communication (model size / bandwidth, down and up), random extra delays, and mid-training
+dropouts, all drawn from counter-based streams keyed by (client, that client's dispatch
+count), so a job's timing never depends on which other clients ran. Per-client bookkeeping
+is O(1) numbers, so populations of 10^6 clients work; sampling k idle available clients
+costs O(k) when most clients are available.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 import numpy as np
 
 from fedsim.registry import Registry
+from fedsim.rng import uniform_per_client
 from fedsim.types import PopulationInfo
 
-__all__ = ["Participation", "SpeedModel", "Population", "PARTICIPATION", "SPEEDS"]
+__all__ = ["Participation", "SpeedModel", "Population", "JobTiming", "PARTICIPATION", "SPEEDS", "build_population"]
 
 
 class Participation(Protocol):
     probabilities: np.ndarray | None  # float64[N] true long-run participation probability
+    time_varying: bool  # False: available() is the same at every time
 
-    def participants(self, round: int) -> np.ndarray: ...  # sorted int64 ids
+    def available(self, ids: np.ndarray, now: float) -> np.ndarray: ...  # bool, one per id
+
+    def participants(self, slot: int) -> np.ndarray: ...  # sorted int64 ids online in that slot
 
 
 class SpeedModel(Protocol):
@@ -35,23 +52,114 @@ PARTICIPATION: Registry[Callable[..., Participation]] = Registry("participation 
 SPEEDS: Registry[Callable[..., SpeedModel]] = Registry("speed model")
 
 
+@dataclass(frozen=True)
+class JobTiming:
+    """When dispatched jobs end: ``durations`` in virtual seconds; ``dropped`` jobs end early, failed."""
+
+    durations: np.ndarray  # float64[k]
+    dropped: np.ndarray  # bool[k]
+
+
 @dataclass
 class Population:
     participation: Participation
     speed: SpeedModel
-    comm_time: float
+    comm_time: float  # fixed virtual seconds per job (latency)
     num_samples: np.ndarray
+    seed: int = 0
+    round_length: float = 60.0  # virtual seconds per availability slot
+    model_bits: float = 0.0  # size of the model in bits; a job moves it down and up once
+    bandwidth: Callable[[np.ndarray], np.ndarray] | None = None  # bits/s per client; None = infinite
+    extra_delay: float = 0.0  # mean of an exponential random extra delay per job (0 = none)
+    dropout_prob: float = 0.0  # probability that a job fails mid-training
 
     @property
     def num_clients(self) -> int:
         return len(self.num_samples)
 
-    def participants(self, round: int) -> np.ndarray:
-        return self.participation.participants(round)
+    # ------------------------------------------------------------------ availability on the clock
+
+    def available(self, ids: np.ndarray, now: float) -> np.ndarray:
+        return self.participation.available(np.asarray(ids, dtype=np.int64), now)
+
+    def available_ids(self, now: float) -> np.ndarray:
+        """Every client online at ``now`` (sorted int64); O(N)."""
+        ids = np.arange(self.num_clients, dtype=np.int64)
+        return ids[self.available(ids, now)]
+
+    def idle_available(self, now: float, busy: Collection[int]) -> np.ndarray:
+        ids = self.available_ids(now)
+        if busy:
+            ids = ids[~np.isin(ids, np.fromiter(busy, dtype=np.int64, count=len(busy)))]
+        return ids
+
+    def sample(self, k: int, now: float, busy: Collection[int], rng: np.random.Generator) -> np.ndarray:
+        """Up to k distinct clients drawn uniformly from those available at ``now`` and not busy.
+
+        Rejection sampling (draw ids, keep available idle ones, first come first kept) costs
+        O(k) when most clients qualify; after a few thin draws it falls back to one O(N) scan.
+        """
+        n = self.num_clients
+        if k <= 0:
+            return np.empty(0, dtype=np.int64)
+        chosen: list[int] = []
+        seen: set[int] = set()
+        for _ in range(4):
+            draw = rng.integers(0, n, size=2 * (k - len(chosen)) + 8)
+            ok = self.available(draw, now)
+            for cid, good in zip(draw.tolist(), ok.tolist()):
+                if good and cid not in busy and cid not in seen:
+                    seen.add(cid)
+                    chosen.append(cid)
+                    if len(chosen) == k:
+                        return np.asarray(chosen, dtype=np.int64)
+        rest = self.idle_available(now, busy)
+        if seen:
+            rest = rest[~np.isin(rest, np.fromiter(seen, dtype=np.int64))]
+        extra = rng.choice(rest, size=min(k - len(chosen), len(rest)), replace=False) if len(rest) else rest
+        return np.concatenate([np.asarray(chosen, dtype=np.int64), extra.astype(np.int64)])
+
+    def round_participants(self, round: int, now: float, busy: Collection[int] = (), extra_fraction: float = 0.0) -> np.ndarray:
+        """Sync rounds: the clients that take part in ``round`` starting at ``now`` (sorted).
+
+        Every available idle client, unless the model selects among them (``uniform``: the
+        server samples ``clients_per_round``, times ``1 + extra_fraction`` for over-selection).
+        """
+        candidates = self.idle_available(now, busy)
+        select = getattr(self.participation, "select", None)
+        if select is None:
+            return candidates
+        return select(round, candidates, extra_fraction)
+
+    # ------------------------------------------------------------------ job timing
+
+    def timing(self, client_ids: np.ndarray, steps: np.ndarray, dispatch_counts: np.ndarray,
+               dropouts: bool = True) -> JobTiming:
+        """Virtual seconds each job takes: local steps x step time + communication + random delay.
+
+        A dropped job ends at a uniformly drawn fraction of its duration. Draws are keyed by
+        (client, the client's dispatch count).
+        """
+        ids = np.asarray(client_ids, dtype=np.int64)
+        counts = np.asarray(dispatch_counts, dtype=np.int64)
+        durations = np.asarray(steps, dtype=np.float64) * self.speed.step_time(ids) + self.comm_time
+        if self.bandwidth is not None and self.model_bits > 0:
+            durations = durations + 2.0 * self.model_bits / self.bandwidth(ids)
+        if self.extra_delay > 0:
+            u = uniform_per_client(self.seed, "extra-delay", ids, counts)
+            durations = durations - self.extra_delay * np.log1p(-u)  # Exp(mean extra_delay)
+        dropped = np.zeros(len(ids), dtype=bool)
+        if dropouts and self.dropout_prob > 0:
+            dropped = uniform_per_client(self.seed, "dropout", ids, counts) < self.dropout_prob
+            if dropped.any():
+                fraction = uniform_per_client(self.seed, "dropout-at", ids, counts)
+                durations = np.where(dropped, durations * fraction, durations)
+        return JobTiming(durations, dropped)
 
     def durations(self, client_ids: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """Virtual seconds each job takes: local steps x step time + communication."""
-        return np.asarray(steps) * self.speed.step_time(np.asarray(client_ids)) + self.comm_time
+        """Full durations of first dispatches (dropouts ignored); handy for tests and planning."""
+        ids = np.asarray(client_ids, dtype=np.int64)
+        return self.timing(ids, steps, np.zeros(len(ids), dtype=np.int64), dropouts=False).durations
 
     def info(self) -> PopulationInfo:
         return PopulationInfo(
@@ -61,10 +169,30 @@ class Population:
         )
 
 
-def build_population(config: Any, data: Any, seed: int) -> Population:
+def build_population(config: Any, data: Any, seed: int, model_bits: float = 0.0, batch_size: int = 1) -> Population:
+    speed = SPEEDS.get(config.speed)(config, data, seed, batch_size=batch_size)
+    bandwidth = getattr(speed, "bandwidth", None)  # device files carry per-client bandwidth
+    if bandwidth is None and config.bandwidth is not None:
+        bits_per_second = config.bandwidth * 1e6
+
+        def bandwidth(ids: np.ndarray) -> np.ndarray:
+            return np.full(len(ids), bits_per_second)
+
     return Population(
         participation=PARTICIPATION.get(config.participation)(config, data, seed),
-        speed=SPEEDS.get(config.speed)(config, data, seed),
+        speed=speed,
         comm_time=config.comm_time,
         num_samples=np.asarray(data.num_samples, dtype=np.int64),
+        seed=seed,
+        round_length=config.round_length,
+        model_bits=model_bits,
+        bandwidth=bandwidth,
+        extra_delay=config.extra_delay,
+        dropout_prob=config.dropout_prob,
     )
+
+
+def slot_of(now: float, round_length: float) -> int:
+    """The availability slot containing virtual time ``now``."""
+    return int(math.floor(now / round_length + 1e-9))
+

@@ -12,6 +12,10 @@ arXiv 2306.03401) and its reference code; see ALGORITHMS.md §0.1 and §2.6:
 - ``trace``: availability from a trace file (CSV or FedScale's ``client_behave_trace``; Lai et
   al., ICML 2022, arXiv 2105.11367), see :mod:`fedsim.population.traces`.
 
+On the engine's clock a "round" of these models is an availability slot of ``round_length``
+virtual seconds: ``available(ids, now)`` reads slot ``floor(now / round_length)`` (traces read
+``now`` itself). ``participants(slot)`` is the same question for every client at once.
+
 Every per-round, per-client draw comes from :func:`fedsim.rng.uniform`, keyed by the client id,
 so a client's pattern depends only on (seed, its id, its p_n): adding clients never changes it.
 """
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.special import betaincinv
 
-from fedsim.population.base import PARTICIPATION
+from fedsim.population.base import PARTICIPATION, slot_of
 from fedsim.population.traces import AvailabilityTrace, load_trace
 from fedsim.rng import numpy_generator, uniform
 
@@ -72,9 +76,15 @@ def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:
 class BernoulliParticipation:
     """Client n is active in round t iff uniform(seed, "bernoulli", n, t) < p_n. Empty rounds are kept."""
 
-    def __init__(self, probabilities: np.ndarray, seed: int):
+    time_varying = True
+
+    def __init__(self, probabilities: np.ndarray, seed: int, round_length: float = 1.0):
         self.probabilities = _check_probabilities(probabilities)
-        self.seed = seed
+        self.seed, self.round_length = seed, round_length
+
+    def available(self, ids: np.ndarray, now: float) -> np.ndarray:
+        slot = slot_of(now, self.round_length)
+        return uniform(self.seed, "bernoulli", ids, slot) < self.probabilities[ids]
 
     def participants(self, round: int) -> np.ndarray:
         ids = np.arange(len(self.probabilities), dtype=np.int64)
@@ -91,8 +101,11 @@ class MarkovParticipation:
     round replays the chain from the start, so results stay deterministic).
     """
 
-    def __init__(self, probabilities: np.ndarray, rate: float, seed: int):
+    time_varying = True
+
+    def __init__(self, probabilities: np.ndarray, rate: float, seed: int, round_length: float = 1.0):
         p = _check_probabilities(probabilities)
+        self.round_length = round_length
         if not 0 < rate <= 1:
             raise ValueError(f"population.markov_rate must be in (0, 1], got {rate}")
         self.probabilities, self.seed = p, seed
@@ -108,6 +121,12 @@ class MarkovParticipation:
         ids = np.arange(len(self.probabilities))
         self.active = uniform(self.seed, "markov-init", ids, 0) < self.probabilities
         self._next_round = 0
+
+    def available(self, ids: np.ndarray, now: float) -> np.ndarray:
+        slot = slot_of(now, self.round_length)
+        if slot != self._next_round - 1:
+            self.participants(slot)
+        return self.active[ids]
 
     def participants(self, round: int) -> np.ndarray:
         if round < self._next_round:
@@ -130,8 +149,11 @@ class CyclicParticipation:
     (kept as ``target_probabilities``) when P p_n < 1.5 or P p_n is not an integer.
     """
 
-    def __init__(self, probabilities: np.ndarray, period: int, seed: int):
+    time_varying = True
+
+    def __init__(self, probabilities: np.ndarray, period: int, seed: int, round_length: float = 1.0):
         p = _check_probabilities(probabilities)
+        self.round_length = round_length
         if period < 2:
             raise ValueError(f"population.cyclic_period must be >= 2, got {period}")
         self.target_probabilities = p
@@ -142,6 +164,10 @@ class CyclicParticipation:
         self.phase = np.minimum(phase.astype(np.int64), self.inactive_len - 1)
         self.probabilities = self.active_len / (self.active_len + self.inactive_len)
 
+    def available(self, ids: np.ndarray, now: float) -> np.ndarray:
+        since = slot_of(now, self.round_length) - self.phase[ids]
+        return (since >= 0) & (np.mod(since, self.active_len[ids] + self.inactive_len[ids]) < self.active_len[ids])
+
     def participants(self, round: int) -> np.ndarray:
         since = round - self.phase
         active = (since >= 0) & (np.mod(since, self.active_len + self.inactive_len) < self.active_len)
@@ -149,12 +175,16 @@ class CyclicParticipation:
 
 
 class TraceParticipation:
-    """Client n takes part in round t iff its trace client is online at time t * round_length.
+    """Client n is available at virtual time t iff its trace client is online at t.
+
+    ``participants(slot)`` asks at the slot's start, ``slot * round_length``.
 
     Population client n uses trace client n mod K (trace ids in sorted order), so a trace with
     fewer clients than the population is cycled. Time wraps modulo each trace client's period.
     ``probabilities`` is the fraction of the period the client is online.
     """
+
+    time_varying = True
 
     def __init__(self, trace: AvailabilityTrace, num_clients: int, round_length: float):
         if round_length <= 0:
@@ -168,23 +198,28 @@ class TraceParticipation:
             return per_trace_client[: self.num_clients]
         return per_trace_client[np.arange(self.num_clients) % k]
 
+    def available(self, ids: np.ndarray, now: float) -> np.ndarray:
+        return self.trace.available_clients(np.asarray(ids, dtype=np.int64) % self.trace.num_clients, now)
+
     def participants(self, round: int) -> np.ndarray:
         return np.flatnonzero(self._expand(self.trace.available(round * self.round_length))).astype(np.int64)
 
 
 @PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)")
 def bernoulli(config: Any, data: Any, seed: int) -> BernoulliParticipation:
-    return BernoulliParticipation(participation_probabilities(config, data, seed), seed)
+    return BernoulliParticipation(participation_probabilities(config, data, seed), seed, config.round_length)
 
 
 @PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate")
 def markov(config: Any, data: Any, seed: int) -> MarkovParticipation:
-    return MarkovParticipation(participation_probabilities(config, data, seed), config.markov_rate, seed)
+    return MarkovParticipation(participation_probabilities(config, data, seed), config.markov_rate, seed, config.round_length)
 
 
 @PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)")
 def cyclic(config: Any, data: Any, seed: int) -> CyclicParticipation:
-    return CyclicParticipation(participation_probabilities(config, data, seed), config.cyclic_period, seed)
+    return CyclicParticipation(
+        participation_probabilities(config, data, seed), config.cyclic_period, seed, config.round_length
+    )
 
 
 @PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)")

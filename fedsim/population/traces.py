@@ -61,6 +61,27 @@ class AvailabilityTrace:
         online[owner[inside]] = True
         return online
 
+    def available_clients(self, clients: np.ndarray, time: float) -> np.ndarray:
+        """bool per entry of ``clients`` (trace client indices): online at ``time``; O(len(clients) log M)."""
+        keys = self._interval_keys
+        local = np.mod(time, self.periods[clients])
+        row = np.searchsorted(keys, self._key_base[clients] + local, side="right") - 1
+        inside = row >= self.offsets[clients]
+        row = np.where(inside, row, 0)
+        if len(self.ends):
+            within = (local <= self.ends[row]) if self.closed else (local < self.ends[row])
+            inside &= within & (self.starts[row] <= local)
+        return inside
+
+    @cached_property
+    def _key_base(self) -> np.ndarray:
+        """Per trace client, an offset that makes (offset + local time) increase across clients."""
+        return np.concatenate([[0.0], np.cumsum(self.periods + 1.0)[:-1]])
+
+    @cached_property
+    def _interval_keys(self) -> np.ndarray:
+        return self._key_base[self.owners] + np.clip(self.starts, 0.0, None)
+
     def availability_fraction(self) -> np.ndarray:
         """float64[K]: fraction of its period each trace client is online (intervals clipped to the period)."""
         owner = self.owners

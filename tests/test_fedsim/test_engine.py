@@ -11,6 +11,7 @@ import torch
 from clients import CLIENTS, LocalSGD, resident_grad_fn, run_client
 from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
+from fedsim.population.base import slot_of
 from fedsim.rng import derive_seed
 from fedsim.run import build, initial_params
 
@@ -36,10 +37,17 @@ class FaultyClient(LocalSGD):
 
 
 class EvenRoundsEmpty:
-    """Participation model for tests: nobody in even rounds, clients 0..2 in odd rounds."""
+    """Participation model for tests: nobody in even slots, clients 0..2 in odd slots."""
 
-    def __init__(self, num_clients):
+    time_varying = True
+
+    def __init__(self, num_clients, round_length):
         self.probabilities = np.full(num_clients, 0.5)
+        self.round_length = round_length
+
+    def available(self, ids, now):
+        slot = slot_of(now, self.round_length)
+        return (ids < 3) & (slot % 2 == 1)
 
     def participants(self, round):
         return np.array([], dtype=np.int64) if round % 2 == 0 else np.arange(3)
@@ -47,7 +55,8 @@ class EvenRoundsEmpty:
 
 if "test_faulty" not in CLIENTS:
     CLIENTS.register("test_faulty", "test only")(FaultyClient)
-    PARTICIPATION.register("test_even_empty", "test only")(lambda config, data, seed: EvenRoundsEmpty(data.num_clients))
+    PARTICIPATION.register("test_even_empty", "test only")(
+        lambda config, data, seed: EvenRoundsEmpty(data.num_clients, config.round_length))
 
 
 def _history(experiment):
@@ -133,6 +142,15 @@ def test_empty_rounds_apply_no_update(small_config):
     experiment.run()
     assert versions == [(1, 0), (2, 3), (3, 0), (4, 3)]
     assert not torch.equal(experiment.engine.state.params, start)
+    assert [r["virtual_time"] for r in experiment.engine.history][:1] == [0.0]  # round 1: slot 0, nobody
+
+
+def test_empty_rounds_leave_the_parameters_unchanged(small_config):
+    experiment = build(small_config(rounds=1, population={"participation": "test_even_empty"}))
+    start = experiment.engine.state.params.clone()
+    experiment.run()
+    assert experiment.engine.state.version == 1
+    assert torch.equal(experiment.engine.state.params, start)
 
 
 def test_per_client_evaluation(small_config):

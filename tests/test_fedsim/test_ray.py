@@ -139,6 +139,15 @@ def test_stateful_algorithms_on_ray_are_bit_identical_to_serial(local_ray, small
     assert experiment.executor.broadcast_puts == (3 if strategy == "scaffold" else 0)  # once per version
 
 
+def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_config):
+    # jobs of several model versions in flight at once; inputs fixed at dispatch
+    values = {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}}
+    reference, params, _ = history(build(small_config(executor={"threads": 1}, **values)))
+    rows, final, _ = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1}, **values)))
+    assert rows == reference
+    assert torch.equal(final, params)
+
+
 @pytest.mark.timeout(120)
 def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small_config):
     config = small_config()

@@ -29,7 +29,8 @@ def test_every_config_field_is_in_the_config_reference():
 
 
 def test_every_strategy_and_executor_is_documented():
-    for kind in ("strategy", "executor", "participation", "partitioner", "weighting", "server_optimizer"):
+    for kind in ("strategy", "executor", "participation", "partitioner", "weighting", "server_optimizer",
+                 "scheduler", "arrivals", "staleness", "speed"):
         for name in registries.get(kind).names():
             if name.startswith("test_"):  # registered by other tests
                 continue

@@ -126,7 +126,14 @@ def test_stored_updates_live_on_the_model_device_and_dtype():
     assert state.stored.get(0).dtype == torch.float32
 
 
-def test_duplicate_client_in_a_round_rejected():
-    agg = MIFA()
-    with pytest.raises(ValueError, match="at most once"):
-        agg.aggregate(agg.init(torch.zeros(2), POP3), _results(0, {0: [1.0, 1.0]}) * 2, 0)
+@pytest.mark.parametrize("make", [MIFA, FedVARP])
+def test_client_twice_in_one_update_counts_once_with_its_latest(make):
+    # asynchronous buffers can hold one client twice: the later update supersedes the earlier
+    agg = make()
+    init = agg.init(torch.zeros(2), POP3)
+    twice = _results(0, {0: [1.0, 1.0]}) + _results(0, {1: [0.0, 3.0]}) + _results(0, {0: [2.0, 0.0]})
+    once = _results(0, {1: [0.0, 3.0]}) + _results(0, {0: [2.0, 0.0]})
+    u_twice, s_twice = agg.aggregate(init, twice, 0)
+    u_once, s_once = agg.aggregate(init, once, 0)
+    assert torch.allclose(u_twice, u_once)
+    assert torch.equal(s_twice.stored.get(0), torch.tensor([2.0, 0.0]))
