@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clients import CLIENTS, make_grad_fn, run_client
-from fedsim.types import ClientResult, PopulationInfo
+from fedsim.types import PopulationInfo
 from strategies import FedDynAggregator, MomentumAggregator, ScaffoldAggregator
 
 D = 3

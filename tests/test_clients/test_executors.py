@@ -162,23 +162,32 @@ def test_cli_refuses_a_nonsense_pair_with_one_line(tmp_path):
     assert len(lines) == 1 and "scaffold" in lines[0] and "fedavg" in lines[0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fedprox", "scaffold", "feddyn", "fedsam", "mofedsam", "fedcm", "fedspeed"])
-def test_cli_presets_run_serial_and_vmap_with_the_same_metrics(strategy, tmp_path):
-    import json
-
+def test_presets_run_serial_and_vmap_with_the_same_metrics(strategy, small_config, caplog):
     finals = []
     for executor in ("serial", "vmap"):
-        out = tmp_path / executor
-        proc = subprocess.run([sys.executable, "-m", "fedsim", "run", "--strategy", strategy, "--rounds", "3",
-                               "--executor", executor, "--quiet", "--no-tensorboard", "--out", str(out),
-                               "--set", "data.num_clients=20", "--set", "population.clients_per_round=5"],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        assert "cannot be batched" not in proc.stderr
-        finals.append(json.loads((out / "summary.json").read_text())["final"])
+        experiment = build(small_config(strategy={"name": strategy}, rounds=2, data={"num_clients": 10},
+                                        population={"clients_per_round": 4}, executor={"name": executor}))
+        with caplog.at_level(logging.WARNING, logger="fedsim"):
+            summary = experiment.run()
+        assert "cannot be batched" not in caplog.text
+        assert summary["dropouts"] == 0
+        finals.append(experiment.engine.history[-1])
     assert finals[0]["test_accuracy"] == pytest.approx(finals[1]["test_accuracy"], abs=0.02)
-    assert finals[0]["dropouts"] == finals[1]["dropouts"] == 0
+    assert finals[0]["test_loss"] == pytest.approx(finals[1]["test_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_cli_fedspeed_on_vmap_end_to_end(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", "--strategy", "fedspeed", "--rounds", "3",
+                           "--executor", "vmap", "--quiet", "--no-tensorboard", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["dropouts"] == 0
 
 
 def test_registry_lists_every_algorithm():
