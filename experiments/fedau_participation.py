@@ -8,9 +8,10 @@ experiments/fedau_participation.yaml, and writes:
 
     experiments/results/fedau_participation/results.csv   one row per run
     experiments/results/fedau_participation/results.md    mean +- std table
-    experiments/results/fedau_participation/results.png   accuracy curves + FedAU weights vs 1/p_n
+    experiments/results/fedau_participation/results.png   final accuracy per seed, mean ± std
 
     python experiments/fedau_participation.py [--seeds 1 2 3] [--rounds 300] [--jobs 2]
+    python experiments/fedau_participation.py --replot     # redraw results.png from results.csv
 """
 
 from __future__ import annotations
@@ -95,39 +96,57 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     return table
 
 
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    """The per-run rows of a previous run of this script (results.csv)."""
+    with (out / "results.csv").open() as f:
+        return [{**row, "seed": int(row["seed"]), "test_accuracy": float(row["test_accuracy"])} for row in csv.DictReader(f)]
+
+
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Final accuracy per strategy and participation model: one dot per seed, mean ± std bar.
+
+    The x axis is zoomed on the competitive strategies (the gaps that matter are 1-2 points);
+    a strategy far below is printed as text at the left edge instead of squashing the axis.
+    """
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, len(PARTICIPATION) + 1, figsize=(5 * (len(PARTICIPATION) + 1), 4.2))
-    for ax, participation in zip(axes, PARTICIPATION):
-        for label in STRATEGIES:
-            curves = [r["curve"] for r in rows if r["strategy"] == label and r["participation"] == participation]
-            if not curves:
+    labels = [label for label in STRATEGIES if any(r["strategy"] == label for r in rows)]
+    participations = [p for p in PARTICIPATION if any(r["participation"] == p for r in rows)]
+    means = [statistics.fmean(r["test_accuracy"] for r in rows if r["strategy"] == lab and r["participation"] == p)
+             for lab in labels for p in participations
+             if any(r["strategy"] == lab and r["participation"] == p for r in rows)]
+    top = 100 * max(means) + 1.5
+    low = 100 * sorted(means)[len(means) // 4] - 3.0  # most strategies in view; outliers as text
+    plt.rcParams.update({"font.size": 11})
+    fig, axes = plt.subplots(1, len(participations), figsize=(3.2 * len(participations) + 1.8, 0.45 * len(labels) + 1.5),
+                             sharey=True, squeeze=False)
+    for ax, participation in zip(axes[0], participations):
+        for y, label in enumerate(labels):
+            acc = [100 * r["test_accuracy"] for r in rows if r["strategy"] == label and r["participation"] == participation]
+            if not acc:
                 continue
-            x = [p[0] for p in curves[0]]
-            y = np.mean([[p[1] for p in c] for c in curves], axis=0)
-            ax.plot(x, y, label=label, linestyle="--" if "oracle" in label else "-")
-        ax.set_title(f"{participation} participation")
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (mean over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    ax = axes[-1]
-    weighted = [r for r in rows if r["strategy"] == "FedAU (K=inf)" and r["participation"] == "bernoulli" and "weights" in r]
-    if weighted:
-        r = weighted[0]
-        ax.scatter(r["inv_p"], r["weights"], s=10, alpha=0.7)
-        top = max(max(r["inv_p"]), max(r["weights"]))
-        ax.plot([1, top], [1, top], color="grey", linestyle=":", label="omega = 1/p")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("1 / p_n (true)")
-        ax.set_ylabel("FedAU weight omega_n (learned)")
-        ax.set_title(f"FedAU weights after {r['rounds']} rounds (bernoulli, seed {r['seed']})")
-        ax.legend(fontsize=7)
+            mean = statistics.fmean(acc)
+            std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            color = "tab:red" if label.startswith("FedAU") else ("tab:gray" if "oracle" in label else "tab:blue")
+            if mean < low:
+                ax.text(low + 0.1, y, f"← {mean:.1f} ± {std:.1f}", va="center", fontsize=10, color=color)
+                continue
+            ax.scatter(acc, [y] * len(acc), s=14, color=color, alpha=0.45, zorder=2)
+            ax.errorbar(mean, y, xerr=std, fmt="o", color=color, markersize=6, capsize=3, zorder=3)
+            ax.text(top - 0.1, y, f"{mean:.1f}", va="center", ha="right", fontsize=10)
+        ax.set_xlim(low, top)
+        ax.set_title(f"{participation} participation", fontsize=11)
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(labels)), labels)
+    axes[0][0].invert_yaxis()
+    seeds = sorted({r["seed"] for r in rows})
+    rounds = rows[0]["rounds"]
+    fig.suptitle(f"digits, {rounds} rounds; accuracy = mean of the last {LAST_EVALS} evaluations; "
+                 f"dots: {len(seeds)} seeds, bar: mean ± std", fontsize=11)
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
@@ -142,7 +161,12 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES), metavar="LABEL")
     parser.add_argument("--participation", nargs="+", default=list(PARTICIPATION), choices=PARTICIPATION)
     parser.add_argument("--out", default=str(HERE / "results" / "fedau_participation"))
+    parser.add_argument("--replot", action="store_true", help="only redraw results.png from results.csv")
     args = parser.parse_args()
+    if args.replot:
+        plot(read_rows(Path(args.out)), Path(args.out))
+        print(f"wrote {args.out}/results.png")
+        return
     rounds = args.rounds or load_config(args.config).rounds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fedsim run | list | plot``.
+"""Command line: ``python -m fedsim run | list | show | table | plot``.
 
 Bad input exits with status 2 and one line on stderr naming the field and the valid choices.
 """
@@ -6,66 +6,141 @@ Bad input exits with status 2 and one line on stderr naming the field and the va
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any, Sequence
 
+from fedsim import __version__
 from fedsim.config import ConfigError, load_config
 from fedsim.registry import UnknownNameError
 
 __all__ = ["main"]
 
-# CLI flag -> dotted config key
-FLAG_KEYS: dict[str, str] = {
-    "strategy": "strategy.name",
-    "task": "task.name",
-    "rounds": "rounds",
-    "seed": "seed",
-    "participation": "population.participation",
-    "executor": "executor.name",
-    "workers": "executor.workers",
-    "ray_address": "executor.ray_address",
-    "gpus_per_client": "executor.gpus_per_client",
-    "device": "executor.device",
-    "out": "output.out",
+# CLI flag -> (dotted config key, registry kind whose names are its choices, or None)
+FLAG_KEYS: dict[str, tuple[str, str | None]] = {
+    "strategy": ("strategy.name", "strategy"),
+    "task": ("task.name", "task"),
+    "rounds": ("rounds", None),
+    "seed": ("seed", None),
+    "participation": ("population.participation", "participation"),
+    "executor": ("executor.name", "executor"),
+    "workers": ("executor.workers", None),
+    "ray_address": ("executor.ray_address", None),
+    "gpus_per_client": ("executor.gpus_per_client", None),
+    "device": ("executor.device", None),
+    "out": ("output.out", None),
 }
+FLAG_HELP = {
+    "strategy": "strategy preset",
+    "task": "task",
+    "rounds": "number of server rounds",
+    "seed": "experiment seed",
+    "participation": "participation model",
+    "executor": "how client jobs are computed",
+    "workers": "ray: number of actors (default: CPU count)",
+    "ray_address": "ray: address of an existing cluster (auto | host:port)",
+    "gpus_per_client": "ray: fraction of a GPU per actor",
+    "device": "cpu | cuda | cuda:N",
+    "out": "run folder (default runs/<timestamp>-<strategy>); with --seeds/--sweep, the sweep folder",
+}
+FLAG_TYPES = {"rounds": int, "seed": int, "workers": int, "gpus_per_client": float}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _config_default(key: str) -> Any:
+    from fedsim.config import RunConfig  # noqa: PLC0415
+
+    node: Any = RunConfig().to_dict()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _flag_help(flag: str, detailed: bool) -> str:
+    text = FLAG_HELP[flag]
+    if not detailed:
+        return text
+    from fedsim import registries  # noqa: PLC0415
+
+    key, kind = FLAG_KEYS[flag]
+    parts = [f"{text}; config key {key}"]
+    if kind is not None:
+        parts.append(f"choices: {', '.join(registries.get(kind).names())}")
+    default = _config_default(key)
+    if default is not None:
+        parts.append(f"default: {default}" + (" (a strategy preset may suggest another: fedsim show NAME)"
+                                              if key in _preset_keys() else ""))
+    return "; ".join(parts)
+
+
+def _preset_keys() -> set[str]:
+    from fedsim import registries  # noqa: PLC0415
+    from fedsim.metrics import flatten  # noqa: PLC0415
+
+    keys: set[str] = set()
+    for name in registries.get("strategy").names():
+        keys |= set(flatten(registries.strategy_config_defaults(name)))
+    return keys
+
+
+def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
+    """``detailed_help`` (only when --help is asked for) lists each option's choices and default,
+    which imports every registry (torch included): too slow for every call."""
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated-learning simulation.")
+    parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one experiment")
+    run = sub.add_parser("run", help="run one experiment, or a sweep over seeds and settings",
+                         description="Run one experiment (or, with --seeds/--sweep, one per combination).")
     run.add_argument("--config", help="YAML config file")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set strategy.server_lr=0.5 (repeatable)")
-    run.add_argument("--strategy", help="strategy preset (see `fedsim list`)")
-    run.add_argument("--task", help="task name")
-    run.add_argument("--rounds", type=int, help="number of rounds")
-    run.add_argument("--seed", type=int, help="experiment seed")
-    run.add_argument("--participation", help="participation model")
-    run.add_argument("--executor", help="serial | vmap | ray")
-    run.add_argument("--workers", type=int, help="ray: number of actors (default: CPU count)")
-    run.add_argument("--ray-address", help="ray: address of an existing cluster (auto | host:port)")
-    run.add_argument("--gpus-per-client", type=float, help="ray: fraction of a GPU per actor")
-    run.add_argument("--device", help="cpu | cuda | cuda:N")
-    run.add_argument("--out", help="run folder (default runs/<timestamp>-<strategy>)")
+                     help="override a config value, e.g. --set strategy.server_lr=0.5 (repeatable, applied in order)")
+    _add_plugin_flag(run)
+    for flag in FLAG_KEYS:
+        metavar = "NAME" if FLAG_KEYS[flag][1] else {int: "N", float: "F"}.get(FLAG_TYPES.get(flag, str), None)
+        run.add_argument(f"--{flag.replace('_', '-')}", type=FLAG_TYPES.get(flag, str), metavar=metavar,
+                         help=_flag_help(flag, detailed_help))
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    run.add_argument("--dry-run", action="store_true", help="print the fully resolved config (YAML) and exit")
+    run.add_argument("--seeds", metavar="S1,S2,...", help="run once per seed, e.g. --seeds 0,1,2")
+    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="run once per value (repeatable: every combination), e.g. --sweep strategy.name=fedau,fedavg")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="sweeps: run N experiments at once on a local Ray instance (default 1: one after another)")
 
-    sub.add_parser("list", help="list strategies, clients, tasks, partitioners, executors, ...")
+    lst = sub.add_parser("list", help="list strategies, clients, tasks, partitioners, executors, ...")
+    lst.add_argument("kind", nargs="?", help="only this kind (e.g. strategy, weighting, task, participation)")
+    _add_plugin_flag(lst)
 
-    plot = sub.add_parser("plot", help="plot a metric for one or more run folders into a PNG")
-    plot.add_argument("runs", nargs="+", help="run folders")
-    plot.add_argument("--metric", default="test_accuracy")
-    plot.add_argument("--x", default="round", help="round | virtual_time | wall_time")
+    show = sub.add_parser("show", help="what a name is: a preset's parts and options, a task's options, ...")
+    show.add_argument("name", help="any name `fedsim list` prints")
+    _add_plugin_flag(show)
+
+    table = sub.add_parser("table", help="compare runs: final/best metrics, time to accuracy, mean ± std over seeds")
+    table.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or folders holding runs")
+    table.add_argument("--metric", default="test_accuracy", help="metric to compare (default test_accuracy)")
+    table.add_argument("--target", type=float,
+                       help="time-to-accuracy threshold (default: the best value every run reached, rounded down to 0.01)")
+    table.add_argument("--csv", action="store_true", help="CSV (one column per mean and std) instead of markdown")
+
+    plot = sub.add_parser("plot", help="plot a metric for runs (mean ± std band over seeds per group) into a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or folders holding runs")
+    plot.add_argument("--metric", default="test_accuracy", help="default test_accuracy")
+    plot.add_argument("--x", default="round", help="round | virtual_time | wall_time (default round)")
     plot.add_argument("--out", default="plot.png", help="PNG path (default plot.png)")
+    plot.add_argument("--label", action="append", metavar="TEXT",
+                      help="legend label per group, in the order the groups are listed (repeatable)")
+    plot.add_argument("--title", help="plot title")
     return parser
 
 
+def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, so the names it registers can be used (repeatable)")
+
+
 def _cli_overrides(args: argparse.Namespace) -> list[str]:
-    values = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
+    values = [f"{key}={getattr(args, flag)}" for flag, (key, _) in FLAG_KEYS.items() if getattr(args, flag) is not None]
     if args.quiet:
         values.append("output.progress=false")
     if args.no_tensorboard:
@@ -74,24 +149,50 @@ def _cli_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import yaml  # noqa: PLC0415
+
+    from fedsim import sweep  # noqa: PLC0415
+
+    overrides = _cli_overrides(args)
+    values = {"plugins": list(args.plugins)} if args.plugins else None
+    axes = sweep.parse_axes(args.seeds, args.sweep)
+    if axes:
+        runs = sweep.expand(args.config, overrides, axes, values)
+        if args.dry_run:
+            for settings, config in runs:
+                print(f"# {sweep.label(settings)}")
+                print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            return 0
+        failed = sweep.run_sweep(runs, out=args.out, jobs=args.jobs)
+        return 1 if failed else 0
+    if args.jobs != 1:
+        raise ConfigError("--jobs runs several experiments at once: use it with --seeds or --sweep")
+    config = load_config(args.config, overrides, values=values)
+    if args.dry_run:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
     from fedsim.run import run_experiment  # noqa: PLC0415
 
-    config = load_config(args.config, _cli_overrides(args))
     summary, out = run_experiment(config)
-    final = summary.get("final", {})
-    acc = final.get("test_accuracy")
-    print(
-        f"done: {summary['rounds']} rounds, virtual time {summary['virtual_time']:.1f}s, "
-        f"wall {summary['wall_time']:.1f}s, test accuracy {acc:.4f}, dropouts {summary['dropouts']} -> {out}"
-        if acc is not None else f"done -> {out}"
-    )
+    print(sweep.done_line(summary, out))
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from fedsim import registries  # noqa: PLC0415
 
-    for kind, (_, _, heading) in registries.KINDS.items():
+    kinds = list(registries.KINDS)
+    if args.kind is not None:
+        kind = args.kind.replace("-", "_").lower()
+        for singular in (kind, kind[:-3] + "y" if kind.endswith("ies") else kind, kind.removesuffix("s")):
+            if singular in registries.KINDS:
+                kind = singular
+                break
+        else:
+            raise ConfigError(f"unknown kind '{args.kind}'; valid choices: {', '.join(registries.KINDS)}")
+        kinds = [kind]
+    for kind in kinds:
+        heading = registries.KINDS[kind][2]
         if kind == "optimizer":
             names = registries.get(kind).names()
             print(f"{heading}:\n  {', '.join(names)}\n")
@@ -105,20 +206,64 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    from fedsim.show import describe  # noqa: PLC0415
+
+    print(describe(args.name))
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from fedsim.table import compare_table  # noqa: PLC0415
+
+    try:
+        print(compare_table(args.runs, metric=args.metric, target=args.target, as_csv=args.csv), end="")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fedsim.plot import plot_runs  # noqa: PLC0415
 
     try:
-        out = plot_runs(args.runs, metric=args.metric, x=args.x, out=args.out)
+        out = plot_runs(args.runs, metric=args.metric, x=args.x, out=args.out, labels=args.label, title=args.title)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     print(f"wrote {out}")
     return 0
 
 
+def _early_plugins(argv: Sequence[str]) -> list[str]:
+    """``--plugin`` values, imported before the parser is built (so --help lists their names)."""
+    names = []
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            names.append(arg.split("=", 1)[1])
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from fedsim.plugins import PluginError, check_shadowing, import_plugins, load_entry_points_once  # noqa: PLC0415
+
+    shadow = check_shadowing()
+    if shadow:
+        print(f"fedsim: error: {shadow}", file=sys.stderr)
+        return 2
+    wants_help = "-h" in argv or "--help" in argv
+    try:
+        if wants_help or any(a in ("list", "show") for a in argv[:1]):
+            load_entry_points_once()
+            import_plugins(_early_plugins(argv))
+        parser = _parser(detailed_help=wants_help)
+    except PluginError as exc:
+        print(f"fedsim: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if args.command == "run":
         from fedsim.metrics import TqdmLoggingHandler  # noqa: PLC0415
 
@@ -127,15 +272,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("fedsim")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    commands: dict[str, Any] = {"run": _cmd_run, "list": _cmd_list, "plot": _cmd_plot}
+    commands: dict[str, Any] = {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show, "table": _cmd_table,
+                                "plot": _cmd_plot}
     try:
         return commands[args.command](args)
-    except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
+    except (ConfigError, UnknownNameError, FileNotFoundError, PluginError) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fedsim list | head`: the reader left, nothing is wrong
+        import os  # noqa: PLC0415
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         logger.removeHandler(handler)
 

@@ -215,7 +215,7 @@ class SchedulerConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    name: str = "serial"
+    name: str = "auto"  # vmap when the client algorithm and model batch, else serial
     workers: int | None = Field(None, ge=1)  # ray: actors (default = CPU count)
     ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
@@ -257,6 +257,7 @@ class OutputConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    plugins: list[str] = Field(default_factory=list)  # modules imported before validation (they register names)
     seed: int = 0
     rounds: int = Field(50, ge=1)  # server updates (= rounds for scheduler sync)
     round_deadline: float | None = Field(None, gt=0)  # scheduler sync: virtual seconds; stragglers are dropped
@@ -387,8 +388,16 @@ def load_config(
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
-    from fedsim import registries  # noqa: PLC0415
+    from fedsim import plugins, registries  # noqa: PLC0415
 
+    plugin_names = raw.get("plugins") or []
+    if not isinstance(plugin_names, list):
+        raise ConfigError(f"config error: plugins: expected a list of module names, got {plugin_names!r}")
+    try:
+        plugins.load_entry_points_once()
+        plugins.import_plugins(plugin_names)
+    except plugins.PluginError as exc:
+        raise ConfigError(str(exc)) from None
     strategy = raw.get("strategy", {})
     name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else "fedavg"
     if isinstance(name, str) and name in registries.get("strategy"):

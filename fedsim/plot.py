@@ -1,4 +1,11 @@
-"""``fedsim plot``: curves of one metric for several run folders, written to a PNG."""
+"""``fedsim plot``: one metric against round or time for runs, written to a PNG.
+
+Runs are grouped like ``fedsim table`` groups them (same resolved config except seed and
+output): each group is one curve, the mean over its runs with a ± one sample-std band, and is
+labelled by the settings that differ between groups (``--label`` overrides, in group order).
+Runs of a group are put on a common x grid by linear interpolation (virtual and wall times
+differ between seeds), over the range every run of the group covers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,11 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["read_metrics", "plot_runs"]
+import numpy as np
+
+from fedsim.table import find_runs, group_label, group_runs, load_run
+
+__all__ = ["read_metrics", "plot_runs", "X_AXES"]
 
 X_AXES = ("round", "virtual_time", "wall_time")
 
@@ -18,27 +29,63 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def group_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(x, mean, sample std or None) of several (x, y) curves on the union of their x values
+    inside the range all of them cover."""
+    if len(curves) == 1:
+        x, y = curves[0]
+        return x, y, None
+    lo = max(float(x.min()) for x, _ in curves)
+    hi = min(float(x.max()) for x, _ in curves)
+    grid = np.unique(np.concatenate([x for x, _ in curves]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(axis=0), ys.std(axis=0, ddof=1)
+
+
 def plot_runs(
     run_dirs: Sequence[str | Path], metric: str = "test_accuracy", x: str = "round", out: str | Path = "plot.png",
     labels: Sequence[str] | None = None, title: str | None = None,
 ) -> Path:
     if x not in X_AXES:
         raise ValueError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
+    runs = [load_run(p) for p in find_runs(run_dirs)]
+    for run in runs:
+        if not any(row.get(metric) is not None for row in run.evals):
+            available = sorted({k for r in run.evals for k in r})
+            raise ValueError(f"run {run.path} has no metric {metric!r}; available: {', '.join(available)}")
+    keys, groups = group_runs(runs)
+    if labels and len(labels) != len(groups):
+        raise ValueError(
+            f"--label given {len(labels)} times for {len(groups)} groups: "
+            + "; ".join(group_label(keys, g[0]) for g in groups)
+        )
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, run in enumerate(run_dirs):
-        rows = [r for r in read_metrics(run) if r.get(metric) is not None]
-        if not rows:
-            available = sorted({k for r in read_metrics(run) for k in r})
-            raise ValueError(f"run {run} has no metric {metric!r}; available: {', '.join(available)}")
-        label = labels[i] if labels else Path(run).name
-        ax.plot([r[x] for r in rows], [r[metric] for r in rows], marker="o", markersize=3, label=label)
+    for i, group in enumerate(groups):
+        curves = []
+        for run in group:
+            rows = [r for r in run.evals if r.get(metric) is not None and r.get(x) is not None]
+            curves.append((np.array([r[x] for r in rows], dtype=float), np.array([r[metric] for r in rows], dtype=float)))
+        gx, mean, std = group_curve(curves)
+        if labels:
+            label = labels[i]
+        elif keys:
+            label = group_label(keys, group[0])
+        else:
+            label = group[0].path.name if len(group) == 1 else "all runs"
+        if len(group) > 1:
+            label += f" (n={len(group)})"
+        line, = ax.plot(gx, mean, marker="o", markersize=2.5, label=label)
+        if std is not None:
+            ax.fill_between(gx, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(x.replace("_", " ") + (" (s)" if x.endswith("time") else ""))
-    ax.set_ylabel(metric.replace("_", " "))
+    ylabel = metric.replace("_", " ")
+    ax.set_ylabel(ylabel + (" (mean ± std over seeds)" if any(len(g) > 1 for g in groups) else ""))
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -6,7 +6,7 @@ errors can list the valid choices.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 __all__ = ["Registry", "UnknownNameError"]
 
@@ -28,17 +28,33 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, tuple[T, str]] = {}
+        self._options: dict[str, Any] = {}
 
-    def register(self, name: str, description: str) -> Callable[[T], T]:
-        """Decorator registering its target under ``name``; returns the target unchanged."""
+    def register(self, name: str, description: str, options: Any = None) -> Callable[[T], T]:
+        """Decorator registering its target under ``name``; returns the target unchanged.
+
+        ``options`` says what the entry takes, for ``fedsim show``: a dict of option -> default
+        (task options) or a tuple of the dotted config keys it reads (participation models).
+        """
 
         def decorator(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = (obj, description)
+            if options is not None:
+                self._options[name] = options
             return obj
 
         return decorator
+
+    def options(self, name: str) -> Any:
+        """What ``register(..., options=...)`` recorded for ``name`` (None if nothing)."""
+        self.get(name)
+        return self._options.get(name)
+
+    def description(self, name: str) -> str:
+        self.get(name)
+        return self._entries[name][1]
 
     def get(self, name: str) -> T:
         try:

@@ -21,8 +21,8 @@ from fedsim.config import ConfigError, RunConfig
 from fedsim.data import PARTITIONERS
 from fedsim.engine import Engine
 from fedsim.evaluation import Evaluator
-from fedsim.executors import EXECUTORS, WorkerSpec, resolve_device
-from fedsim.metrics import RunRecorder
+from fedsim.executors import WorkerSpec, build_executor, resolve_device
+from fedsim.metrics import LogBuffer, RunRecorder, hparams_of
 from fedsim.params import ParamLayout
 from fedsim.population import Population, build_population
 from fedsim.registry import UnknownNameError
@@ -112,7 +112,7 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
                          f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
-    executor = EXECUTORS.get(config.executor.name)(config.executor, worker_spec, task)
+    executor = build_executor(config.executor, worker_spec, task, client_config)  # resolves "auto"
     evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
     engine = Engine(
         strategy=strategy,
@@ -147,6 +147,7 @@ def check_rounds_only(strategy: Any, config: RunConfig) -> None:
 
 def run_experiment(config: RunConfig, out_dir: str | Path | None = None, task: Task | None = None) -> tuple[dict[str, Any], Path]:
     """Build (bad input -> ConfigError before anything is written), then run into a run folder."""
+    early_logs = LogBuffer()  # notices while building (executor choice, Ray start-up) go to log.txt too
     try:
         experiment = build(config, task=task)
     except (ValueError, UnknownNameError, FileNotFoundError) as exc:
@@ -155,16 +156,20 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, task: T
         if "requested but not available" not in str(exc):
             raise
         raise ConfigError(str(exc)) from exc
+    finally:
+        early_logs.close()
     out = Path(out_dir or config.output.out or default_out_dir(config))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard)
+    recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
+                           hparams=hparams_of(config.to_dict()), early_logs=early_logs.records)
     experiment.engine.callbacks.append(recorder)
     probs = experiment.population.participation.probabilities
     if probs is not None:
         log.info("participation: %s, mean probability %.3f (min %.3f, max %.3f)",
                  config.population.participation, probs.mean(), probs.min(), probs.max())
     try:
+        recorder.on_start(experiment.engine)
         summary = experiment.run()
     finally:
         recorder.close()

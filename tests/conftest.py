@@ -24,6 +24,9 @@ def small_values(**overrides: Any) -> dict[str, Any]:
         "population": {"participation": "uniform", "clients_per_round": 5},
         "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
         "eval": {"every": 1},
+        # exact comparisons against hand-run local training need the serial path (the default,
+        # "auto", takes vmap, which is equal only within float tolerance)
+        "executor": {"name": "serial"},
         "output": {"progress": False, "tensorboard": False},
     }
     return deep_merge(base, overrides)

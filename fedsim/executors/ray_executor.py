@@ -104,7 +104,10 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     Always ``address="local"``: never joins whatever ``RAY_ADDRESS`` or a (possibly stale)
     ``ray_current_cluster`` file points to.
     """
+    log.info("ray: starting a local Ray instance (%s CPUs; usually 5-30 s)...", num_cpus or "all")
+    start = time.monotonic()
     _ray_init(address="local", num_cpus=num_cpus, **kwargs)
+    log.info("ray: local instance up in %.1f s", time.monotonic() - start)
 
 
 def _address_file() -> Path:
@@ -155,11 +158,13 @@ def resolve_ray_address(address: str, probe_timeout: float = 5.0) -> str:
 
 
 def _plugin_modules(spec: WorkerSpec) -> list[str]:
-    """Modules (outside fedsim/strategies/clients) that register the client algorithm or task."""
+    """Modules (outside fedsim/strategies/clients) that register the client algorithm or task,
+    after the plugins this process imported (``--plugin``, ``plugins:``, entry points)."""
     from clients import CLIENTS  # noqa: PLC0415
+    from fedsim.plugins import loaded_plugins  # noqa: PLC0415
     from fedsim.tasks import TASKS  # noqa: PLC0415
 
-    names = []
+    names = loaded_plugins()
     for obj in (CLIENTS.get(spec.client), TASKS.get(spec.task.name)):
         name = getattr(obj, "__module__", None) or ""
         if name and name != "__main__" and name.split(".")[0] not in CODE_PACKAGES and name not in names:
@@ -348,6 +353,7 @@ class RayExecutor:
                 target = resolve_ray_address(address)
                 # code for the cluster's workers; only a job-level runtime_env may upload local dirs
                 env = _runtime_env(_plugin_modules(spec)) if ship_code else None
+                log.info("ray: connecting to the cluster at %s (shipping fedsim's code)...", target)
                 try:
                     _ray_init(address=target, runtime_env=env)
                 except Exception as exc:  # noqa: BLE001  (connection problems: one line)
@@ -401,6 +407,8 @@ class RayExecutor:
         actor_class = ray.remote(_ActorBody)
         self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths) for _ in range(workers)]
 
+        log.info("ray: starting %d workers (each imports torch and builds the task)...", workers)
+        started = time.monotonic()
         pending = {actor.ready.remote(): i for i, actor in enumerate(self._actors)}
         info: dict[int, dict[str, Any]] = {}
         deadline = time.monotonic() + startup_timeout
@@ -421,8 +429,8 @@ class RayExecutor:
         self.actor_nodes = [info[i]["node_id"] for i in range(workers)]
         self.actor_pids = [info[i]["pid"] for i in range(workers)]
         self.actor_py_modules = [info[i]["py_modules"] for i in range(workers)]  # code shipped to each actor
-        log.info("ray executor: %d workers on %d node(s), %d thread(s) each%s", workers, len(set(self.actor_nodes)),
-                 threads, f", {gpus:g} GPU each" if gpus else "")
+        log.info("ray executor: %d workers on %d node(s), %d thread(s) each%s, ready in %.1f s", workers,
+                 len(set(self.actor_nodes)), threads, f", {gpus:g} GPU each" if gpus else "", time.monotonic() - started)
 
     def actor_stats(self) -> list[dict[str, Any]]:
         """Per live actor: params versions fetched, jobs run, pid, wall and CPU seconds in jobs."""

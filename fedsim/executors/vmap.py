@@ -58,7 +58,7 @@ from fedsim.params import ParamLayout
 from fedsim.tasks import Task, build_task
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["VmapExecutor", "flat_batch_schedule", "DEFAULT_CPU_BUDGET", "MAX_BATCH_CAP"]
+__all__ = ["VmapExecutor", "why_not_batched", "model_reason", "flat_batch_schedule", "DEFAULT_CPU_BUDGET", "MAX_BATCH_CAP"]
 
 log = logging.getLogger("fedsim")
 
@@ -203,16 +203,7 @@ class VmapExecutor:
         return self._serial
 
     def _model_reason(self) -> str | None:
-        if any(self.layout.is_buffer):
-            return "a model with float buffers (e.g. BatchNorm running statistics)"
-        for module in self.model.modules():
-            if isinstance(module, _DropoutNd):
-                return "a model with dropout"
-            if isinstance(module, _NormBase):
-                return "a model with batch/instance normalisation"
-        if any(not p.requires_grad for p in self.model.parameters()):
-            return "a model with frozen parameters"
-        return None
+        return model_reason(self.model, self.layout)
 
     def _algorithm_options(self, config: dict[str, Any]) -> Any:
         """``algorithm.options(config)``, cached per distinct config (it may run torch's validation)."""
@@ -455,3 +446,37 @@ class VmapExecutor:
 @EXECUTORS.register("vmap", "many clients of a small model per kernel call (torch.func.vmap)")
 def vmap_executor(config: Any, spec: WorkerSpec, task: Task | None = None) -> VmapExecutor:
     return VmapExecutor(spec, task, max_batch=getattr(config, "max_batch", None))
+
+
+# ----------------------------------------------------------------------------- capability check
+
+
+def model_reason(model: nn.Module, layout: ParamLayout | None = None) -> str | None:
+    """Why this model cannot be trained batched (None: it can)."""
+    layout = layout if layout is not None else ParamLayout.of(model)
+    if any(layout.is_buffer):
+        return "a model with float buffers (e.g. BatchNorm running statistics)"
+    for module in model.modules():
+        if isinstance(module, _DropoutNd):
+            return "a model with dropout"
+        if isinstance(module, _NormBase):
+            return "a model with batch/instance normalisation"
+    if any(not p.requires_grad for p in model.parameters()):
+        return "a model with frozen parameters"
+    return None
+
+
+def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any]) -> str | None:
+    """Capability check (used by ``executor: auto``): why jobs of this client algorithm, client
+    config and task would all fall back to serial here (None: they take the batched path).
+    Asks the algorithm itself (its ``options`` are None when it is not a step function)."""
+    from fedsim.config import ClientConfig  # noqa: PLC0415  (defaults for keys the caller left out)
+
+    config = ClientConfig().model_dump() | dict(client_config)
+    try:
+        options = CLIENTS.get(spec.client)().options(config)
+    except Exception as exc:  # the run reports the exact error; auto just does not pick vmap
+        return f"a client config the algorithm refuses ({type(exc).__name__})"
+    if options is None:
+        return f"optimizer '{config.get('optimizer')}'"
+    return model_reason(task.build_model())

@@ -2,7 +2,7 @@
 
 The probabilities, and the Bernoulli, Markov and cyclic models, follow FedAU (S. Wang, M. Ji,
 "A Lightweight Method for Tackling Unknown Participation Statistics in Federated Averaging",
-arXiv 2306.03401) and its reference code; see ALGORITHMS.md §0.1 and §2.6:
+arXiv 2306.03401, Sec. 6 and Appendix) and its reference code (github.com/IBM/fedau):
 
 - ``bernoulli``: client n takes part in each round independently with probability p_n. A round
   with no participant is returned as empty (no redraw, as in FedAU's code); the engine then
@@ -92,7 +92,7 @@ class BernoulliParticipation:
 
 
 class MarkovParticipation:
-    """Two-state chain per client (ALGORITHMS.md §0.1, FedAU ref-code ``markov-q``).
+    """Two-state chain per client (FedAU paper's Markovian participation; IBM/fedau ``markov-q``).
 
     P(inactive -> active) = q = ``rate``, P(active -> inactive) = q (1/p_n - 1). Where the latter
     exceeds 1 it becomes 1 and q is divided by the same factor, so the stationary probability is
@@ -140,7 +140,7 @@ class MarkovParticipation:
 
 
 class CyclicParticipation:
-    """Fixed-length inactive/active blocks (ALGORITHMS.md §0.1, FedAU ref-code ``cyclic-P``).
+    """Fixed-length inactive/active blocks (FedAU paper's cyclic participation; IBM/fedau ``cyclic-P``).
 
     Active block A_n = max(1, round(P p_n)), inactive block B_n = max(1, P - A_n); the client
     starts inactive with a phase r_n ~ UniformInt[0, B_n), so it is active in round t iff
@@ -205,24 +205,28 @@ class TraceParticipation:
         return np.flatnonzero(self._expand(self.trace.available(round * self.round_length))).astype(np.int64)
 
 
-@PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)")
+@PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)",
+                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data"))
 def bernoulli(config: Any, data: Any, seed: int) -> BernoulliParticipation:
     return BernoulliParticipation(participation_probabilities(config, data, seed), seed, config.round_length)
 
 
-@PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate")
+@PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate",
+                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data", "population.markov_rate"))
 def markov(config: Any, data: Any, seed: int) -> MarkovParticipation:
     return MarkovParticipation(participation_probabilities(config, data, seed), config.markov_rate, seed, config.round_length)
 
 
-@PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)")
+@PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)",
+                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data", "population.cyclic_period"))
 def cyclic(config: Any, data: Any, seed: int) -> CyclicParticipation:
     return CyclicParticipation(
         participation_probabilities(config, data, seed), config.cyclic_period, seed, config.round_length
     )
 
 
-@PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)")
+@PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)",
+                        options=("population.trace_path", "population.round_length"))
 def trace(config: Any, data: Any, seed: int) -> TraceParticipation:
     if config.trace_path is None:
         raise ValueError("population.trace_path must be set for population.participation=trace")

@@ -156,12 +156,13 @@ class DeviceSpeed:
         return self.bandwidth_kbps[self._device(client_ids)] * 1000.0
 
 
-@PARTICIPATION.register("always", "every client is always available and takes part in every round")
+@PARTICIPATION.register("always", "every client is always available and takes part in every round", options=())
 def always(config: Any, data: Any, seed: int) -> AlwaysParticipation:
     return AlwaysParticipation(data.num_clients)
 
 
-@PARTICIPATION.register("uniform", "always available; a sync round samples clients_per_round uniformly (FedAvg)")
+@PARTICIPATION.register("uniform", "always available; a sync round samples clients_per_round uniformly (FedAvg)",
+                        options=("population.clients_per_round",))
 def uniform_sampling(config: Any, data: Any, seed: int) -> UniformParticipation:
     return UniformParticipation(data.num_clients, config.clients_per_round, seed)
 

@@ -101,9 +101,14 @@ def partition_pool(spec: TaskSpec, x: np.ndarray | Tensor, y: np.ndarray, num_cl
     )
 
 
-def mlp(in_features: int, hidden: int, num_classes: int) -> nn.Module:
-    """Flatten -> Linear -> ReLU -> Linear (accepts image-shaped input too)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+def mlp(in_features: int, hidden: int, num_classes: int, hidden_layers: int = 1) -> nn.Module:
+    """Flatten -> (Linear -> ReLU) x hidden_layers -> Linear (accepts image-shaped input too)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
 def conv_net(in_channels: int, image_size: int, num_classes: int) -> nn.Module:

@@ -33,7 +33,7 @@ def small_cnn(num_classes: int = NUM_CLASSES) -> nn.Module:
     )
 
 
-@TASKS.register("digits", "scikit-learn 8x8 digits (1,797 images, 10 classes; no download)")
+@TASKS.register("digits", "scikit-learn 8x8 digits (1,797 images, 10 classes; no download)", options=DEFAULTS)
 def build_digits(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, DEFAULTS, {"model": MODELS})
     from sklearn.datasets import load_digits  # noqa: PLC0415  (slow import; only when used)

@@ -138,7 +138,7 @@ def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_
     return Task(name=spec.name, data=data, build_model=build_model, num_classes=num_classes, input_shape=input_shape)
 
 
-@TASKS.register("mnist", "MNIST from local IDX files in task.path (no download)")
+@TASKS.register("mnist", "MNIST from local IDX files in task.path (no download)", options={"path": None, "model": "mlp", "hidden": 200})
 def build_mnist(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, {"path": None, "model": "mlp", "hidden": 200}, {"model": ("mlp", "cnn")})
     x, y = load_mnist(opts["path"])
@@ -146,7 +146,7 @@ def build_mnist(spec: TaskSpec) -> Task:
     return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 1, 28, 10)
 
 
-@TASKS.register("cifar10", "CIFAR-10 from local python pickle batches in task.path (no download)")
+@TASKS.register("cifar10", "CIFAR-10 from local python pickle batches in task.path (no download)", options={"path": None, "model": "cnn", "hidden": 256})
 def build_cifar10(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 256}, {"model": ("cnn", "mlp")})
     x, y = load_cifar10(opts["path"])
@@ -154,7 +154,7 @@ def build_cifar10(spec: TaskSpec) -> Task:
     return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 3, 32, 10)
 
 
-@TASKS.register("femnist", "LEAF FEMNIST json files in task.path; one client per writer (62 classes)")
+@TASKS.register("femnist", "LEAF FEMNIST json files in task.path; one client per writer (62 classes)", options={"path": None, "model": "cnn", "hidden": 200})
 def build_femnist(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 200}, {"model": ("cnn", "mlp")})
     train_users, test_users = load_femnist(opts["path"])

@@ -43,6 +43,7 @@ DEFAULTS = {
     "num_classes": 10,
     "model": "logreg",
     "hidden": 64,
+    "hidden_layers": 1,  # model "mlp": number of hidden layers of width `hidden`
     "iid": False,
     "min_samples": 50,
     "max_samples": 1000,
@@ -89,7 +90,7 @@ def generate_client(
     return x.astype(np.float32), y.astype(np.int64)
 
 
-@TASKS.register("synthetic", "LEAF Synthetic(alpha, beta) logistic-regression data (FedProx generator)")
+@TASKS.register("synthetic", "LEAF Synthetic(alpha, beta) logistic-regression data (FedProx generator)", options=DEFAULTS)
 def build_synthetic(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, DEFAULTS, {"model": MODELS})
     num_features, num_classes = int(opts["num_features"]), int(opts["num_classes"])
@@ -130,7 +131,7 @@ def build_synthetic(spec: TaskSpec) -> Task:
     def build_model() -> nn.Module:
         if opts["model"] == "logreg":
             return nn.Linear(num_features, num_classes)
-        return mlp(num_features, int(opts["hidden"]), num_classes)
+        return mlp(num_features, int(opts["hidden"]), num_classes, int(opts["hidden_layers"]))
 
     return Task(
         name=spec.name,

@@ -60,13 +60,21 @@ def test_run_writes_the_run_folder(tmp_path):
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["seed"] == 3 and config["rounds"] == 2 and config["strategy"]["name"] == "fedavg"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [2]  # eval every 5 rounds, and always after the last
-    for key in ("round", "virtual_time", "wall_time", "train_loss", "test_loss", "test_accuracy", "participants"):
-        assert key in rows[0]
+    assert [r["round"] for r in rows] == [0, 2]  # the initial model, every 5 rounds, and after the last
+    assert rows[0]["train_loss"] is None and rows[0]["participants"] == 0 and rows[0]["virtual_time"] == 0
+    for key in ("round", "virtual_time", "wall_time", "train_loss", "test_loss", "test_accuracy", "participants",
+                "updates", "dropouts"):
+        assert key in rows[1]
+    per_round = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in per_round] == [1, 2]
+    assert all(r["participants"] == 4 and r["dropouts"] == 0 and r["train_loss"] > 0 for r in per_round)
+    assert per_round[-1]["virtual_time"] == rows[-1]["virtual_time"]
+    assert rows[1]["updates"] == 8  # since the previous evaluation: 2 rounds x 4 participants
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["final"]["test_accuracy"] == rows[-1]["test_accuracy"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert (out / "log.txt").exists()
+    log = (out / "log.txt").read_text()
+    assert "executor auto: vmap" in log  # notices from before the run folder existed are kept
 
 
 def test_plot_compares_runs(tmp_path, capsys):

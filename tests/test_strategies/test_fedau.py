@@ -1,4 +1,4 @@
-"""FedAU (strategies/fedau.py): the invariants of ALGORITHMS.md §2.4 / §8, and an exact replay
+"""FedAU (strategies/fedau.py; Wang & Ji, arXiv 2306.03401, Algorithm 1): its invariants, and an exact replay
 against the reference code's eager per-round algorithm."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _final_weights(pattern: np.ndarray, cutoff: int | None) -> np.ndarray:
 
 
 def _reference(pattern: np.ndarray, cutoff: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """IBM/fedau main.py, eager: every client is touched every round (ALGORITHMS.md §2.4)."""
+    """IBM/fedau main.py, eager: every client is touched every round (github.com/IBM/fedau)."""
     rounds, n = pattern.shape
     not_participated = [0] * n
     intervals: list[list[int]] = [[] for _ in range(n)]

@@ -1,4 +1,4 @@
-"""Server optimizers (strategies/server_optimizers.py) against the formulas of Reddi et al. (ALGORITHMS.md §5)."""
+"""Server optimizers (strategies/server_optimizers.py) against the formulas of Reddi et al., "Adaptive Federated Optimization" (arXiv 2003.00295, Algorithm 2)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_negative_lr_rejected():
 
 
 def test_moment_optimizer_without_moments_and_lr_equal_tau_is_fedavg():
-    # beta1 = 0 and v frozen at 0 (beta2 = 1): step = lr * U / tau, so lr = tau gives U (ALGORITHMS.md §5.6)
+    # beta1 = 0 and v frozen at 0 (beta2 = 1): step = lr * U / tau, so lr = tau gives U
     opt = adam(lr=0.25, beta1=0.0, beta2=1.0, tau=0.25)
     state = opt.init(torch.zeros(2, dtype=F64))
     for u in ([1.0, -3.0], [0.5, 2.0]):

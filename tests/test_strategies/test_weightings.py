@@ -68,7 +68,7 @@ def test_samples_falls_back_to_uniform_without_samples():
 
 
 def test_full_participation_baselines_equal_fedavg():
-    # ALGORITHMS.md §8: average_all with full participation, known_prob with p = 1 == plain average
+    # with full participation average_all, and known_prob with p = 1, are the plain average (FedAU paper, Sec. 3)
     pop = PopulationInfo(3, num_samples=np.array([1, 1, 1]), participation_prob=np.ones(3))
     results = [ClientResult(i, 0, torch.tensor([float(i), 1.0 - i]), 1, 1) for i in range(3)]
     expected = _aggregate("uniform", results, pop)

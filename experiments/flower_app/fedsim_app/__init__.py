@@ -1,0 +1,1 @@
+"""The fedsim Flower App: thin entry points to fedsim.flower."""
