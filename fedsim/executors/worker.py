@@ -20,7 +20,7 @@ from fedsim.params import ResidentModel
 from fedsim.tasks import Task, TaskSpec, build_task
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result", "failed_result", "to_cpu"]
+__all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result", "failed_result", "to_cpu", "train_one"]
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,64 @@ def _shape_error(name: str, value: Any, numel: int) -> str | None:
 
 
 def check_result(result: ClientResult, numel: int) -> ClientResult:
-    """Mark mis-shaped or non-finite updates (delta, extras, new state) as failures; never aggregated."""
+    """Mark failures: a mis-shaped or non-finite delta or extra (each must be a flat model-sized
+    tensor), or a non-finite float tensor in the new client state. Such results are never aggregated."""
     if result.error is not None:
         return result
     error = _shape_error("update", result.delta, numel)
     for kind, tensors in (("extras", result.extras), ("client state", result.state)):
         if error is None and tensors is not None:
             if not isinstance(tensors, dict):
-                error = f"{kind} must be a dict of flat tensors, got {type(tensors).__name__}"
+                error = f"{kind} must be a dict of tensors, got {type(tensors).__name__}"
                 break
             for key, value in tensors.items():
-                error = error or _shape_error(f"{kind}[{key!r}]", value, numel)
+                if kind == "extras":
+                    error = error or _shape_error(f"{kind}[{key!r}]", value, numel)
+                elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    error = error or f"{kind}[{key!r}] is not finite (NaN or inf)"
     result.error = error
     return result
 
 
 def to_cpu(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Tensors moved to the CPU (float ones as float32), e.g. client state trained on a GPU."""
     if tensors is None:
         return None
-    return {k: v.detach().to("cpu", torch.float32) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+    return {
+        k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
+        if isinstance(v, torch.Tensor) else v
+        for k, v in tensors.items()
+    }
+
+
+def train_one(
+    algorithm: Any,
+    context: TrainContext,
+    params: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: dict[str, Any],
+    state: dict[str, Any] | None,
+    broadcast: dict[str, Any] | None,
+    rng: torch.Generator,
+    version: int,
+    grad: Any = None,
+) -> ClientResult:
+    """One client's local training on a resident model, the way every worker runs it (also the
+    Flower ClientApp): the algorithm's step loop when it is a step function and the model has no
+    float buffers, else its ``train`` (torch.optim) with the job's decayed lr. Delta, state and
+    extras come back on the CPU in float32."""
+    options = algorithm.options(config) if hasattr(algorithm, "options") else None  # no options: train only
+    if options is not None and not any(context.model.layout.is_buffer):
+        grad = grad if grad is not None else resident_grad_fn(context.model, context.loss_fn)
+        result = run_client(algorithm, options, grad, params, data, config, _to_device(state, context.device),
+                            _to_device(broadcast, context.device), rng, version)
+    elif hasattr(algorithm, "train"):
+        result = algorithm.train(context, params, data, config | {"lr": local_lr(config, version)}, state, rng)
+    else:
+        raise ValueError(f"client algorithm '{algorithm.name}' needs a model without float buffers")
+    result.delta = result.delta.detach().to("cpu", torch.float32)
+    result.state, result.extras = to_cpu(result.state), to_cpu(result.extras)
+    return result
 
 
 class Worker:
@@ -89,8 +128,6 @@ class Worker:
         self.model = ResidentModel(self.task.build_model(), self.device)
         self.context = TrainContext(self.model, self.task.loss_fn, self.device)
         self.grad = resident_grad_fn(self.model, self.task.loss_fn)
-        # float buffers (BatchNorm statistics) are not updated by a step function: torch.optim path only
-        self.steps_ok = not any(self.model.layout.is_buffer)
 
     @property
     def numel(self) -> int:
@@ -103,19 +140,8 @@ class Worker:
             rng = torch.Generator(device=self.device)
             rng.manual_seed(job.seed)
             params = job.params.to(self.device, non_blocking=True)
-            options = self.algorithm.options(job.config)
-            if options is not None and self.steps_ok:
-                state = _to_device(job.state, self.device)
-                broadcast = _to_device(job.broadcast, self.device)
-                result = run_client(self.algorithm, options, self.grad, params, data, job.config, state, broadcast,
-                                    rng, job.version)
-            elif hasattr(self.algorithm, "train"):
-                config = job.config | {"lr": local_lr(job.config, job.version)}
-                result = self.algorithm.train(self.context, params, data, config, job.state, rng)
-            else:
-                raise ValueError(f"client algorithm '{self.spec.client}' needs a model without float buffers")
-            result.delta = result.delta.detach().to("cpu", torch.float32)
-            result.state, result.extras = to_cpu(result.state), to_cpu(result.extras)
+            result = train_one(self.algorithm, self.context, params, data, job.config, job.state, job.broadcast, rng,
+                               job.version, self.grad)
         except Exception as exc:  # a failing client is a dropout, not a crash
             result = failed_result(job, f"{type(exc).__name__}: {exc}")
         result.client_id = job.client_id

@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from clients import CLIENTS, ClientAlgorithm, TrainContext
-from fedsim.executors.worker import check_result
+from fedsim.executors.worker import check_result, train_one
 from fedsim.flower.arrays import ArrayCodec, record_to_state, state_to_record
 from fedsim.flower.strategy import KEYS
 from fedsim.params import ResidentModel
@@ -121,13 +121,13 @@ def make_client_app(
         rng = torch.Generator(device=node.device)
         rng.manual_seed(seed)
         state = record_to_state(context.state.array_records.get(STATE_KEY))
+        broadcast = None
         if KEYS.BROADCAST in msg.content.array_records:
-            job_config = job_config | {"broadcast": record_to_state(msg.content.array_records[KEYS.BROADCAST])}
+            broadcast = record_to_state(msg.content.array_records[KEYS.BROADCAST])
         params = params.to(node.device)
-        result = client_algorithm.train(
-            node.context, params, (x.to(node.device), y.to(node.device)), job_config, state, rng
-        )
-        result.delta = result.delta.detach().to("cpu", torch.float32)
+        # algos: the same training path as fedsim's workers (step loop or torch.optim, lr decayed by version)
+        result = train_one(client_algorithm, node.context, params, (x.to(node.device), y.to(node.device)), job_config,
+                           state, broadcast, rng, int(config.get(KEYS.VERSION, 0)))
         result = check_result(result, node.codec.numel)
         if not result.ok:
             raise ValueError(f"client {pid}: {result.error}")
