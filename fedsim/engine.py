@@ -29,7 +29,7 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import torch
 from fedsim.evaluation import Evaluator
 from fedsim.executors.worker import failed_result
 from fedsim.population import Population
-from fedsim.rng import derive_seed, numpy_generator
+from fedsim.rng import derive_seed
 from fedsim.state import ClientStateStore
 from fedsim.types import ClientJob, ClientResult
 
@@ -50,13 +50,14 @@ FINISH, TIMER, DISPATCH, EVAL = "finish", "timer", "dispatch", "eval"
 _PRIORITY = {FINISH: 0, TIMER: 1, DISPATCH: 2, EVAL: 3}
 
 
-@dataclass(order=True)
-class Event:
+class Event(NamedTuple):
+    """Ordered as a tuple: (time, priority, seq) decide; seq is unique, so kind/payload never compare."""
+
     time: float
     priority: int
     seq: int
-    kind: str = field(compare=False)
-    payload: Any = field(compare=False, default=None)  # FINISH: job id; others: the scheduler's
+    kind: str
+    payload: Any = None  # FINISH: job id; others: the scheduler's
 
 
 @dataclass
@@ -172,9 +173,8 @@ class Engine:
     def sample_idle(self, k: int) -> np.ndarray:
         """Up to k clients, uniformly among those available now and not training."""
         rs = self.run_state
-        rng = numpy_generator(self.seed, "select-idle", rs.selections)
         rs.selections += 1
-        return self.population.sample(k, rs.now, rs.busy, rng)
+        return self.population.sample(k, rs.now, rs.busy, self.seed, rs.selections - 1)
 
     def dispatch(self, client_ids: Sequence[int] | np.ndarray, overrides: Sequence[dict[str, Any]] | None = None) -> list[ClientJob]:
         """Fix the inputs of one job per client on the current model and schedule their finishes.
@@ -209,7 +209,7 @@ class Engine:
             jobs.append(job)
             counts.append(count)
             steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
-        timing = self.population.timing(ids, np.asarray(steps), np.asarray(counts))
+        timing = self.population.timing(ids, steps, counts)
         for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
             rs.jobs[job.job_id] = job
             rs.durations[job.job_id] = duration
@@ -248,7 +248,8 @@ class Engine:
                 self._deliver(scheduler, event.payload)
             elif event.kind == EVAL:
                 self.evaluate()
-                self.schedule(self.eval_every_time, EVAL)
+                if rs.queue:  # only while something else can still happen
+                    self.schedule(self.eval_every_time, EVAL)
             else:
                 scheduler.on_event(self, event)
         if self._last_eval_version != self.state.version or not self.history:
@@ -274,7 +275,8 @@ class Engine:
         result.base_params = job.params
         if not result.ok:
             rs.dropouts += 1
-            log.warning("client %d dropped at version %d: %s", job.client_id, job.version, result.error)
+            level = logging.INFO if reason is not None else logging.WARNING  # simulated dropouts are expected
+            log.log(level, "client %d dropped at version %d: %s", job.client_id, job.version, result.error)
         elif self.max_staleness is not None and result.staleness > self.max_staleness:
             rs.stale_refused += 1
             result.error = f"staleness {result.staleness} > max_staleness {self.max_staleness}"

@@ -153,7 +153,7 @@ class RunRecorder:
         (self.out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
         if self._tb is not None and self._hparams:
             self._write_hparams(summary)
-        self.close()
+        self._close_outputs()  # log.txt stays attached until close(): executor shutdown notices go there too
 
     def _write_hparams(self, summary: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
@@ -171,7 +171,7 @@ class RunRecorder:
         for key, value in metrics.items():
             self._tb.add_scalar(key, value, summary.get("rounds", 0))
 
-    def close(self) -> None:
+    def _close_outputs(self) -> None:
         for stream in (self._metrics, self._rounds):
             if not stream.closed:
                 stream.close()
@@ -179,5 +179,8 @@ class RunRecorder:
             self._tb.close()
             self._tb = None
         self._bar.close()
+
+    def close(self) -> None:
+        self._close_outputs()
         logging.getLogger("fedsim").removeHandler(self._file_log)
         self._file_log.close()

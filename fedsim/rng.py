@@ -8,14 +8,16 @@ without per-client generator objects.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "torch_generator", "numpy_generator", "uniform", "uniform_per_client"]
+__all__ = ["derive_seed", "torch_generator", "numpy_generator", "uniform", "uniform_per_client", "splitmix_ints"]
 
 _MASK = (1 << 63) - 1
+_MASK64 = (1 << 64) - 1
 
 
 def derive_seed(seed: int, purpose: str, *ids: int) -> int:
@@ -42,20 +44,35 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=4096)
+def _base(seed: int, purpose: str, *ids: int) -> np.uint64:
+    return np.uint64(derive_seed(seed, purpose, *ids))
+
+
 def uniform(seed: int, purpose: str, client_ids: np.ndarray, step: int) -> np.ndarray:
     """U[0,1) draws, one per client id, for counter ``step``; independent per client."""
-    base = np.uint64(derive_seed(seed, purpose, step))
-    ids = np.asarray(client_ids, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits = _splitmix64(_splitmix64(ids ^ base) + base)
+    base = _base(seed, purpose, int(step))
+    ids = np.asarray(client_ids, dtype=np.uint64).reshape(-1)  # arrays wrap silently; scalars would warn
+    bits = _splitmix64(_splitmix64(ids ^ base) + base)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def uniform_per_client(seed: int, purpose: str, client_ids: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """U[0,1) draws, one per (client id, that client's own counter) pair; independent per pair."""
-    base = np.uint64(derive_seed(seed, purpose))
-    ids = np.asarray(client_ids, dtype=np.uint64)
-    steps = np.asarray(counters, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits = _splitmix64(_splitmix64(_splitmix64(ids ^ base) + steps) + base)
+    base = _base(seed, purpose)
+    ids = np.asarray(client_ids, dtype=np.uint64).reshape(-1)
+    steps = np.asarray(counters, dtype=np.uint64).reshape(-1)
+    bits = _splitmix64(_splitmix64(_splitmix64(ids ^ base) + steps) + base)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def splitmix_ints(seed: int, purpose: str, counter: int, count: int) -> list[int]:
+    """``count`` 64-bit integers from (seed, purpose, counter), in plain Python (fast for a few)."""
+    x = (int(_base(seed, purpose)) ^ ((counter + 1) * 0xD1B54A32D192ED03)) & _MASK64
+    out = []
+    for _ in range(count):
+        x = (x + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        out.append(z ^ (z >> 31))
+    return out

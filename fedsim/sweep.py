@@ -171,8 +171,10 @@ def _progress(i: int, n: int, settings: dict[str, str], summary: dict[str, Any] 
     metrics = f"test accuracy {acc:.4f}" if acc is not None else "no evaluation"
     if best is not None:
         metrics += f" (best {best:.4f})"
+    status = (summary or {}).get("status", "completed")
+    ended = "" if status == "completed" else f" [{status}: {(summary or {}).get('reason', '')}]"
     print(f"{head}: {metrics}, dropouts {(summary or {}).get('dropouts', 0)}, "
-          f"wall {(summary or {}).get('wall_time', 0.0):.1f}s", flush=True)
+          f"wall {(summary or {}).get('wall_time', 0.0):.1f}s{ended}", flush=True)
 
 
 def _run_sequential(planned: list[tuple[dict[str, str], RunConfig]]) -> list[str]:

@@ -202,6 +202,10 @@ def _markdown(keys, columns, rows, runs) -> str:
     incomplete = [str(r.path) for r in runs if r.summary is None]
     if incomplete:
         notes.append(f"no summary.json (still running or interrupted): {', '.join(incomplete)}")
+    stopped = [f"{r.path} ({r.summary['status']})" for r in runs
+               if r.summary is not None and r.summary.get("status", "completed") != "completed"]
+    if stopped:
+        notes.append(f"runs that did not complete (their last evaluation counts as final): {', '.join(stopped)}")
     return "\n".join(lines) + "\n" + "".join(f"\n{note}" for note in notes) + ("\n" if notes else "")
 
 

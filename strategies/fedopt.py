@@ -175,7 +175,7 @@ _register(
     "fedasync", "FedAsync: mix each arrival into the model, alpha=0.9, polynomial staleness (Xie et al. 2019)",
     "uniform", "sgd", server_lr=0.9, staleness="polynomial", staleness_a=0.5, mixing=True,
     config_defaults={"scheduler": {"name": "buffered", "buffer_size": 1, "concurrency": 10},
-                     "population": ASYNC_SPEEDS},
+                     "population": ASYNC_SPEEDS, "rounds": 500, "eval": {"every": 50}},  # one update per arrival
 )
 _register(
     "fedbuff", "FedBuff: average K=10 staleness-weighted deltas, then a server step (Nguyen et al. 2022)",

@@ -21,6 +21,7 @@ costs O(k) when most clients are available.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Protocol
@@ -28,7 +29,7 @@ from typing import Any, Callable, Collection, Protocol
 import numpy as np
 
 from fedsim.registry import Registry
-from fedsim.rng import uniform_per_client
+from fedsim.rng import numpy_generator, splitmix_ints, uniform_per_client
 from fedsim.types import PopulationInfo
 
 __all__ = ["Participation", "SpeedModel", "Population", "JobTiming", "PARTICIPATION", "SPEEDS", "build_population"]
@@ -93,29 +94,41 @@ class Population:
             ids = ids[~np.isin(ids, np.fromiter(busy, dtype=np.int64, count=len(busy)))]
         return ids
 
-    def sample(self, k: int, now: float, busy: Collection[int], rng: np.random.Generator) -> np.ndarray:
+    def sample(self, k: int, now: float, busy: Collection[int], seed: int, counter: int) -> np.ndarray:
         """Up to k distinct clients drawn uniformly from those available at ``now`` and not busy.
 
-        Rejection sampling (draw ids, keep available idle ones, first come first kept) costs
-        O(k) when most clients qualify; after a few thin draws it falls back to one O(N) scan.
+        Rejection sampling (draw ids from the counter-based stream (seed, counter), keep
+        available idle ones, first drawn first kept) costs O(k) when most clients qualify;
+        after a few thin draws it falls back to one O(N) scan.
         """
         n = self.num_clients
         if k <= 0:
             return np.empty(0, dtype=np.int64)
         chosen: list[int] = []
         seen: set[int] = set()
-        for _ in range(4):
-            draw = rng.integers(0, n, size=2 * (k - len(chosen)) + 8)
-            ok = self.available(draw, now)
-            for cid, good in zip(draw.tolist(), ok.tolist()):
-                if good and cid not in busy and cid not in seen:
+        check = self.participation.time_varying
+        attempts = 4 if 2 * len(busy) < n else 0  # mostly busy: scan at once
+        for attempt in range(attempts):
+            wanted = k - len(chosen)
+            draws = [h % n for h in splitmix_ints(seed, "select-idle", 4 * counter + attempt, wanted + wanted // 4 + 2)]
+            ok = self.available(np.asarray(draws, dtype=np.int64), now).tolist() if check else None
+            for i, cid in enumerate(draws):
+                if (ok is None or ok[i]) and cid not in busy and cid not in seen:
                     seen.add(cid)
                     chosen.append(cid)
                     if len(chosen) == k:
                         return np.asarray(chosen, dtype=np.int64)
+        if not check and n <= 100_000:  # small, mostly busy population: list the idle clients directly
+            idle = [c for c in range(n) if c not in busy and c not in seen]
+            picks = splitmix_ints(seed, "select-idle-scan", counter, min(k - len(chosen), len(idle)))
+            for i, h in enumerate(picks):  # partial Fisher-Yates shuffle
+                j = i + h % (len(idle) - i)
+                idle[i], idle[j] = idle[j], idle[i]
+            return np.asarray(chosen + idle[: len(picks)], dtype=np.int64)
         rest = self.idle_available(now, busy)
         if seen:
             rest = rest[~np.isin(rest, np.fromiter(seen, dtype=np.int64))]
+        rng = numpy_generator(seed, "select-idle-scan", counter)
         extra = rng.choice(rest, size=min(k - len(chosen), len(rest)), replace=False) if len(rest) else rest
         return np.concatenate([np.asarray(chosen, dtype=np.int64), extra.astype(np.int64)])
 
@@ -141,8 +154,12 @@ class Population:
         (client, the client's dispatch count).
         """
         ids = np.asarray(client_ids, dtype=np.int64)
+        plain = self.extra_delay == 0 and (self.dropout_prob == 0 or not dropouts) and self.bandwidth is None
+        if plain and len(ids) == 1:  # the common asynchronous refill: skip array arithmetic
+            duration = float(steps[0]) * float(self.step_times[ids[0]]) + self.comm_time
+            return JobTiming(np.array([duration]), np.zeros(1, dtype=bool))
         counts = np.asarray(dispatch_counts, dtype=np.int64)
-        durations = np.asarray(steps, dtype=np.float64) * self.speed.step_time(ids) + self.comm_time
+        durations = np.asarray(steps, dtype=np.float64) * self.step_times[ids] + self.comm_time
         if self.bandwidth is not None and self.model_bits > 0:
             durations = durations + 2.0 * self.model_bits / self.bandwidth(ids)
         if self.extra_delay > 0:
@@ -155,6 +172,11 @@ class Population:
                 fraction = uniform_per_client(self.seed, "dropout-at", ids, counts)
                 durations = np.where(dropped, durations * fraction, durations)
         return JobTiming(durations, dropped)
+
+    @functools.cached_property
+    def step_times(self) -> np.ndarray:
+        """Every client's seconds per local step, computed once (8 bytes per client)."""
+        return np.asarray(self.speed.step_time(np.arange(self.num_clients, dtype=np.int64)), dtype=np.float64)
 
     def durations(self, client_ids: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Full durations of first dispatches (dropouts ignored); handy for tests and planning."""

@@ -167,22 +167,26 @@ def uniform_sampling(config: Any, data: Any, seed: int) -> UniformParticipation:
     return UniformParticipation(data.num_clients, config.clients_per_round, seed)
 
 
-@SPEEDS.register("constant", "every client takes step_time virtual seconds per local step")
+@SPEEDS.register("constant", "every client takes step_time virtual seconds per local step",
+                 options=("population.step_time",))
 def constant(config: Any, data: Any, seed: int, batch_size: int = 1) -> ConstantSpeed:
     return ConstantSpeed(config.step_time)
 
 
-@SPEEDS.register("lognormal", "per-client step time = step_time * exp(speed_sigma * N(0,1))")
+@SPEEDS.register("lognormal", "per-client step time = step_time * exp(speed_sigma * N(0,1))",
+                 options=("population.step_time", "population.speed_sigma"))
 def lognormal(config: Any, data: Any, seed: int, batch_size: int = 1) -> LognormalSpeed:
     return LognormalSpeed(config.step_time, config.speed_sigma, seed)
 
 
-@SPEEDS.register("tiered", "device tiers: speed_tiers = [[fraction, slowdown], ...] times step_time")
+@SPEEDS.register("tiered", "device tiers: speed_tiers = [[fraction, slowdown], ...] times step_time",
+                 options=("population.step_time", "population.speed_tiers"))
 def tiered(config: Any, data: Any, seed: int, batch_size: int = 1) -> TieredSpeed:
     return TieredSpeed(config.step_time, config.speed_tiers, seed)
 
 
-@SPEEDS.register("device_file", "FedScale device capacity pickle (device_file): compute ms/sample, kbit/s")
+@SPEEDS.register("device_file", "FedScale device capacity pickle (device_file): compute ms/sample, kbit/s",
+                 options=("population.device_file",))
 def device_file(config: Any, data: Any, seed: int, batch_size: int = 1) -> DeviceSpeed:
     if config.device_file is None:
         raise ValueError("population.device_file must be set for population.speed=device_file")

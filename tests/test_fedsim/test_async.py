@@ -102,6 +102,36 @@ def test_fedfix_with_window_longer_than_slowest_job_is_synchronous_fedavg(small_
     assert fedfix.engine.now == pytest.approx(3 * slowest * 1.01)
 
 
+def test_fedfix_weights_count_the_windows_a_job_spans():
+    from fedsim.types import ClientResult, PopulationInfo  # noqa: PLC0415
+    from strategies import WEIGHTINGS  # noqa: PLC0415
+
+    population = PopulationInfo(4, num_samples=np.array([10, 30, 60, 100]))
+    fresh = ClientResult(0, 3, torch.tensor([1.0, 0.0]), 10, 1, staleness=0)
+    stale = ClientResult(2, 1, torch.tensor([0.0, 1.0]), 60, 1, staleness=2)  # spanned 3 windows
+    agg = WEIGHTINGS.get("fedfix")()
+    u, _ = agg.aggregate(agg.init(torch.zeros(2), population), [fresh, stale], 3)
+    torch.testing.assert_close(u, torch.tensor([10 / 200, 3 * 60 / 200]))
+
+
+def test_periodic_windows_without_arrivals_are_zero_updates(small_config):
+    # every job takes 0.03 s; windows of 0.01 s: two of every three windows see no arrival
+    config = _config(small_config, rounds=6, strategy={"name": "fedfix"},
+                     scheduler={"interval": 0.01, "concurrency": 5})
+    experiment = build(config)
+    rounds = _records(experiment)
+    params: list[torch.Tensor] = []
+    experiment.engine.callbacks.append(type("Params", (), {
+        "on_round": lambda self, engine, record: params.append(engine.state.params.clone()),
+        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})())
+    start = experiment.engine.state.params.clone()
+    experiment.run()
+    assert [r["participants"] for r in rounds] == [0, 0, 5, 0, 0, 5]
+    assert torch.equal(params[0], start) and torch.equal(params[1], start)
+    assert not torch.equal(params[2], start) and torch.equal(params[3], params[2])
+    assert [r["staleness"] for r in rounds if r["participants"]] == [2, 2]
+
+
 def test_fedasync_alpha_one_one_client_continues_local_sgd(small_config):
     config = _config(small_config, data={"num_clients": 1}, rounds=4,
                      strategy={"name": "fedasync", "server_lr": 1.0, "staleness": "constant"},
@@ -342,6 +372,25 @@ def test_dropouts_mid_training_and_extra_delays(small_config):
     assert np.all(delayed > plain.population.durations(np.arange(20), steps))
 
 
+@pytest.mark.parametrize("process", ["constant", "poisson"])
+def test_open_arrivals_start_clients_at_the_arrival_rate(small_config, process):
+    config = _config(small_config, data={"num_clients": 50}, rounds=100, strategy={"name": "fedbuff"},
+                     scheduler={"arrivals": "rate", "arrival_rate": 4.0, "arrival_process": process,
+                                "buffer_size": 5, "max_time": 10.0})
+    experiment = build(config)
+    starts: list[float] = []
+    dispatch = experiment.engine.dispatch
+    experiment.engine.dispatch = lambda ids, overrides=None: (starts.append(experiment.engine.now),
+                                                               dispatch(ids, overrides))[1]
+    experiment.run()
+    gaps = np.diff(starts)
+    if process == "constant":
+        np.testing.assert_allclose(gaps, 0.25)
+    else:
+        assert abs(gaps.mean() - 0.25) < 0.08 and gaps.std() > 0.1  # exponential gaps, mean 1/rate
+    assert len(starts) == pytest.approx(40, abs=12)
+
+
 # ---------------------------------------------------------------- anarchic participation
 
 
@@ -359,6 +408,24 @@ def test_anarchic_clients_choose_their_local_steps(small_config):
     experiment.engine.strategy.aggregate = spy
     experiment.run()
     assert set(steps) <= set(range(2, 7)) and len(set(steps)) > 2
+
+
+def test_afa_normalises_by_local_steps_and_cs_keeps_each_workers_latest():
+    from fedsim.types import ClientResult, PopulationInfo  # noqa: PLC0415
+    from strategies import WEIGHTINGS  # noqa: PLC0415
+
+    population = PopulationInfo(4, num_samples=np.array([1, 1, 1, 1]))
+    a = ClientResult(0, 0, torch.tensor([2.0, 0.0]), 5, 2)  # G = [1, 0]
+    b = ClientResult(1, 0, torch.tensor([0.0, 8.0]), 5, 4)  # G = [0, 2]
+    a_again = ClientResult(0, 0, torch.tensor([6.0, 0.0]), 5, 3)  # G = [2, 0], supersedes a in AFA-CS
+    cd = WEIGHTINGS.get("afa_cd")()
+    u, _ = cd.aggregate(cd.init(torch.zeros(2), population), [a, b, a_again], 0)
+    torch.testing.assert_close(u, torch.tensor([(1 + 2) / 3, 2 / 3]))  # mean over the m = 3 arrivals
+    cs = WEIGHTINGS.get("afa_cs")()
+    u, state = cs.aggregate(cs.init(torch.zeros(2), population), [a, b, a_again], 0)
+    torch.testing.assert_close(u, torch.tensor([2 / 4, 2 / 4]))  # (1/M) sum of latest G over all M = 4
+    u, _ = cs.aggregate(state, [], 1)  # nobody arrives: stale entries keep contributing
+    torch.testing.assert_close(u, torch.tensor([2 / 4, 2 / 4]))
 
 
 def test_afa_cd_with_eta_k_and_full_arrivals_is_fedavg(small_config):

@@ -245,3 +245,14 @@ def test_executor_auto_says_which_it_chose(small_config, caplog):
             experiment = build(small_config(executor={"name": "auto"}, client=client))
         assert isinstance(experiment.executor, expected)
         assert needle in caplog.text
+
+
+def test_table_notes_runs_that_did_not_complete(tmp_path):
+    done = fake_run(tmp_path, "a", {}, [(0, 0.0, 0.1), (2, 1.0, 0.5)], dropouts=0)
+    stopped = fake_run(tmp_path, "b", {"seed": 1}, [(0, 0.0, 0.1), (2, 1.0, 0.2)], dropouts=9)
+    (stopped / "summary.json").write_text(json.dumps({"rounds": 2, "dropouts": 9, "status": "diverged"}))
+    (done / "summary.json").unlink()
+    text = compare_table([tmp_path])
+    assert "| all runs |" not in text and "| 2 |" in text  # one group (only the seed differs)
+    assert f"no summary.json (still running or interrupted): {done}" in text
+    assert f"{stopped} (diverged)" in text
