@@ -157,6 +157,9 @@ def _run_flower(config: Any, stamps: list[float]):
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     if strategy.state is None or strategy.state.version != config.rounds:
         raise RuntimeError("the Flower simulation did not complete its rounds")
+    lost = sum(record["absent"] for record in strategy.history)
+    if lost:
+        raise RuntimeError(f"{lost} Flower client jobs failed or did not reply; the runs are not comparable")
     return task, strategy.state.params
 
 

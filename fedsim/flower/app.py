@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,12 +50,12 @@ __all__ = [
     "task_for",
 ]
 
-log = logging.getLogger("fedsim")
+log = logging.getLogger("flwr.fedsim")  # shown by Flower's log handlers in Flower processes
 
 FLOWER_DEFAULTS: dict[str, Any] = {
     "fraction_evaluate": 0.0,  # federated evaluation on this fraction of nodes each round
     "round_timeout": 600.0,  # seconds to wait for replies; late nodes count as absent
-    "min_nodes": 1,  # wait until this many nodes are connected before round 1
+    "min_nodes": 1,  # each round waits until this many nodes are connected
 }
 
 
@@ -113,6 +112,7 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
         config.client.model_dump(),
         config.seed,
         fraction_evaluate=float(flower["fraction_evaluate"]),
+        min_nodes=int(flower["min_nodes"]),
         query_timeout=float(flower["round_timeout"]),
     )
 
@@ -141,7 +141,6 @@ def make_server_app() -> ServerApp:
         config, flower = config_from_run_config(context.run_config)
         task = task_for(config)
         strategy = make_strategy(config, task, flower)
-        _wait_for_nodes(grid, int(flower["min_nodes"]))
         initial = strategy.codec.encode(initial_params(task, config.seed))
         result = strategy.start(
             grid,
@@ -169,11 +168,6 @@ def make_server_app() -> ServerApp:
             (out / "flower_summary.json").write_text(json.dumps(summary, indent=1))
 
     return app
-
-
-def _wait_for_nodes(grid: Grid, minimum: int) -> None:
-    while len(list(grid.get_node_ids())) < minimum:
-        time.sleep(1.0)
 
 
 def make_node_client_app() -> ClientApp:

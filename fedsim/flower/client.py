@@ -2,9 +2,10 @@
 
 ``make_client_app(task, algorithm)`` returns a ClientApp with three handlers:
 
-- ``train``: loads the global model from the message's ArrayRecord into a resident model,
-  runs the client algorithm (``clients.CLIENTS``) on this node's partition with the job
-  config and seed the server sent, and replies with the update as ``fedsim.delta`` (flat,
+- ``train``: turns the message into a fedsim ``ClientJob`` (global model from the
+  ArrayRecord, the job config and seed the server sent, the node's client state) and runs
+  it with a fedsim ``Worker``, exactly as fedsim's serial executor runs a job (resident
+  model, any ``clients.CLIENTS`` algorithm, this node's partition); it replies with the update as ``fedsim.delta`` (flat,
   float32, lossless) plus ``num-examples`` / ``num-steps`` / the algorithm's metrics. Client
   state the algorithm keeps between rounds (SCAFFOLD's c_i, FedSpeed's h_i, ...) lives in
   the node's ``Context.state`` as an ArrayRecord. Messages from a plain Flower strategy
@@ -25,17 +26,15 @@ import json
 from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import CLIENTS, ClientAlgorithm, TrainContext
-from fedsim.executors.worker import check_result, train_one
+from fedsim.executors.worker import Worker, WorkerSpec
 from fedsim.flower.arrays import ArrayCodec, record_to_state, state_to_record
 from fedsim.flower.strategy import KEYS
-from fedsim.params import ResidentModel
 from fedsim.rng import derive_seed
 from fedsim.tasks import Task
+from fedsim.types import ClientJob
 
 __all__ = ["make_client_app", "partition_of", "STATE_KEY"]
 
@@ -60,98 +59,104 @@ def partition_of(context: Context) -> int:
     return int(context.node_config[KEYS.PARTITION])
 
 
-def _algorithm(chosen: Any, job_config: dict[str, Any]) -> ClientAlgorithm:
-    if chosen is None:
-        chosen = job_config.get("algorithm") or "sgd"
-    return CLIENTS.get(chosen)() if isinstance(chosen, str) else chosen
+class _NodeWorkers:
+    """fedsim Workers (resident model + client algorithm) per (task, algorithm), built once per process.
 
+    A job runs exactly as in fedsim's serial executor: ``Worker.run`` on a ClientJob.
+    """
 
-class _NodeModel:
-    """One resident model per (process, task): loading a model is one copy, as in fedsim's workers."""
+    def __init__(self, device: str):
+        self.device = device
+        self._workers: dict[tuple[int, str], Worker] = {}
+        self._codecs: dict[int, ArrayCodec] = {}
 
-    def __init__(self, task: Task, device: str):
-        self.device = torch.device(device)
-        self.model = ResidentModel(task.build_model(), self.device)
-        self.codec = ArrayCodec(self.model.model)
-        self.context = TrainContext(self.model, task.loss_fn, self.device)
+    def codec(self, task: Task) -> ArrayCodec:
+        if id(task) not in self._codecs:
+            self._codecs[id(task)] = ArrayCodec(task.build_model())
+        return self._codecs[id(task)]
+
+    def worker(self, task: Task, algorithm: str) -> Worker:
+        key = (id(task), algorithm)
+        if key not in self._workers:
+            # the task is given, so the spec's TaskSpec is never used to rebuild it
+            spec = WorkerSpec(task=None, client=algorithm, device=self.device)  # type: ignore[arg-type]
+            self._workers[key] = Worker(spec, task)
+        return self._workers[key]
 
 
 def make_client_app(
     task: PerNode[Task],
-    algorithm: PerNode[str] | ClientAlgorithm | None = None,
+    algorithm: PerNode[str] | None = None,
     client_config: PerNode[dict] | None = None,
     *,
     device: str = "cpu",
 ) -> ClientApp:
-    """A ClientApp training ``algorithm`` on ``task``.
+    """A ClientApp training a fedsim client algorithm on this node's partition of ``task``.
 
-    ``algorithm`` is a ``clients.CLIENTS`` name or a client algorithm object; None (default)
-    runs the one the server's job config names (fedsim's ``client.algorithm``, else sgd).
-    Each argument may also be a function of the node's Context returning it (the fedsim
-    App reads them from the run config). A task function is called for every message: cache
-    the task it builds. ``client_config`` is the job config used when a message does not
-    carry fedsim's (a plain Flower strategy).
+    ``algorithm`` is a ``clients.CLIENTS`` name; None (default) runs the one the server's job
+    config names (fedsim's ``client.algorithm``, else sgd). Each argument may also be a
+    function of the node's Context returning it (the fedsim App reads them from the run
+    config). A task function is called for every message: cache the task it builds.
+    ``client_config`` is the job config used when a message does not carry fedsim's (a plain
+    Flower strategy).
     """
-    models: dict[int, _NodeModel] = {}
+    workers = _NodeWorkers(device)
 
-    def resolve(context: Context) -> tuple[Task, _NodeModel, int]:
-        node_task = _resolve(task, context)
-        if id(node_task) not in models:
-            models[id(node_task)] = _NodeModel(node_task, device)
+    def node_task(context: Context) -> tuple[Task, int]:
+        resolved = _resolve(task, context)
         pid = partition_of(context)
-        if not 0 <= pid < node_task.data.num_clients:
-            raise ValueError(f"partition-id {pid} is out of range: the task has {node_task.data.num_clients} partitions")
-        return node_task, models[id(node_task)], pid
+        if not 0 <= pid < resolved.data.num_clients:
+            raise ValueError(f"partition-id {pid} is out of range: the task has {resolved.data.num_clients} partitions")
+        return resolved, pid
 
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        node_task, node, pid = resolve(context)
-        params, _ = node.codec.decode(msg.content[KEYS.ARRAYS])
+        resolved, pid = node_task(context)
+        codec = workers.codec(resolved)
+        params, _ = codec.decode(msg.content[KEYS.ARRAYS])
         config = msg.content.config_records.get(KEYS.CONFIG, {})
         from_fedsim = KEYS.JOB_CONFIG in config
         if from_fedsim:
             job_config, seed = json.loads(config[KEYS.JOB_CONFIG]), int(config[KEYS.SEED])
+            version = int(config[KEYS.VERSION])
         else:
             job_config = dict(_resolve(client_config, context) or {})
-            seed = derive_seed(0, "flower-client-train", pid, int(config.get("server-round", 0)))
-        client_algorithm = _algorithm(_resolve(algorithm, context), job_config)
-        x, y = node_task.data.train(pid)
-        rng = torch.Generator(device=node.device)
-        rng.manual_seed(seed)
-        state = record_to_state(context.state.array_records.get(STATE_KEY))
-        broadcast = None
+            version = int(config.get("server-round", 1)) - 1
+            seed = derive_seed(0, "flower-client-train", pid, version)
+        name = _resolve(algorithm, context) or job_config.get("algorithm") or "sgd"
+        job = {
+            "job_id": 0, "client_id": pid, "version": version, "params": params, "config": job_config, "seed": seed,
+            "state": record_to_state(context.state.array_records.get(STATE_KEY)),
+        }
         if KEYS.BROADCAST in msg.content.array_records:
-            broadcast = record_to_state(msg.content.array_records[KEYS.BROADCAST])
-        params = params.to(node.device)
-        # algos: the same training path as fedsim's workers (step loop or torch.optim, lr decayed by version)
-        result = train_one(client_algorithm, node.context, params, (x.to(node.device), y.to(node.device)), job_config,
-                           state, broadcast, rng, int(config.get(KEYS.VERSION, 0)))
-        result = check_result(result, node.codec.numel)
-        if not result.ok:
-            raise ValueError(f"client {pid}: {result.error}")
+            job["broadcast"] = record_to_state(msg.content.array_records[KEYS.BROADCAST])
+        result = workers.worker(resolved, name).run(ClientJob(**job))
+        if not result.ok:  # an error reply: the server counts this node absent for the round
+            raise RuntimeError(f"client {pid} failed: {result.error}")
         if result.state is not None:
             context.state[STATE_KEY] = state_to_record(result.state)
         metrics = {KEYS.NUM_EXAMPLES: int(result.num_samples), KEYS.NUM_STEPS: int(result.num_steps)}
         metrics |= {k: float(v) for k, v in result.metrics.items()}
         content = RecordDict({KEYS.METRICS: MetricRecord(metrics)})
         if from_fedsim:
-            content[KEYS.DELTA] = ArrayRecord({"flat": Array(np.ascontiguousarray(result.delta.numpy()))})
+            content[KEYS.DELTA] = ArrayRecord({"flat": Array(np.array(result.delta.numpy(), order="C"))})
             extras = getattr(result, "extras", None)
             if extras:
                 content[KEYS.EXTRAS] = state_to_record(extras)
         else:
-            content[KEYS.ARRAYS] = node.codec.encode(params.cpu() + result.delta)
+            content[KEYS.ARRAYS] = codec.encode(params + result.delta)
         return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        node_task, node, pid = resolve(context)
-        params, _ = node.codec.decode(msg.content[KEYS.ARRAYS])
-        node.model.load(params.to(node.device))
-        x, y = node_task.data.test(pid)
-        scores = node_task.evaluate(node.model.model, x, y)
+        resolved, pid = node_task(context)
+        params, _ = workers.codec(resolved).decode(msg.content[KEYS.ARRAYS])
+        model = workers.worker(resolved, "sgd").model  # any worker's resident model will do
+        model.load(params.to(model.device))
+        x, y = resolved.data.test(pid)
+        scores = resolved.evaluate(model.model, x, y)
         metrics = MetricRecord({
             "eval_loss": float(scores["loss"]) if len(y) else 0.0,
             "eval_accuracy": float(scores["accuracy"]) if len(y) else 0.0,
@@ -161,8 +166,8 @@ def make_client_app(
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        node_task, _, pid = resolve(context)
-        info = MetricRecord({KEYS.PARTITION: pid, KEYS.NUM_EXAMPLES: int(node_task.data.num_samples[pid])})
+        resolved, pid = node_task(context)
+        info = MetricRecord({KEYS.PARTITION: pid, KEYS.NUM_EXAMPLES: int(resolved.data.num_samples[pid])})
         return Message(RecordDict({KEYS.NODE_INFO: info}), reply_to=msg)
 
     return app

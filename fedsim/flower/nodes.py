@@ -33,7 +33,7 @@ from strategies.mifa import MemoryState
 
 __all__ = ["NodeIndex", "grow_aggregator_state"]
 
-log = logging.getLogger("fedsim")
+log = logging.getLogger("flwr.fedsim")  # shown by Flower's log handlers in Flower processes
 
 
 class NodeIndex:

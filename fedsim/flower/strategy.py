@@ -47,7 +47,7 @@ from strategies.base import ServerState, Strategy
 
 __all__ = ["FedsimStrategy", "KEYS"]
 
-log = logging.getLogger("fedsim")
+log = logging.getLogger("flwr.fedsim")  # shown by Flower's log handlers in Flower processes
 
 
 class KEYS:
@@ -79,7 +79,8 @@ class FedsimStrategy(FlowerStrategy):
     ``codec`` says how the model crosses the wire; ``sampler`` picks who trains;
     ``client_config`` is the base of every job config (fedsim's ``client`` section);
     ``seed`` drives sampling and job seeds. ``fraction_evaluate`` of the connected nodes run
-    federated evaluation each round (0: none). ``discover`` asks new nodes for their
+    federated evaluation each round (0: none). Each round waits until ``min_nodes`` nodes are
+    connected (nodes may still be registering when the ServerApp starts). ``discover`` asks new nodes for their
     partition id before indexing them; ``query_timeout`` bounds that wait (seconds).
     """
 
@@ -92,6 +93,7 @@ class FedsimStrategy(FlowerStrategy):
         seed: int = 0,
         *,
         fraction_evaluate: float = 0.0,
+        min_nodes: int = 1,
         discover: bool = True,
         query_timeout: float = 120.0,
     ):
@@ -103,6 +105,7 @@ class FedsimStrategy(FlowerStrategy):
         self.client_config = dict(client_config)
         self.seed = seed
         self.fraction_evaluate = fraction_evaluate
+        self.min_nodes = min_nodes
         self.discover = discover
         self.query_timeout = query_timeout
         self.nodes = NodeIndex()
@@ -122,7 +125,7 @@ class FedsimStrategy(FlowerStrategy):
                  type(self.sampler).__name__, self.fraction_evaluate)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        connected = sorted(grid.get_node_ids())
+        connected = self._wait_for_nodes(grid)
         self._index_new_nodes(grid, connected)
         state = self._ensure_state(arrays)
         selected = self.sampler.select(state.version, np.asarray(sorted(self.nodes.indices(connected)), dtype=np.int64))
@@ -223,6 +226,15 @@ class FedsimStrategy(FlowerStrategy):
         return MetricRecord({k: v / weight for k, v in totals.items()} | {KEYS.NUM_EXAMPLES: int(weight)})
 
     # ------------------------------------------------------------------ helpers
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        waited = 0.0
+        while len(connected := sorted(grid.get_node_ids())) < self.min_nodes:
+            if waited % 10 == 0:
+                log.info("waiting for nodes: %d connected, %d required", len(connected), self.min_nodes)
+            time.sleep(1.0)
+            waited += 1.0
+        return connected
 
     def _now(self) -> float:
         return time.monotonic() - self._start  # Flower has no virtual clock: wall seconds since start

@@ -45,7 +45,8 @@ def test_fedsim_and_flower_simulation_give_the_same_model():
         experiment.run()
         expected[name] = (experiment.engine.state.params, [h["participants"] for h in experiment.engine.history])
 
-    strategies = {name: make_strategy(config, task) for name, config in CONFIGS.items()}
+    # every node connected before sampling, as in fedsim where the whole population exists
+    strategies = {name: make_strategy(config, task, {"min_nodes": NUM_CLIENTS}) for name, config in CONFIGS.items()}
     server = ServerApp()
 
     @server.main()

@@ -3,6 +3,8 @@ sparse node ids, nodes joining and leaving, absent and failing nodes, plain Flow
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from fedsim.config import load_config
 from fedsim.flower import KEYS, STATE_KEY, ArrayCodec, FedsimStrategy, ParticipationSampler, make_client_app, make_strategy, task_for
 from fedsim.population.base import slot_of
 from fedsim.run import build, initial_params
+from clients import CLIENTS
 from strategies import STRATEGIES, build_strategy
 from tests.conftest import small_values
 from tests.test_flower.conftest import InProcessGrid
@@ -177,47 +180,63 @@ def test_a_returning_partition_takes_its_index_back():
     assert strategy.state.aggregator.count[1] == 2 and strategy.state.aggregator.total[1] == 4.0
 
 
-class NaNClient:
-    name = "nan"
+class NaNFeatures:
+    """Federated data whose training inputs are NaN: every local update comes out non-finite."""
 
-    def num_steps(self, config, num_samples):
-        return 1
+    def __init__(self, data):
+        self.data = data
+        self.num_clients, self.num_classes, self.num_samples = data.num_clients, data.num_classes, data.num_samples
 
-    def train(self, ctx, params, data, config, state, rng):
-        from fedsim.types import ClientResult
+    def train(self, cid):
+        x, y = self.data.train(cid)
+        return torch.full_like(x, float("nan")), y
 
-        return ClientResult(-1, -1, torch.full_like(params, float("nan")), len(data[0]), 1)
+    def test(self, cid):
+        return self.data.test(cid)
 
 
 def test_non_finite_updates_are_dropped():
     config = config_for("fedavg", population={"participation": "always"}, rounds=1)
-    grid = InProcessGrid(make_client_app(task_for(config), algorithm=NaNClient()), partition_nodes(3))
-    strategy = run_flower(config, grid)
+    task = dataclasses.replace(task_for(config), data=NaNFeatures(task_for(config).data))
+    grid = InProcessGrid(make_client_app(task), partition_nodes(3))
+    strategy = make_strategy(config, task)
+    run_flower(config, grid, strategy)
     assert strategy.history[0]["participants"] == 0 and strategy.history[0]["failed"] == 3
-    torch.testing.assert_close(strategy.state.params, initial_params(task_for(config), config.seed))
+    torch.testing.assert_close(strategy.state.params, initial_params(task, config.seed))
 
 
-def test_client_state_lives_in_the_node_context():
-    class Counting:
-        """A stateful client: state = how many times it trained, as a tensor."""
+class CountingClient:
+    """A stateful client (a torch.optim-style ``train``): its state counts its jobs, as a flat vector."""
 
-        name = "counting"
+    name = "test_flower_counting"
 
-        def num_steps(self, config, num_samples):
-            return 1
+    def num_steps(self, config, num_samples):
+        return 1
 
-        def train(self, ctx, params, data, config, state, rng):
-            from fedsim.types import ClientResult
+    def options(self, config):
+        return None  # no step function: workers call train()
 
-            count = (state["count"] if state is not None else torch.zeros((), dtype=torch.int64)) + 1
-            return ClientResult(-1, -1, torch.zeros_like(params), len(data[0]), 1, state={"count": count})
+    def train(self, ctx, params, data, config, state, rng):
+        from fedsim.types import ClientResult
 
+        count = (state["count"] if state is not None else torch.zeros_like(params)) + 1
+        return ClientResult(-1, -1, torch.zeros_like(params), len(data[0]), 1, state={"count": count})
+
+
+@pytest.fixture
+def counting_client():
+    CLIENTS.register(CountingClient.name, "test: counts its jobs in its client state")(CountingClient)
+    yield CountingClient.name
+    CLIENTS._entries.pop(CountingClient.name)  # leave the global registry as it was
+
+
+def test_client_state_lives_in_the_node_context(counting_client):
     config = config_for("fedavg", population={"participation": "always"}, rounds=3)
-    grid = InProcessGrid(make_client_app(task_for(config), algorithm=Counting()), partition_nodes(2))
+    grid = InProcessGrid(make_client_app(task_for(config), algorithm=counting_client), partition_nodes(2))
     run_flower(config, grid)
     for context in grid.contexts.values():
-        record = context.state.array_records[STATE_KEY]
-        assert int(record["dict.count"].numpy()) == 3
+        count = context.state.array_records[STATE_KEY]["dict.count"].numpy()
+        assert count.shape == (task_for(config).build_model().weight.numel() + 10,) and (count == 3).all()
 
 
 def test_plain_flower_client_works_with_fedsim_strategy():
