@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from fedsim import __version__
 from fedsim.config import ConfigError, load_config
+from fedsim.errors import RunFailed
 from fedsim.registry import UnknownNameError
 
 __all__ = ["main"]
@@ -101,6 +102,8 @@ def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
                          help=_flag_help(flag, detailed_help))
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (not available yet)")
     run.add_argument("--dry-run", action="store_true", help="print the fully resolved config (YAML) and exit")
     run.add_argument("--seeds", metavar="S1,S2,...", help="run once per seed, e.g. --seeds 0,1,2")
     run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -153,6 +156,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from fedsim import sweep  # noqa: PLC0415
 
+    if args.resume:
+        raise ConfigError("--resume is not available yet (checkpointing is not implemented); "
+                          "start a new run or pass --overwrite to replace the old one")
     overrides = _cli_overrides(args)
     values = {"plugins": list(args.plugins)} if args.plugins else None
     axes = sweep.parse_axes(args.seeds, args.sweep)
@@ -173,7 +179,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from fedsim.run import run_experiment  # noqa: PLC0415
 
-    summary, out = run_experiment(config)
+    from fedsim.run import exit_code  # noqa: PLC0415
+
+    summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]])
+    status = summary.get("status", "completed")
+    if status != "completed":
+        print(f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}",
+              file=sys.stderr)
+        return exit_code(summary)
     print(sweep.done_line(summary, out))
     return 0
 
@@ -279,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnknownNameError, FileNotFoundError, PluginError) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"fedsim: run failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fedsim: interrupted", file=sys.stderr)
         return 130

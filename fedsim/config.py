@@ -9,8 +9,9 @@ one-line :class:`ConfigError` that names the field (and the valid choices for na
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,8 +29,13 @@ class ConfigError(ValueError):
     """Bad configuration; the message is one line and names the field."""
 
 
+MAX_LOCAL_STEPS = 1_000_000  # per job: the batch schedule of a longer job would not fit in memory
+MAX_CONFIG_BYTES = 1_000_000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf or NaN in any rate, time, size or concentration is rejected by name
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _check_name(kind_registry: str, value: str) -> str:
@@ -47,7 +53,7 @@ def _check_name(kind_registry: str, value: str) -> str:
 class TaskConfig(BaseModel):
     """Which task; extra keys are task options (e.g. ``alpha``, ``model``), checked by the task."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: str = "synthetic"
 
     @field_validator("name")
@@ -77,10 +83,15 @@ class DataConfig(_Strict):
 class PopulationConfig(_Strict):
     participation: str = "uniform"
     clients_per_round: int = Field(10, ge=1)  # used by "uniform"
-    mean_prob: float = Field(0.1, gt=0, le=1)  # heterogeneous models: mean participation probability
-    min_prob: float = Field(0.02, gt=0, le=1)  # ... and its floor
+    # heterogeneous models: mean participation probability; null = clients_per_round / num_clients
+    # (0.1 for the defaults, as in the FedAU paper), so the expected clients per round, and the
+    # cost of a round, do not grow with the population
+    mean_prob: float | None = Field(None, gt=0, le=1)
+    min_prob: float | None = Field(None, gt=0, le=1)  # ... and its floor; null = mean_prob / 5 (0.02 for the defaults)
     prob_alpha: float = Field(0.1, gt=0)  # Dirichlet concentration of the class preference vector
-    correlate_with_data: bool = True  # p_n follows the client's label mix (FedAU paper) or is i.i.d.
+    # p_n follows the client's label mix (FedAU paper) or is i.i.d.; "auto" = true unless that would
+    # generate a lazily generated population of more than 10^4 clients just for their label histograms
+    correlate_with_data: bool | Literal["auto"] = "auto"
     markov_rate: float = Field(0.05, gt=0, le=1)  # P(inactive -> active) for "markov"
     cyclic_period: int = Field(100, ge=2)
     trace_path: str | None = None
@@ -94,6 +105,11 @@ class PopulationConfig(_Strict):
     bandwidth: float | None = Field(None, gt=0)  # Mbit/s per client: adds 2 x model size / bandwidth per job
     extra_delay: float = Field(0.0, ge=0)  # mean of a random exponential extra delay per job (virtual s)
     dropout_prob: float = Field(0.0, ge=0, le=1)  # probability that a job fails mid-training
+
+    def probability_range(self, num_clients: int) -> tuple[float, float]:
+        """(mean_prob, min_prob) with null resolved: clients_per_round / num_clients and mean / 5."""
+        mean = self.mean_prob if self.mean_prob is not None else min(1.0, self.clients_per_round / num_clients)
+        return mean, (self.min_prob if self.min_prob is not None else mean / 5)
 
     @field_validator("participation")
     @classmethod
@@ -109,8 +125,8 @@ class PopulationConfig(_Strict):
 class ClientConfig(_Strict):
     algorithm: str = "sgd"
     lr: float = Field(0.05, ge=0)
-    local_epochs: int = Field(1, ge=1)
-    local_steps: int | None = Field(None, ge=1)  # if set, overrides local_epochs
+    local_epochs: int = Field(1, ge=1, le=10_000)
+    local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)  # if set, overrides local_epochs
     batch_size: int = Field(10, ge=1)
     optimizer: str = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -134,6 +150,31 @@ class ClientConfig(_Strict):
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
         return _check_name("optimizer", v)
+
+    @field_validator("optimizer_kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = _first_non_finite(v)
+        if bad is not None:
+            raise ValueError(f"{bad} must be finite (no inf or NaN)")
+        return v
+
+
+def _first_non_finite(value: Any, path: str = "") -> str | None:
+    """Dotted path of the first inf/NaN number inside nested dicts and lists, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _first_non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class StrategyConfig(_Strict):
@@ -250,6 +291,13 @@ class EvalConfig(_Strict):
     max_clients: int = Field(1000, ge=1)  # per-client evaluation looks at most at this many
 
 
+class StopConfig(_Strict):
+    """When a run stops early instead of finishing with a wrong or empty result."""
+
+    max_dropout_fraction: float = Field(0.5, ge=0, le=1)  # failed jobs / jobs run above this -> status failed
+    divergence_factor: float | None = Field(10.0, gt=1)  # test loss > factor x max(initial test loss, ln C) -> diverged
+
+
 class OutputConfig(_Strict):
     out: str | None = None  # run folder; default runs/<timestamp>-<strategy>
     tensorboard: bool = True
@@ -270,11 +318,16 @@ class RunConfig(_Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     client_state: ClientStateConfig = Field(default_factory=ClientStateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    provenance: dict[str, Any] = Field(default_factory=dict)  # written into a run's config.yaml; ignored on load
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunConfig":
         n = self.data.num_clients
+        if self.population.mean_prob is None or self.population.min_prob is None:
+            mean, floor = self.population.probability_range(n)
+            self.population.mean_prob, self.population.min_prob = mean, floor  # resolved: saved as numbers
         if self.population.participation == "uniform" and self.population.clients_per_round > n:
             raise ValueError(
                 f"population.clients_per_round ({self.population.clients_per_round}) "
@@ -314,6 +367,13 @@ class RunConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _task_options_finite(self) -> "RunConfig":
+        bad = _first_non_finite(self.task.options)
+        if bad is not None:
+            raise ValueError(f"task.{bad} must be finite (no inf or NaN)")
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -327,7 +387,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set expects a dotted key like strategy.server_lr, got '{key}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -354,14 +414,44 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases: an alias bomb (billion laughs) is refused, not expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML data: plain tags only (safe_load), no aliases, bounded nesting."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {len(raw):,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text and raw or "\x00" in text:
+        raise ConfigError(f"config file {path} is not a UTF-8 text file (binary content)")
+    try:
+        data = safe_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).strip().splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -387,6 +477,29 @@ def load_config(
     return validate(raw)
 
 
+# A preset's suggested scenario: taken as a whole, or not at all once the user picks the task or
+# the population size (a scenario tuned for 100 digits clients must not turn a 10^5-client
+# synthetic run into a pooled split of every client).
+SCENARIO_KEYS = (("task",), ("rounds",), ("data", "num_clients"), ("data", "partition"), ("client",), ("eval",))
+SCENARIO_TRIGGERS = (("task", "name"), ("data", "num_clients"))
+
+
+def preset_defaults(defaults: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """A preset's config defaults, without its scenario if ``raw`` sets the task or the population size."""
+    if not any(isinstance(raw.get(section), dict) and key in raw[section] for section, key in SCENARIO_TRIGGERS):
+        return defaults
+    kept = copy.deepcopy(defaults)
+    for path in SCENARIO_KEYS:
+        node = kept
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        node.pop(path[-1], None)
+    algorithm = (defaults.get("client") or {}).get("algorithm")
+    if algorithm is not None:  # algos: a preset's client algorithm is its other half, not part of the scenario
+        kept.setdefault("client", {})["algorithm"] = algorithm
+    return kept
+
+
 def validate(raw: dict[str, Any]) -> RunConfig:
     from fedsim import plugins, registries  # noqa: PLC0415
 
@@ -401,7 +514,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     strategy = raw.get("strategy", {})
     name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else "fedavg"
     if isinstance(name, str) and name in registries.get("strategy"):
-        raw = deep_merge(registries.strategy_config_defaults(name), raw)
+        raw = deep_merge(preset_defaults(registries.strategy_config_defaults(name), raw), raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -136,6 +136,7 @@ class Engine:
         self.state = strategy.init(params, population.info())
         self.client_states = ClientStateStore()
         self.run_state = RunState()
+        self.status = "running"  # -> completed | diverged | failed | interrupted (the first stop() wins)
         # metrics bookkeeping
         self.history: list[dict[str, Any]] = []
         self.time_to_accuracy: dict[str, Any] | None = None
@@ -227,7 +228,9 @@ class Engine:
             if self._release(job.job_id) is not None:
                 self.run_state.results.pop(job.job_id, None)
 
-    def stop(self) -> None:
+    def stop(self, status: str = "completed") -> None:
+        if self.status == "running":
+            self.status = status
         self.run_state.stopped = True
 
     # ------------------------------------------------------------------ the loop
@@ -252,7 +255,9 @@ class Engine:
                     self.schedule(self.eval_every_time, EVAL)
             else:
                 scheduler.on_event(self, event)
-        if self._last_eval_version != self.state.version or not self.history:
+        if self.status == "running":
+            self.status = "completed"
+        if self.status == "completed" and (self._last_eval_version != self.state.version or not self.history):
             self.evaluate()
         summary = self.summary()
         for cb in self.callbacks:
@@ -332,8 +337,8 @@ class Engine:
         }
         for cb in self.callbacks:
             cb.on_round(self, record)
-        if self.eval_every and self.state.version % self.eval_every == 0:
-            self.evaluate()
+        if self.status == "running" and self.eval_every and self.state.version % self.eval_every == 0:
+            self.evaluate()  # (not after a stop callback ended the run, e.g. on a non-finite model)
         if self.state.version >= self.max_updates:
             self.stop()
 
@@ -370,6 +375,7 @@ class Engine:
         last = self.history[-1] if self.history else {}
         accuracies = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
         return {
+            "status": self.status,
             "rounds": self.state.version,
             "virtual_time": self.now,
             "wall_time": time.perf_counter() - self._start_wall,

@@ -22,7 +22,8 @@ __all__ = ["Evaluator"]
 class Evaluator:
     def __init__(self, task: Any, per_client: bool = False, max_clients: int = 1000, seed: int = 0, device: str = "cpu"):
         self.task = task
-        self.model = ResidentModel(task.build_model(), device)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+            self.model = ResidentModel(task.build_model(), device)
         self.test_x, self.test_y = task.data.global_test()
         self.per_client = per_client
         n = task.data.num_clients

@@ -2,13 +2,30 @@
 
 ``build(config)`` makes the task, population, strategy, executor and engine;
 ``run_experiment(config)`` runs it and writes the run folder.
+
+Run folder rules: a folder that already holds files is never written into unless
+``overwrite`` (and then only if it is a fedsim run folder); a lock (``.lock``, ``flock``)
+refuses a second run into the same folder while the first is alive; ``config.yaml`` is the
+resolved config (every option as used, plus provenance) with ``output.out`` cleared, so
+running it again makes a new folder; ``summary.json`` always says how the run ended
+(``status``); the final model is saved as ``model.pt2`` (``torch.export``) and
+``model_state.pt`` (a plain state dict).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import inspect
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,22 +34,29 @@ import torch
 import yaml
 
 from clients import CLIENTS, check_optimizer_options
-from fedsim.config import ConfigError, RunConfig
+from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig
 from fedsim.data import PARTITIONERS
 from fedsim.engine import Engine
 from fedsim.evaluation import Evaluator
+from fedsim.errors import RunFailed
 from fedsim.executors import WorkerSpec, build_executor, resolve_device
+from fedsim.guard import RunGuard
 from fedsim.metrics import LogBuffer, RunRecorder, hparams_of
 from fedsim.params import ParamLayout
 from fedsim.population import Population, build_population
+from fedsim.population.heterogeneous import correlates_with_data
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
 from fedsim.schedulers import build_scheduler
 from fedsim.state import ClientStateStore
 from fedsim.tasks import Task, TaskSpec, build_task
 from strategies import build_strategy
+from strategies.fedopt import resolved_options
 
-__all__ = ["Experiment", "build", "run_experiment", "task_spec", "initial_params", "default_out_dir"]
+__all__ = [
+    "Experiment", "build", "run_experiment", "task_spec", "initial_params", "default_out_dir", "resolved_config",
+    "RunFailed", "save_model", "exit_code",
+]
 
 log = logging.getLogger("fedsim")
 
@@ -57,9 +81,10 @@ def task_spec(config: RunConfig) -> TaskSpec:
 
 
 def initial_params(task: Task, seed: int) -> torch.Tensor:
-    torch.manual_seed(derive_seed(seed, "model-init"))
-    model = task.build_model()
-    return ParamLayout.of(model).flatten(model)
+    with torch.random.fork_rng(devices=[]):  # seeded init; the caller's global RNG is left as it was
+        torch.manual_seed(derive_seed(seed, "model-init"))
+        model = task.build_model()
+        return ParamLayout.of(model).flatten(model)
 
 
 def default_out_dir(config: RunConfig, root: str = "runs") -> Path:
@@ -80,6 +105,7 @@ class Experiment:
     engine: Engine
     scheduler: Any
     executor: Any
+    guard: RunGuard
 
     def run(self) -> dict[str, Any]:
         try:
@@ -111,15 +137,18 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
         raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
                          f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
+    _check_local_steps(algorithm, client_config, population)
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
     executor = build_executor(config.executor, worker_spec, task, client_config)  # resolves "auto"
     evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
+    initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
+    guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)
     engine = Engine(
         strategy=strategy,
         algorithm=algorithm,
         client_config=client_config,
         population=population,
-        executor=executor,
+        executor=guard.watch(executor),
         evaluator=evaluator,
         params=params,
         seed=config.seed,
@@ -129,10 +158,11 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         eval_every=config.eval.every,
         eval_every_time=config.eval.every_time,
         target_accuracy=config.eval.target_accuracy,
+        callbacks=[guard],
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
     engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)
-    return Experiment(config, task, population, engine, scheduler, executor)
+    return Experiment(config, task, population, engine, scheduler, executor, guard)
 
 
 def check_rounds_only(strategy: Any, config: RunConfig) -> None:
@@ -145,8 +175,204 @@ def check_rounds_only(strategy: Any, config: RunConfig) -> None:
         )
 
 
-def run_experiment(config: RunConfig, out_dir: str | Path | None = None, task: Task | None = None) -> tuple[dict[str, Any], Path]:
-    """Build (bad input -> ConfigError before anything is written), then run into a run folder."""
+def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population: Population) -> None:
+    """Refuse jobs so long that their batch schedule alone would exhaust memory."""
+    largest = int(population.num_samples.max()) if len(population.num_samples) else 0
+    steps = algorithm.num_steps(client_config, max(largest, 1))
+    if steps > MAX_LOCAL_STEPS:
+        field = "client.local_steps" if client_config.get("local_steps") else "client.local_epochs"
+        raise ValueError(
+            f"{field}: the largest client ({largest} samples) would take {steps:,} local steps per job; "
+            f"at most {MAX_LOCAL_STEPS:,} (lower {field} or raise client.batch_size)"
+        )
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+EXIT_CODES = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": 130}
+RUN_FOLDER_MARKERS = ("config.yaml", "summary.json", "metrics.jsonl")  # a folder holding one is a fedsim run
+
+
+def resolved_config(config: RunConfig, experiment: Experiment, argv: list[str] | None = None) -> dict[str, Any]:
+    """The config as the run actually uses it, ready to run again (``output.out`` cleared: a new folder).
+
+    Strategy: both part names and every option they take (the parts' own defaults filled in);
+    data.partition: the partition actually used; task: every option (defaults filled in);
+    provenance: fedsim's version, the git commit if fedsim runs from a checkout, the command line.
+    """
+    values = config.to_dict()
+    values["strategy"] = resolved_options(config.strategy)
+    values["data"]["partition"] = task_spec(config).partition
+    values["population"]["correlate_with_data"] = correlates_with_data(config.population, experiment.task.data)
+    values["task"] = {"name": config.task.name, **experiment.task.options}
+    values["output"]["out"] = None
+    values["provenance"] = _provenance(argv)
+    return values
+
+
+def _provenance(argv: list[str] | None) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        fedsim_version = version("fedsim-lab")
+    except PackageNotFoundError:
+        fedsim_version = "unknown"
+    info: dict[str, Any] = {"fedsim_version": fedsim_version, "git_commit": _git_commit()}
+    info["command"] = " ".join(argv if argv is not None else [Path(sys.executable).name, *sys.argv])
+    return info
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout fedsim runs from (+ ``-dirty`` if it has changes), or None."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder that already holds something, as the run folder (exit 2)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output.out: {out} exists and is not a folder")
+    contents = [p for p in out.iterdir() if p.name != ".lock"] if out.is_dir() else []
+    if not contents:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"output.out: {out} already holds a run; pick another --out or pass --overwrite to replace it "
+            f"(--resume to continue a run is not available yet)"
+        )
+    if not any((out / marker).exists() for marker in RUN_FOLDER_MARKERS):
+        raise ConfigError(f"output.out: {out} is not empty and is not a fedsim run folder; --overwrite refuses to delete it")
+
+
+class _FolderLock:
+    """An exclusive ``flock`` on ``<out>/.lock``, held for the run; the OS drops it if the process dies."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ConfigError(f"output.out: another fedsim run (pid {holder}) is writing to {self.path.parent}") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> _FolderLock:
+    """Create ``out``, lock it, and check (again, under the lock) that it is free."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = _FolderLock(out)
+        lock.acquire()
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"output.out: cannot write to {out} ({exc.strerror or exc})") from None
+    try:
+        _check_out_dir(out, overwrite)
+        for entry in out.iterdir():
+            if entry.name != ".lock":
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM: the first asks the engine to stop after the current step; a second stops now."""
+
+    def __init__(self, engine: Engine, guard: RunGuard):
+        self.engine = engine
+        self.guard = guard
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            raise KeyboardInterrupt(name)
+        self.signal_name = self.guard.signal = name
+        log.warning("%s: stopping after the current step (send it again to stop at once)", name)
+        self.guard.stop(self.engine, "interrupted", f"stopped by {name}")
+
+
+def save_model(task: Task, params: torch.Tensor, out: Path) -> list[Path]:
+    """Write the model as ``model.pt2`` (torch.export; loads without fedsim) and ``model_state.pt``.
+
+    ``torch.export.load(out / "model.pt2").module()`` is a ready ``nn.Module`` (batch size
+    free); ``model_state.pt`` is the state dict for ``task.build_model()``, readable with
+    ``torch.load(..., weights_only=True)``.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = task.build_model()
+    layout = ParamLayout.of(model)
+    state = model.state_dict()
+    for name, value in layout.unflatten(params.detach().to("cpu", torch.float32)).items():
+        state[name] = value.to(state[name].dtype).clone()
+    model.load_state_dict(state)
+    model.eval()
+    written = [out / "model_state.pt"]
+    torch.save(model.state_dict(), written[0])
+    try:
+        example = torch.zeros(2, *task.input_shape)
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, out / "model.pt2")
+        written.append(out / "model.pt2")
+    except Exception as exc:  # noqa: BLE001  (a model torch.export cannot trace still has its state dict)
+        log.warning("model.pt2 not written (torch.export failed: %s); model_state.pt holds the weights",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return written
+
+
+def run_experiment(
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    task: Task | None = None,
+    overwrite: bool = False,
+    argv: list[str] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Build (bad input -> ConfigError before anything is written), then run into a run folder.
+
+    Returns ``(summary, out)``; ``summary["status"]`` says how the run ended (completed,
+    diverged, failed, interrupted). A crash (e.g. a bug in client code) writes summary.json
+    with status failed and the traceback into log.txt, then raises :class:`RunFailed`.
+    """
+    out = Path(out_dir or config.output.out or default_out_dir(config)).expanduser()
+    _check_out_dir(out, overwrite)  # early, before building: fail fast on a taken folder
     early_logs = LogBuffer()  # notices while building (executor choice, Ray start-up) go to log.txt too
     try:
         experiment = build(config, task=task)
@@ -158,19 +384,80 @@ def run_experiment(config: RunConfig, out_dir: str | Path | None = None, task: T
         raise ConfigError(str(exc)) from exc
     finally:
         early_logs.close()
-    out = Path(out_dir or config.output.out or default_out_dir(config))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
-                           hparams=hparams_of(config.to_dict()), early_logs=early_logs.records)
-    experiment.engine.callbacks.append(recorder)
+    try:
+        lock = _prepare_out_dir(out, overwrite)
+    except BaseException:
+        experiment.executor.close()
+        raise
+    try:
+        return _run_in_folder(config, experiment, out, argv, early_logs.records)
+    finally:
+        lock.release()
+
+
+def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: list[str] | None,
+                   early_logs: list[Any]) -> tuple[dict[str, Any], Path]:
+    engine, guard = experiment.engine, experiment.guard
+    try:
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(config, experiment, argv), sort_keys=False))
+        recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
+                               hparams=hparams_of(config.to_dict()), early_logs=early_logs)
+    except BaseException:
+        experiment.executor.close()
+        raise
+    engine.callbacks.append(recorder)
     probs = experiment.population.participation.probabilities
     if probs is not None:
         log.info("participation: %s, mean probability %.3f (min %.3f, max %.3f)",
                  config.population.participation, probs.mean(), probs.min(), probs.max())
-    try:
-        recorder.on_start(experiment.engine)
-        summary = experiment.run()
-    finally:
-        recorder.close()
+    summary: dict[str, Any] | None = None
+    crash: BaseException | None = None
+    trace = ""
+    with _StopOnSignal(engine, guard) as signals:
+        try:
+            recorder.on_start(engine)
+            summary = experiment.run()
+        except KeyboardInterrupt:  # a second signal (or Ctrl-C outside the main thread): stop at once
+            guard.signal = guard.signal or "SIGINT"
+            guard.stop(engine, "interrupted", f"stopped by {signals.signal_name or 'SIGINT'}")
+        except Exception as exc:  # noqa: BLE001  (recorded as status failed, then re-raised as RunFailed)
+            crash, trace = exc, traceback.format_exc()
+            guard.stop(engine, "failed", f"crashed: {type(exc).__name__}: {_first_line(exc)}")
+    if summary is None:  # the engine did not reach its end: close the run here
+        summary = engine.summary()
+        guard.on_end(engine, summary)
+        recorder.on_end(engine, summary)
+    recorder.close()
+    if trace and engine.status == "interrupted":  # e.g. Ray workers hit by the same Ctrl-C: part of the stop
+        _append_log(out, f"after the interrupting signal, the run raised:\n{trace}")
+    if engine.status == "failed":
+        first = guard.first_failure
+        if trace:
+            _append_log(out, f"the run crashed at update {engine.state.version}:\n{trace}")
+        elif first is not None and first.traceback:
+            _append_log(out, f"first failure: client {first.client_id} at version {first.version}:\n{first.traceback}")
+    if engine.status in ("completed", "interrupted") and bool(torch.isfinite(engine.state.params).all()):
+        save_model(experiment.task, engine.state.params, out)
+    if crash is not None and engine.status != "interrupted":
+        raise RunFailed(f"{type(crash).__name__}: {_first_line(crash)} (traceback in {out / 'log.txt'})") from crash
     return summary, out
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """0 completed, 1 diverged or failed, 128 + signal number when interrupted (130 SIGINT, 143 SIGTERM)."""
+    status = summary.get("status", "completed")
+    if status == "interrupted":
+        name = summary.get("signal") or "SIGINT"
+        return 128 + int(getattr(signal, name, signal.SIGINT))
+    return EXIT_CODES.get(status, 1)
+
+
+def _append_log(out: Path, text: str) -> None:
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+    with open(out / "log.txt", "a") as f:
+        f.write(f"{stamp} ERROR {text.rstrip()}\n")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

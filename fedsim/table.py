@@ -66,8 +66,8 @@ def load_run(path: Path) -> Run:
 
 
 def _ignored(key: str) -> bool:
-    """What may differ inside a group: the seed, and where the output went."""
-    return key == "seed" or key.startswith("output.")
+    """What may differ inside a group: the seed, where the output went, and how the run was started."""
+    return key == "seed" or key.startswith(("output.", "provenance."))
 
 
 def _text(value: Any) -> str:

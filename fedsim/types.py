@@ -57,6 +57,7 @@ class ClientResult:
     staleness: int = 0  # server version at arrival - base_version, set by the engine
     base_params: Params | None = None  # the model the client started from, set by the engine (FedAsync mixing)
     error: str | None = None  # set when the client failed; such results are never aggregated
+    traceback: str | None = None  # where a failing client raised (the first one goes to the run's log)
 
     @property
     def ok(self) -> bool:

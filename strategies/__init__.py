@@ -2,7 +2,7 @@
 
 from strategies.base import Aggregator, ServerState, Strategy
 from strategies.fedau import FedAUState, FedAUWeighting, fedau
-from strategies.fedopt import STRATEGIES, FedOpt, Preset, build_strategy, resolve_parts
+from strategies.fedopt import STRATEGIES, FedOpt, Preset, build_strategy, resolve_parts, resolved_options
 from strategies.fedvarp import FedVARP, fedvarp
 from strategies.fedopt import FL_SIMULATOR_CLIENT, check_pairing, register_preset, server_part
 from strategies.scaffold import ScaffoldAggregator, ScaffoldState, scaffold
@@ -38,6 +38,7 @@ __all__ = [
     "Preset",
     "build_strategy",
     "resolve_parts",
+    "resolved_options",
     "SERVER_OPTIMIZERS",
     "ServerOptimizer",
     "adagrad",

@@ -33,8 +33,8 @@ from strategies.staleness import STALENESS
 from strategies.weighting import WEIGHTINGS
 
 __all__ = [
-    "FedOpt", "Preset", "STRATEGIES", "build_strategy", "resolve_parts", "OPTION_FIELDS", "register_preset",
-    "server_part", "check_pairing", "FL_SIMULATOR_CLIENT",
+    "FedOpt", "Preset", "STRATEGIES", "build_strategy", "resolve_parts", "resolved_options", "OPTION_FIELDS",
+    "register_preset", "server_part", "check_pairing", "FL_SIMULATOR_CLIENT",
 ]
 
 # StrategyConfig field -> keyword argument of the part that takes it
@@ -203,28 +203,34 @@ _register(
 def resolve_parts(cfg: Any) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
     """(weighting, its kwargs, server optimizer, its kwargs) for a StrategyConfig.
 
-    Options the user set explicitly must be taken by one of the chosen parts; a preset's own
-    defaults are dropped quietly when the user swaps in a part that does not take them.
+    Options the user set explicitly must be taken by one of the chosen parts. A preset's own
+    options go only to the preset's own parts: a part swapped in by the user starts from its
+    own defaults (``--strategy fedau --set strategy.server_optimizer=adam`` runs Adam at
+    Adam's lr, not at FedAU's SGD lr 1.0).
     """
     preset = STRATEGIES.get(cfg.name)
     weighting = cfg.weighting or preset.weighting
     optimizer = cfg.server_optimizer or preset.server_optimizer
-    weighting_factory = WEIGHTINGS.get(weighting)
-    optimizer_factory = SERVER_OPTIMIZERS.get(optimizer)
-    w_params = set(inspect.signature(weighting_factory).parameters)
-    o_params = set(inspect.signature(optimizer_factory).parameters)
+    w_params = set(inspect.signature(WEIGHTINGS.get(weighting)).parameters)
+    o_params = set(inspect.signature(SERVER_OPTIMIZERS.get(optimizer)).parameters)
     user = {k: getattr(cfg, k) for k in OPTION_FIELDS if getattr(cfg, k) is not None}
     w_kwargs: dict[str, Any] = {}
     o_kwargs: dict[str, Any] = {}
-    for key, value in (preset.options | user).items():
+    for key, value in preset.options.items():
         if key not in OPTION_FIELDS:
             continue  # staleness / mixing options: see staleness_part
+        arg = OPTION_FIELDS[key]
+        if arg in o_params and optimizer == preset.server_optimizer:
+            o_kwargs[arg] = value
+        elif arg in w_params and weighting == preset.weighting:
+            w_kwargs[arg] = value
+    for key, value in user.items():
         arg = OPTION_FIELDS[key]
         if arg in o_params:
             o_kwargs[arg] = value
         elif arg in w_params:
             w_kwargs[arg] = value
-        elif key in user:
+        else:
             takes = sorted(k for k, a in OPTION_FIELDS.items() if a in o_params | w_params)
             raise ValueError(
                 f"strategy.{key} is not used by weighting '{weighting}' with server optimizer "
@@ -259,6 +265,40 @@ def check_pairing(cfg: Any, algorithm: str) -> None:
         f"{f'is the {have} server part' if have else 'is a plain average'}; '{algorithm}' runs with strategy "
         f"{some(strategies)}; '{cfg.name}' with client {some(clients)}"
     )
+
+
+def resolved_options(cfg: Any) -> dict[str, Any]:
+    """The StrategyConfig the parts actually run with: both part names and every option they take.
+
+    Options neither the preset nor the user set are filled in from the part's own defaults,
+    so a saved config states e.g. the server lr even when nobody chose it.
+    """
+    weighting, w_kwargs, optimizer, o_kwargs = resolve_parts(cfg)
+    out: dict[str, Any] = {"name": cfg.name, "weighting": weighting, "server_optimizer": optimizer}
+    for factory, kwargs in ((WEIGHTINGS.get(weighting), w_kwargs), (SERVER_OPTIMIZERS.get(optimizer), o_kwargs)):
+        defaults = {
+            name: p.default for name, p in inspect.signature(factory).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        for key, arg in OPTION_FIELDS.items():
+            if arg in kwargs:
+                out[key] = kwargs[arg]
+            elif arg in defaults and key not in out:
+                out[key] = defaults[arg]
+    preset = STRATEGIES.get(cfg.name)
+    staleness = cfg.staleness or preset.options.get("staleness")
+    if staleness:
+        out["staleness"] = staleness
+        preset_values = preset.options if staleness == preset.options.get("staleness") else {}
+        params = inspect.signature(STALENESS.get(staleness)).parameters
+        for key, arg in STALENESS_FIELDS.items():
+            if arg in params:
+                user = getattr(cfg, key)
+                default = params[arg].default
+                value = user if user is not None else preset_values.get(key, default)
+                if value is not inspect.Parameter.empty:
+                    out[key] = value
+    return out
 
 
 def staleness_part(cfg: Any) -> tuple[Callable[[np.ndarray], np.ndarray] | None, bool]:

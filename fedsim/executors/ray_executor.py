@@ -72,7 +72,7 @@ import numpy as np
 import torch
 
 from fedsim.executors.base import EXECUTORS
-from fedsim.executors.worker import Worker, WorkerSpec, failed_result
+from fedsim.executors.worker import CLIENT_BUG_ERRORS, Worker, WorkerSpec, failed_result
 from fedsim.types import ClientJob, ClientResult
 
 __all__ = ["RayExecutor", "init_local_ray", "resolve_ray_address"]
@@ -522,6 +522,8 @@ class RayExecutor:
                 self._on_death(i, calls, ref, exc, queue, attempts, solo, jobs, results)
                 continue
             except ray.exceptions.RayError as exc:  # e.g. a result that could not be deserialised
+                if isinstance(exc, CLIENT_BUG_ERRORS):  # raised by the client code (Ray re-raises as its class)
+                    raise
                 result = failed_result(jobs[j], _describe_error(exc))
             per_actor[i].remove(ref)
             results[j] = self._unpack(result)

@@ -53,7 +53,7 @@ from clients import CLIENTS, local_lr, make_grad_fn
 from fedsim.data import ArrayFederatedData
 from fedsim.executors.base import EXECUTORS
 from fedsim.executors.serial import SerialExecutor
-from fedsim.executors.worker import WorkerSpec, check_result, resolve_device
+from fedsim.executors.worker import WorkerSpec, check_result, resolve_device, torch_threads
 from fedsim.params import ParamLayout
 from fedsim.tasks import Task, build_task
 from fedsim.types import ClientJob, ClientResult
@@ -136,8 +136,6 @@ class VmapExecutor:
         max_batch: int | None = None,
         memory_budget: int | None = None,
     ):
-        if spec.threads is not None:
-            torch.set_num_threads(spec.threads)
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"executor.max_batch must be >= 1, got {max_batch}")
         self.spec = spec
@@ -145,7 +143,8 @@ class VmapExecutor:
         self.task = task if task is not None else build_task(spec.task)
         self.max_batch = max_batch
         self.algorithm = CLIENTS.get(spec.client)()
-        self.model = self.task.build_model().to(self.device)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+            self.model = self.task.build_model().to(self.device)
         self.model.train()
         self.layout = ParamLayout.of(self.model)
         self.numel = self.layout.numel
@@ -164,6 +163,10 @@ class VmapExecutor:
     # ------------------------------------------------------------------ public
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientResult]:
+        with torch_threads(self.spec.threads):  # the caller's thread count is restored after
+            return self._run(jobs)
+
+    def _run(self, jobs: Sequence[ClientJob]) -> list[ClientResult]:
         results: list[ClientResult | None] = [None] * len(jobs)
         to_serial: list[int] = []
         groups: dict[tuple, list[_Item]] = {}

@@ -79,7 +79,8 @@ class _NodeWorkers:
         key = (id(task), algorithm)
         if key not in self._workers:
             # the task is given, so the spec's TaskSpec is never used to rebuild it
-            spec = WorkerSpec(task=None, client=algorithm, device=self.device)  # type: ignore[arg-type]
+            # one torch thread per job, as fedsim's executors (executor.threads default): the same floats
+            spec = WorkerSpec(task=None, client=algorithm, device=self.device, threads=1)  # type: ignore[arg-type]
             self._workers[key] = Worker(spec, task)
         return self._workers[key]
 

@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 from scipy.special import betaincinv
 
+from fedsim.data.federated import LazyFederatedData
 from fedsim.population.base import PARTICIPATION, slot_of
 from fedsim.population.traces import AvailabilityTrace, load_trace
 from fedsim.rng import numpy_generator, uniform
 
 __all__ = [
     "participation_probabilities",
+    "correlates_with_data",
     "BernoulliParticipation",
     "MarkovParticipation",
     "CyclicParticipation",
@@ -54,16 +56,28 @@ def participation_probabilities(config: Any, data: Any, seed: int) -> np.ndarray
     The floor raises the mean slightly (about 0.112 for the defaults mean 0.1, floor 0.02, a 0.1).
     """
     n = data.num_clients
-    if config.correlate_with_data:
+    mean_prob, min_prob = config.probability_range(n)
+    if correlates_with_data(config, data):
         c = data.num_classes
         u = numpy_generator(seed, "participation-classes").dirichlet(np.full(c, config.prob_alpha))
-        raw = c * config.mean_prob * (data.label_histograms() @ u)
+        raw = c * mean_prob * (data.label_histograms() @ u)
     else:
         a = config.prob_alpha
         draws = uniform(seed, "participation-iid", np.arange(n), 0)
-        raw = betaincinv(a, a * (1.0 / config.mean_prob - 1.0), draws)
-    p = np.clip(np.nan_to_num(raw, nan=0.0), config.min_prob, 1.0)
+        raw = betaincinv(a, a * (1.0 / mean_prob - 1.0), draws)
+    p = np.clip(np.nan_to_num(raw, nan=0.0), min_prob, 1.0)
     return p.astype(np.float64)
+
+
+LAZY_HISTOGRAM_LIMIT = 10_000  # label histograms of more lazily generated clients would generate them all
+
+
+def correlates_with_data(config: Any, data: Any) -> bool:
+    """``config.correlate_with_data`` resolved: "auto" is true unless the data is generated lazily
+    for more than LAZY_HISTOGRAM_LIMIT clients (their label histograms would materialise every client)."""
+    if config.correlate_with_data != "auto":
+        return bool(config.correlate_with_data)
+    return not (isinstance(data, LazyFederatedData) and data.num_clients > LAZY_HISTOGRAM_LIMIT)
 
 
 def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:

@@ -19,13 +19,13 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
 
+from fedsim import safe_pickle
 from fedsim.population.base import PARTICIPATION, SPEEDS
 from fedsim.rng import numpy_generator, uniform
 
@@ -113,16 +113,10 @@ class TieredSpeed:
 
 def load_device_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(compute ms per sample, bandwidth kbit/s) per device, in sorted device-id order."""
-    from fedsim.population.traces import _SafeUnpickler  # noqa: PLC0415  (one safe unpickler for every file)
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"population.device_file: no such file {str(path)!r}")
-    try:
-        with path.open("rb") as f:
-            raw = _SafeUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
-        raise ValueError(f"population.device_file {path} is not a readable pickle: {exc}") from None
+    raw = safe_pickle.load(path, what="population.device_file")  # plain data only: cannot run code
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"population.device_file {path}: expected a non-empty dict id -> {{'computation', 'communication'}}")
     keys = sorted(raw, key=lambda k: (str(type(k)), k))

@@ -15,19 +15,20 @@ Two file formats are read:
 
 A trace is stored in CSR form (``offsets`` into ``starts``/``ends``), O(intervals) memory.
 Overlapping intervals of a client are merged on load, so availability fractions are exact.
-Pickles are read with an unpickler that only accepts plain containers and numbers (plus
-numpy scalars/arrays), so a trace file cannot run code.
+Pickles are read with :func:`fedsim.safe_pickle.load`, which only accepts plain containers,
+numbers, strings and numpy arrays, so a trace file cannot run code.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedsim import safe_pickle
 
 __all__ = ["AvailabilityTrace", "load_trace", "read_csv_trace", "read_fedscale_trace", "from_intervals"]
 
@@ -172,11 +173,7 @@ def read_csv_trace(path: Path) -> AvailabilityTrace:
 
 def read_fedscale_trace(path: Path) -> AvailabilityTrace:
     """FedScale ``client_behave_trace`` pickle: {id: {'active': [...], 'inactive': [...], 'finish_time': T}}."""
-    try:
-        with path.open("rb") as f:
-            raw = _SafeUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
-        raise ValueError(f"availability trace {path} is not a readable pickle: {exc}") from None
+    raw = safe_pickle.load(path, what="availability trace")
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"availability trace {path}: expected a non-empty dict client id -> trace (FedScale format)")
     ids, starts, ends, periods = [], [], [], {}
@@ -220,25 +217,3 @@ def _parse_id(text: str) -> Any:
         return int(text)
     except ValueError:
         return text
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # protocol-2 pickles store bytes through it
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("numpy", "dtype"),
-        ("numpy", "ndarray"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a trace file")
-        return super().find_class(module, name)

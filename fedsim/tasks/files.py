@@ -3,13 +3,16 @@
 - ``mnist``: IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, optionally
   gzipped; the ``t10k-*`` test files are pooled in when present) in ``task.path``.
 - ``cifar10``: the python pickle batches ``data_batch_1..5`` and ``test_batch`` in
-  ``task.path`` (the ``cifar-10-batches-py`` folder). Pickles can run code: only point this at
-  files you trust.
+  ``task.path`` (the ``cifar-10-batches-py`` folder), read with :func:`fedsim.safe_pickle.load`
+  (plain data only: a batch file cannot run code).
 - ``femnist``: LEAF json files (Caldas et al. 2018, arXiv 1812.01097) in ``task.path``; each
   writer is a client (``partition="natural"``, 62 classes). If ``task.path`` has ``train/`` and
   ``test/`` subfolders (LEAF's output layout) their split is used as is; otherwise each
   writer's samples are split with ``test_fraction``. The first ``num_clients`` writers in file
   order are used.
+
+A missing, corrupt, truncated or mis-typed file raises :class:`DataFileError` (a ValueError)
+with one line naming the file and what is wrong with it.
 
 MNIST and CIFAR-10 pixels are scaled to [0, 1]; the train and test files are pooled and then
 partitioned with ``spec.partition`` (they have no natural per-client split).
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import pickle
 import struct
 from pathlib import Path
 
@@ -27,10 +29,13 @@ import numpy as np
 from torch import nn
 
 from fedsim.data.federated import ArrayFederatedData
+from fedsim.safe_pickle import DataFileError, load as safe_load
 from fedsim.tasks.base import TASKS, Task, TaskSpec, conv_net, mlp, partition_pool, resolve_options
 
 __all__ = ["read_idx", "load_mnist", "load_cifar10", "load_femnist", "build_mnist", "build_cifar10", "build_femnist"]
 
+# model choices, minimum values, strict upper bounds of the file tasks' options
+_OPTION_CHECKS = ({"model": ("cnn", "mlp")}, {"hidden": 1, "dropout": 0.0}, {"dropout": 1.0})
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -56,14 +61,22 @@ def _find_file(folder: Path, names: list[str], task: str, required: bool = True)
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped if its name ends in ``.gz``."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # corrupt or truncated gzip, unreadable file
+        raise DataFileError(f"{path}: cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file")
+        raise DataFileError(f"{path} is not an IDX file")
     ndim = raw[3]
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    if len(raw) < 4 + 4 * ndim:
+        raise DataFileError(f"{path} is truncated (IDX header)")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    count = int(np.prod(dims))
-    return np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], count=count, offset=4 + 4 * ndim).reshape(dims)
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - (4 + 4 * ndim) < count * dtype.itemsize:
+        raise DataFileError(f"{path} is truncated: its header promises {count} values of {dtype.itemsize} bytes")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +89,12 @@ def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
         if image_file is None or label_file is None:
             continue
         x, y = read_idx(image_file), read_idx(label_file)
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataFileError(f"{image_file}: expected images of shape (N, 28, 28), got {x.shape}")
+        if y.ndim != 1 or len(y) and (y.min() < 0 or y.max() > 9):
+            raise DataFileError(f"{label_file}: expected one label in 0..9 per image")
         if len(x) != len(y):
-            raise ValueError(f"{image_file} has {len(x)} images but {label_file} has {len(y)} labels")
+            raise DataFileError(f"{image_file} has {len(x)} images but {label_file} has {len(y)} labels")
         images.append(x.astype(np.float32) / 255.0)
         labels.append(y.astype(np.int64))
     return np.concatenate(images), np.concatenate(labels)
@@ -91,11 +108,21 @@ def load_cifar10(path: str | None) -> tuple[np.ndarray, np.ndarray]:
         file = folder / name
         if not file.is_file():
             raise FileNotFoundError(f"task.path {str(folder)!r} has no {name} (task 'cifar10')")
-        with open(file, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = safe_load(file, what="CIFAR-10 batch", encoding="bytes")
+        if not isinstance(batch, dict):
+            raise DataFileError(f"CIFAR-10 batch {file}: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        if "data" not in batch or "labels" not in batch:
+            raise DataFileError(f"CIFAR-10 batch {file}: missing key {'data' if 'data' not in batch else 'labels'!r}")
+        try:
+            x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(batch["labels"], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DataFileError(f"CIFAR-10 batch {file}: 'data' must be uint8 rows of 3072 pixels and 'labels' integers ({exc})") from None
+        if len(x) != len(y) or (len(y) and (y.min() < 0 or y.max() > 9)):
+            raise DataFileError(f"CIFAR-10 batch {file}: {len(x)} images but {len(y)} labels, or labels outside 0..9")
+        images.append(x.astype(np.float32) / 255.0)
+        labels.append(y)
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -103,15 +130,27 @@ def _read_leaf_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """user -> (x float32 (n, 784), y int64), users in (sorted file name, in-file) order."""
     users: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for file in sorted(folder.glob("*.json")):
-        with open(file) as f:
-            content = json.load(f)
-        for user in content["users"]:
-            samples = content["user_data"][user]
-            x = np.asarray(samples["x"], dtype=np.float32).reshape(-1, 784)
-            y = np.asarray(samples["y"], dtype=np.int64)
-            if len(x) != len(y):
-                raise ValueError(f"{file}: user {user!r} has {len(x)} inputs but {len(y)} labels")
-            users[user] = (x, y)
+        try:
+            with open(file, encoding="utf-8") as f:
+                content = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataFileError(f"LEAF file {file} is not readable JSON: {str(exc).splitlines()[0]}") from None
+        try:
+            for user in content["users"]:
+                samples = content["user_data"][user]
+                x = np.asarray(samples["x"], dtype=np.float32).reshape(-1, 784)
+                y = np.asarray(samples["y"], dtype=np.int64).reshape(-1)
+                if len(x) != len(y):
+                    raise DataFileError(f"LEAF file {file}: user {user!r} has {len(x)} inputs but {len(y)} labels")
+                if len(y) and (y.min() < 0 or y.max() >= 62):
+                    raise DataFileError(f"LEAF file {file}: user {user!r} has labels outside 0..61")
+                users[user] = (x, y)
+        except KeyError as exc:
+            raise DataFileError(f"LEAF file {file}: missing key {exc.args[0]!r} (expected 'users' and 'user_data' with 'x' and 'y')") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DataFileError):
+                raise
+            raise DataFileError(f"LEAF file {file}: {str(exc).splitlines()[0]} (expected 784 pixels per input, integer labels)") from None
     return users
 
 
@@ -132,15 +171,16 @@ def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_
 
     def build_model() -> nn.Module:
         if opts["model"] == "cnn":
-            return conv_net(channels, side, num_classes)
-        return mlp(channels * side * side, int(opts["hidden"]), num_classes)
+            return conv_net(channels, side, num_classes, float(opts["dropout"]))
+        return mlp(channels * side * side, int(opts["hidden"]), num_classes, dropout=float(opts["dropout"]))
 
-    return Task(name=spec.name, data=data, build_model=build_model, num_classes=num_classes, input_shape=input_shape)
+    return Task(name=spec.name, data=data, build_model=build_model, num_classes=num_classes, input_shape=input_shape,
+                options=opts)
 
 
 @TASKS.register("mnist", "MNIST from local IDX files in task.path (no download)", options={"path": None, "model": "mlp", "hidden": 200})
 def build_mnist(spec: TaskSpec) -> Task:
-    opts = resolve_options(spec, {"path": None, "model": "mlp", "hidden": 200}, {"model": ("mlp", "cnn")})
+    opts = resolve_options(spec, {"path": None, "model": "mlp", "hidden": 200, "dropout": 0.0}, *_OPTION_CHECKS)
     x, y = load_mnist(opts["path"])
     shape = (1, 28, 28) if opts["model"] == "cnn" else (784,)
     return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 1, 28, 10)
@@ -148,7 +188,7 @@ def build_mnist(spec: TaskSpec) -> Task:
 
 @TASKS.register("cifar10", "CIFAR-10 from local python pickle batches in task.path (no download)", options={"path": None, "model": "cnn", "hidden": 256})
 def build_cifar10(spec: TaskSpec) -> Task:
-    opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 256}, {"model": ("cnn", "mlp")})
+    opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 256, "dropout": 0.0}, *_OPTION_CHECKS)
     x, y = load_cifar10(opts["path"])
     shape = (3, 32, 32) if opts["model"] == "cnn" else (3072,)
     return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 3, 32, 10)
@@ -156,7 +196,7 @@ def build_cifar10(spec: TaskSpec) -> Task:
 
 @TASKS.register("femnist", "LEAF FEMNIST json files in task.path; one client per writer (62 classes)", options={"path": None, "model": "cnn", "hidden": 200})
 def build_femnist(spec: TaskSpec) -> Task:
-    opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 200}, {"model": ("cnn", "mlp")})
+    opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 200, "dropout": 0.0}, *_OPTION_CHECKS)
     train_users, test_users = load_femnist(opts["path"])
     shape = (1, 28, 28) if opts["model"] == "cnn" else (784,)
     num_classes = 62

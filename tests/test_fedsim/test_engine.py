@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clients import CLIENTS, LocalSGD, resident_grad_fn, run_client
+from fedsim.executors.worker import torch_threads
 from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
 from fedsim.population.base import slot_of
@@ -82,8 +83,9 @@ def test_fedavg_one_client_full_participation_equals_local_training(small_config
     model = ResidentModel(task.build_model())
     rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", 0, 0, 0))
     client, client_config = LocalSGD(), config.client.model_dump()
-    local = run_client(client, client.options(client_config), resident_grad_fn(model, task.loss_fn), start,
-                       task.data.train(0), client_config, None, None, rng, 0)
+    with torch_threads(config.executor.threads):  # the thread count the worker trains with: same floats
+        local = run_client(client, client.options(client_config), resident_grad_fn(model, task.loss_fn), start,
+                           task.data.train(0), client_config, None, None, rng, 0)
     assert torch.equal(experiment.engine.state.params, start + local.delta)
 
 

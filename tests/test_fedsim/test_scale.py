@@ -5,20 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from fedsim.config import load_config
-from fedsim.run import build
+from fedsim.data.federated import LazyFederatedData
+from fedsim.run import build, task_spec
 
 
-def test_fedau_with_100k_clients_runs_a_few_rounds():
-    config = load_config(values={
-        "rounds": 3, "task": {"name": "synthetic", "max_test_clients": 50},
-        "data": {"num_clients": 100_000, "partition": "natural"},
-        # label-correlated probabilities would generate every client's data: use i.i.d. p_n here
-        "population": {"participation": "bernoulli", "mean_prob": 0.0002, "min_prob": 0.0001,
-                       "correlate_with_data": False},
-        "strategy": {"name": "fedau"}, "client": {"local_steps": 2},
-        "eval": {"every": 3, "max_clients": 50}, "output": {"progress": False, "tensorboard": False},
-    })
+def test_fedau_preset_with_100k_clients_stays_lazy_and_small():
+    # exactly what `--strategy fedau --set data.num_clients=100000` gives, with fewer rounds
+    config = load_config(overrides=["strategy.name=fedau", "data.num_clients=100000", "rounds=3",
+                                    "task.max_test_clients=50", "eval.every=3", "eval.max_clients=50",
+                                    "output.progress=false", "output.tensorboard=false"])
+    assert task_spec(config).partition == "natural"  # the preset does not force a pooled split
+    assert config.population.participation == "bernoulli"
+    assert config.population.mean_prob == 10 / 100_000  # expected clients per round as for uniform
     experiment = build(config)
+    data = experiment.task.data
+    assert isinstance(data, LazyFederatedData) and len(data._cache) <= 200  # not every client materialised
     summary = experiment.run()
     assert summary["rounds"] == 3
     state = experiment.engine.state.aggregator

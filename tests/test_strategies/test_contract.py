@@ -13,7 +13,7 @@ import torch
 from fedsim.config import StrategyConfig
 from fedsim.state import ClientStateStore
 from fedsim.types import ClientResult, PopulationInfo
-from strategies import STRATEGIES, build_strategy, resolve_parts, server_part
+from strategies import STRATEGIES, build_strategy, resolve_parts, resolved_options, server_part
 
 N, DIM = 5, 4
 POP = PopulationInfo(
@@ -163,13 +163,30 @@ def test_option_not_taken_by_the_chosen_parts_is_rejected():
         resolve_parts(StrategyConfig(name="mifa", beta1=0.9))
 
 
-def test_swapping_parts_drops_irrelevant_preset_options_silently():
+def test_a_swapped_in_part_gets_its_own_defaults_not_the_presets():
+    # fedau's lr 1.0 belongs to its sgd: Adam swapped in runs at Adam's own lr (0.01), not 1.0
     weighting, w_kwargs, optimizer, o_kwargs = resolve_parts(StrategyConfig(name="fedau", server_optimizer="adam"))
-    assert (weighting, w_kwargs, optimizer, o_kwargs) == ("fedau", {}, "adam", {"lr": 1.0})
+    assert (weighting, w_kwargs, optimizer, o_kwargs) == ("fedau", {}, "adam", {})
+    assert resolved_options(StrategyConfig(name="fedau", server_optimizer="adam"))["server_lr"] == 0.01
     assert build_strategy(StrategyConfig(name="fedau", server_optimizer="adam")).name == "fedau"
-    # fedavgm's momentum and fedadam's tau do not fit the swapped-in optimizer: dropped
-    assert resolve_parts(StrategyConfig(name="fedavgm", server_optimizer="adam"))[3] == {"lr": 1.0}
-    assert resolve_parts(StrategyConfig(name="fedadam", server_optimizer="sgd"))[3] == {"lr": 0.01}
+    assert resolve_parts(StrategyConfig(name="fedavgm", server_optimizer="adam"))[3] == {}
+    assert resolve_parts(StrategyConfig(name="fedadam", server_optimizer="sgd"))[3] == {}
+    # the preset's own part keeps the preset's options; the user's options always win
+    assert resolve_parts(StrategyConfig(name="fedadam", weighting="uniform"))[3] == {"lr": 0.01, "tau": 1e-3}
+    assert resolve_parts(StrategyConfig(name="fedau", server_optimizer="adam", server_lr=0.5))[3] == {"lr": 0.5}
+
+
+def test_resolved_options_state_every_option_the_parts_use():
+    assert resolved_options(StrategyConfig(name="fedadam")) == {
+        "name": "fedadam", "weighting": "samples", "server_optimizer": "adam", "server_lr": 0.01,
+        "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, "bias_correction": False,
+    }
+    assert resolved_options(StrategyConfig(name="fedau", cutoff=50)) == {
+        "name": "fedau", "weighting": "fedau", "server_optimizer": "sgd", "cutoff": 50, "server_lr": 1.0, "momentum": 0.0,
+    }
+    # running the resolved options again resolves to the same thing
+    again = StrategyConfig(**resolved_options(StrategyConfig(name="fedyogi", beta2=0.9)))
+    assert resolved_options(again) == resolved_options(StrategyConfig(name="fedyogi", beta2=0.9))
 
 
 def test_user_options_reach_their_part():
