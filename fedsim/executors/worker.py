@@ -102,6 +102,8 @@ def check_result(result: ClientResult, numel: int) -> ClientResult:
     error = _shape_error("update", result.delta, numel)
     for kind, tensors in (("extras", result.extras), ("client state", result.state)):
         if error is None and tensors is not None:
+            if kind == "client state" and not isinstance(tensors, dict):
+                continue  # a custom algorithm's own state (e.g. a counter): its business
             if not isinstance(tensors, dict):
                 error = f"{kind} must be a dict of tensors, got {type(tensors).__name__}"
                 break
@@ -116,8 +118,8 @@ def check_result(result: ClientResult, numel: int) -> ClientResult:
 
 def to_cpu(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
     """Tensors moved to the CPU (float ones as float32), e.g. client state trained on a GPU."""
-    if tensors is None:
-        return None
+    if not isinstance(tensors, dict):
+        return tensors
     return {
         k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
         if isinstance(v, torch.Tensor) else v
