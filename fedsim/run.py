@@ -408,7 +408,7 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     engine.callbacks.append(recorder)
     probs = experiment.population.participation.probabilities
     if probs is not None:
-        log.info("participation: %s, mean probability %.3f (min %.3f, max %.3f)",
+        log.info("participation: %s, mean probability %.3g (min %.3g, max %.3g)",
                  config.population.participation, probs.mean(), probs.min(), probs.max())
     summary: dict[str, Any] | None = None
     crash: BaseException | None = None
