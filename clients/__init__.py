@@ -1,19 +1,75 @@
-"""Client-side local algorithms, registered by name (``client.algorithm``)."""
+"""Client-side local algorithms, registered by name (``client.algorithm``).
 
-from clients.base import ClientAlgorithm, TrainContext
-from clients.sgd import LOCAL_OPTIMIZERS, LocalSGD, batch_schedule, check_optimizer_options, make_optimizer
+Each is a step function over flat tensors (clients/base.py) that the serial, vmap and Ray
+executors drive alike.
+"""
+
+from clients.base import (
+    Batch, Carry, ClientAlgorithm, FunctionalClient, GradFn, TrainContext, batch_schedule, clip_by_global_norm,
+    local_lr, make_grad_fn, num_local_steps, resident_grad_fn, run_client, sam_gradients, sgd_update,
+)  # fmt: skip
+from clients.fedcm import FedCM
+from clients.feddyn import FedDyn
+from clients.fedprox import FedProx
+from clients.fedsam import FedSAM
+from clients.fedspeed import FedSpeed
+from clients.mofedsam import MoFedSAM
+from clients.scaffold import Scaffold
+from clients.sgd import LOCAL_OPTIMIZERS, LocalSGD, check_optimizer_options, make_optimizer
 from fedsim.registry import Registry
 
 CLIENTS: Registry[type] = Registry("client algorithm")
 CLIENTS.register("sgd", "local epochs/steps of any torch.optim optimizer (FedAvg client)")(LocalSGD)
+CLIENTS.register("fedprox", "FedProx: SGD on loss + (mu/2)|y - x_t|^2 (Li et al. 2020)")(FedProx)
+CLIENTS.register("scaffold", "SCAFFOLD option II: gradient corrected by c - c_i (Karimireddy et al. 2020)")(Scaffold)
+CLIENTS.register("feddyn", "FedDyn: prox + linear correction h_i (Acar et al. 2021)")(FedDyn)
+CLIENTS.register("fedsam", "FedSAM: sharpness-aware local gradient (Qu et al. 2022)")(FedSAM)
+CLIENTS.register("fedcm", "FedCM: local gradient mixed with server momentum (Xu et al. 2021)")(FedCM)
+CLIENTS.register("mofedsam", "MoFedSAM: SAM gradient mixed with server momentum (Qu et al. 2022)")(MoFedSAM)
+CLIENTS.register("fedspeed", "FedSpeed: FedDyn's prox-correction on a SAM gradient (Sun et al. 2023)")(FedSpeed)
+
+ALGORITHM_OPTIONS = ("mu", "lamb", "rho", "alpha", "sam_alpha")  # client.* options that belong to one algorithm each
+
+
+def check_client_options(config: dict) -> None:
+    """An algorithm option set for an algorithm that does not use it is an error, not a silent no-op."""
+    algorithm = config.get("algorithm", "sgd")
+    takes = getattr(CLIENTS.get(algorithm), "option_names", ())
+    for key in ALGORITHM_OPTIONS:
+        if config.get(key) is not None and key not in takes:
+            raise ValueError(
+                f"client.{key} is not used by client algorithm '{algorithm}'; "
+                f"it takes: {', '.join(takes) or 'none of ' + ', '.join(ALGORITHM_OPTIONS)}"
+            )
 
 __all__ = [
+    "ALGORITHM_OPTIONS",
     "CLIENTS",
+    "FedCM",
+    "FedDyn",
+    "FedProx",
+    "FedSAM",
+    "FedSpeed",
+    "MoFedSAM",
+    "Scaffold",
+    "check_client_options",
     "LOCAL_OPTIMIZERS",
+    "Batch",
+    "Carry",
     "ClientAlgorithm",
+    "FunctionalClient",
+    "GradFn",
     "LocalSGD",
     "TrainContext",
     "batch_schedule",
     "check_optimizer_options",
+    "clip_by_global_norm",
+    "local_lr",
+    "make_grad_fn",
     "make_optimizer",
+    "num_local_steps",
+    "resident_grad_fn",
+    "run_client",
+    "sam_gradients",
+    "sgd_update",
 ]

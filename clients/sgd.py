@@ -5,26 +5,40 @@ McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentra
 minibatch training from the global model x_t; returns delta = y_K - x_t.
 A fresh optimizer is built each round (clients are stateless), so optimizer moments do not
 carry over between rounds.
+
+With ``client.optimizer: sgd`` the client is a step function (clients/base.py) that every
+executor runs, the vmap executor batched: ``torch.optim.SGD``'s math on a flat vector
+(weight decay added to the clipped gradient, momentum buffer set to the first gradient,
+dampening, nesterov, maximize). Any other torch optimizer trains the worker's resident model
+through ``train`` (serial and Ray only). ``clip_norm`` clips the loss gradient by global
+norm before the optimizer step (FL-Simulator's FedAvg: clip 10, weight decay 1e-3); ``lr``
+decays by ``lr_decay`` per model version in both paths.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from clients.base import TrainContext
+from clients.base import (
+    Batch, Carry, FunctionalClient, GradFn, TrainContext, batch_schedule, clip_by_global_norm, num_local_steps,
+)  # fmt: skip
 from fedsim.registry import Registry
 from fedsim.types import ClientResult
 
-__all__ = ["LocalSGD", "LOCAL_OPTIMIZERS", "make_optimizer", "check_optimizer_options", "batch_schedule"]
+__all__ = ["LocalSGD", "SGDOptions", "LOCAL_OPTIMIZERS", "make_optimizer", "check_optimizer_options", "batch_schedule"]
 
 LOCAL_OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("local optimizer")
 for _name, _cls in sorted(vars(torch.optim).items()):
     if inspect.isclass(_cls) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer:
         LOCAL_OPTIMIZERS.register(_name.lower(), f"torch.optim.{_name}")(_cls)
+
+_SGD_MATH = ("lr", "momentum", "weight_decay", "dampening", "nesterov", "maximize")
+_SGD_IGNORED = ("foreach", "fused", "differentiable")  # torch.optim.SGD options that do not change the math
 
 
 def _optimizer_kwargs(config: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -61,45 +75,89 @@ def check_optimizer_options(config: dict[str, Any]) -> None:
     make_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
 
 
-def batch_schedule(num_samples: int, batch_size: int, num_steps: int, rng: torch.Generator) -> list[torch.Tensor]:
-    """Index batches: shuffled epochs back to back, the last batch of each epoch may be short."""
-    batches: list[torch.Tensor] = []
-    while len(batches) < num_steps:
-        order = torch.randperm(num_samples, generator=rng, device=rng.device)
-        batches.extend(order.split(batch_size))
-    return batches[:num_steps]
+@dataclass(frozen=True)
+class SGDOptions:
+    clip_norm: float | None
+    weight_decay: float
+    momentum: float
+    dampening: float
+    nesterov: bool
+    maximize: bool
 
 
-class LocalSGD:
+class LocalSGD(FunctionalClient):
     name = "sgd"
 
-    def num_steps(self, config: dict[str, Any], num_samples: int) -> int:
-        if config.get("local_steps"):
-            return int(config["local_steps"])
-        return int(config["local_epochs"]) * max(1, math.ceil(num_samples / int(config["batch_size"])))
+    def options(self, config: dict[str, Any]) -> SGDOptions | None:
+        """SGD's options, or None for another torch optimizer (trained by ``train``)."""
+        if config.get("optimizer") != "sgd":
+            return None
+        check_optimizer_options(config)
+        _, kwargs = _optimizer_kwargs(config)
+        clip, _ = self.common(config)
+        return SGDOptions(
+            clip_norm=clip,
+            weight_decay=float(kwargs.get("weight_decay", 0.0)),
+            momentum=float(kwargs.get("momentum", 0.0)),
+            dampening=float(kwargs.get("dampening", 0.0)),
+            nesterov=bool(kwargs.get("nesterov", False)),
+            maximize=bool(kwargs.get("maximize", False)),
+        )
+
+    def start(self, options: SGDOptions, params: Tensor, state: Any, broadcast: Any, lr: float) -> Carry:
+        carry = self.base_carry(params, lr)
+        if options.momentum:
+            carry["buf"] = torch.zeros_like(params)
+        return carry
+
+    def step(self, options: SGDOptions, carry: Carry, batch: Batch, grad: GradFn) -> tuple[Carry, Tensor]:
+        y = carry["y"]
+        loss, g = grad(y, batch)
+        g = clip_by_global_norm(g, options.clip_norm)
+        if options.maximize:
+            g = -g
+        if options.weight_decay:
+            g = g + options.weight_decay * y
+        out = dict(carry)
+        if options.momentum:
+            first = carry["steps"] == 0
+            buf = torch.where(first, g, options.momentum * carry["buf"] + (1 - options.dampening) * g)
+            out["buf"] = buf
+            g = g + options.momentum * buf if options.nesterov else buf
+        out["y"] = y - carry["lr"] * g
+        out["steps"] = carry["steps"] + 1
+        return out, loss
+
+    def finish(self, options: SGDOptions, carry: Carry) -> tuple[Tensor, None, None]:
+        return carry["y"] - carry["x0"], None, None
 
     def train(
         self,
         ctx: TrainContext,
-        params: torch.Tensor,
-        data: tuple[torch.Tensor, torch.Tensor],
+        params: Tensor,
+        data: tuple[Tensor, Tensor],
         config: dict[str, Any],
         state: Any,
         rng: torch.Generator,
     ) -> ClientResult:
+        """Any torch optimizer on the resident model; ``config["lr"]`` is this job's (decayed) lr."""
         x, y = data
         n = len(x)
         if n == 0:
             raise ValueError("client has no training data")
-        steps = self.num_steps(config, n)
+        steps = num_local_steps(config, n)
+        clip, _ = self.common(config)
         ctx.model.load(params)
         model = ctx.model.model
-        optimizer = make_optimizer(ctx.model.parameters(), config)
+        parameters = ctx.model.parameters()
+        optimizer = make_optimizer(parameters, config)
         loss_sum = torch.zeros((), device=ctx.device)
         for idx in batch_schedule(n, int(config["batch_size"]), steps, rng):
             optimizer.zero_grad(set_to_none=True)
             loss = ctx.loss_fn(model(x[idx]), y[idx])
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, clip)
             optimizer.step()
             loss_sum += loss.detach()
         delta = ctx.model.flat - params

@@ -132,6 +132,14 @@ class ClientConfig(_Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     optimizer_kwargs: dict[str, Any] = Field(default_factory=dict)
+    lr_decay: float = Field(1.0, gt=0, le=1)  # lr of a job on model version t = lr * lr_decay^t (FL-Simulator 0.998)
+    clip_norm: float | None = Field(None, gt=0)  # clip the whole loss gradient to this global L2 norm (FL-Simulator 10)
+    # options of one algorithm each; None = that algorithm's default, setting one another algorithm ignores is an error
+    mu: float | None = Field(None, ge=0)  # fedprox: proximal coefficient
+    lamb: float | None = Field(None, ge=0)  # feddyn alpha / fedspeed beta = 1/lambda: prox + correction coefficient
+    rho: float | None = Field(None, ge=0)  # fedsam, mofedsam, fedspeed: SAM perturbation radius
+    alpha: float | None = Field(None, ge=0, le=1)  # mofedsam, fedcm: weight of the local gradient vs server momentum
+    sam_alpha: float | None = Field(None, ge=0, le=1)  # fedspeed: g = (1 - sam_alpha) g1 + sam_alpha g2 (1: reference code)
 
     @field_validator("algorithm")
     @classmethod
@@ -268,6 +276,13 @@ class ExecutorConfig(_Strict):
         raise ValueError(f"unknown device '{v}'; valid choices: cpu, cuda, cuda:N")
 
 
+class ClientStateConfig(_Strict):
+    """Where per-client state (SCAFFOLD's c_i, FedDyn/FedSpeed's h_i) lives."""
+
+    memory_limit_mb: float | None = Field(None, gt=0)  # past this, least recently used states spill to disk
+    spill_dir: str | None = None  # folder for spilled states (default: a temporary folder)
+
+
 class EvalConfig(_Strict):
     every: int | None = Field(5, ge=1)  # evaluate every n server updates (and always after the last); null = never
     every_time: float | None = Field(None, gt=0)  # also evaluate every this many virtual seconds
@@ -302,6 +317,7 @@ class RunConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    client_state: ClientStateConfig = Field(default_factory=ClientStateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -342,6 +358,11 @@ class RunConfig(_Strict):
         if sched.anarchic.min_steps > sched.anarchic.max_steps:
             raise ValueError(f"scheduler.anarchic.min_steps ({sched.anarchic.min_steps}) must be <= "
                              f"max_steps ({sched.anarchic.max_steps})")
+        from clients import check_client_options  # noqa: PLC0415  (lazy: registries import config)
+        from strategies import check_pairing  # noqa: PLC0415
+
+        check_client_options(self.client.model_dump())
+        check_pairing(self.strategy, self.client.algorithm)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -474,6 +495,9 @@ def preset_defaults(defaults: dict[str, Any], raw: dict[str, Any]) -> dict[str, 
         for part in path[:-1]:
             node = node.get(part) if isinstance(node.get(part), dict) else {}
         node.pop(path[-1], None)
+    algorithm = (defaults.get("client") or {}).get("algorithm")
+    if algorithm is not None:  # algos: a preset's client algorithm is its other half, not part of the scenario
+        kept.setdefault("client", {})["algorithm"] = algorithm
     return kept
 
 

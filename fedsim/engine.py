@@ -191,6 +191,7 @@ class Engine:
             return []
         version = self.state.version
         jobs, steps, counts = [], [], []
+        broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(self.state)  # algos: per-version payload (SCAFFOLD's c)
         for i, cid in enumerate(ids.tolist()):
             config = self.client_config | self.strategy.configure(self.state, cid, rs.now)
             if overrides is not None:
@@ -205,6 +206,7 @@ class Engine:
                 config=config,
                 seed=derive_seed(self.seed, "client-train", cid, version, count),
                 state=self.client_states.get(cid),
+                broadcast=broadcast,
             )
             rs.next_job_id += 1
             jobs.append(job)
@@ -430,6 +432,10 @@ class Engine:
         if self.target_accuracy is None:
             return None
         return self.time_to_accuracy or {"target": self.target_accuracy, "virtual_time": None, "server_updates": None}
+
+
+def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload
+    return None
 
 
 def _weighted_train_loss(results: Sequence[ClientResult]) -> float | None:

@@ -50,6 +50,7 @@ from fedsim.population.heterogeneous import correlates_with_data
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
 from fedsim.schedulers import build_scheduler
+from fedsim.state import ClientStateStore
 from fedsim.tasks import Task, TaskSpec, build_task
 from strategies import build_strategy
 from strategies.fedopt import resolved_options
@@ -113,6 +114,7 @@ class Experiment:
             return self.engine.run(self.scheduler)
         finally:
             self.executor.close()
+            self.engine.client_states.close()  # algos: remove spilled client state
 
 
 def build(config: RunConfig, task: Task | None = None) -> Experiment:
@@ -134,6 +136,9 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
     algorithm = CLIENTS.get(config.client.algorithm)()
+    if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
+        raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
+                         f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
     _check_local_steps(algorithm, client_config, population)
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
     executor = build_executor(config.executor, worker_spec, task, client_config)  # resolves "auto"
@@ -157,6 +162,8 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         target_accuracy=config.eval.target_accuracy,
         callbacks=[guard],
     )
+    limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
+    engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)
     return Experiment(config, task, population, engine, scheduler, executor, guard)
 
 

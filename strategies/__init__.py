@@ -4,6 +4,11 @@ from strategies.base import Aggregator, ServerState, Strategy
 from strategies.fedau import FedAUState, FedAUWeighting, fedau
 from strategies.fedopt import STRATEGIES, FedOpt, Preset, build_strategy, resolve_parts, resolved_options
 from strategies.fedvarp import FedVARP, fedvarp
+from strategies.fedopt import FL_SIMULATOR_CLIENT, check_pairing, register_preset, server_part
+from strategies.scaffold import ScaffoldAggregator, ScaffoldState, scaffold
+from strategies.feddyn import FedDynAggregator, FedDynState, feddyn
+from strategies import fedspeed as _fedspeed  # noqa: F401  (registers the "fedspeed" preset)
+from strategies.fedcm import MomentumAggregator, MomentumState, fedcm
 from strategies.mifa import MIFA, MemoryState, mifa
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, adagrad, adam, sgd, yogi
 from strategies.weighting import WEIGHTINGS, WeightedAverage, weighted_sum
@@ -12,6 +17,19 @@ from strategies import afa as _afa  # noqa: F401  (registers weightings afa_cd, 
 from strategies import fedfix as _fedfix  # noqa: F401  (registers weighting fedfix)
 
 __all__ = [
+    "FL_SIMULATOR_CLIENT",
+    "check_pairing",
+    "register_preset",
+    "server_part",
+    "ScaffoldAggregator",
+    "ScaffoldState",
+    "scaffold",
+    "FedDynAggregator",
+    "FedDynState",
+    "feddyn",
+    "MomentumAggregator",
+    "MomentumState",
+    "fedcm",
     "Aggregator",
     "ServerState",
     "Strategy",

@@ -32,7 +32,10 @@ from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from strategies.staleness import STALENESS
 from strategies.weighting import WEIGHTINGS
 
-__all__ = ["FedOpt", "Preset", "STRATEGIES", "build_strategy", "resolve_parts", "resolved_options", "OPTION_FIELDS"]
+__all__ = [
+    "FedOpt", "Preset", "STRATEGIES", "build_strategy", "resolve_parts", "resolved_options", "OPTION_FIELDS",
+    "register_preset", "server_part", "check_pairing", "FL_SIMULATOR_CLIENT",
+]
 
 # StrategyConfig field -> keyword argument of the part that takes it
 OPTION_FIELDS: dict[str, str] = {
@@ -66,6 +69,11 @@ class FedOpt:
 
     def configure(self, state: ServerState, client_id: int, now: float) -> dict[str, Any]:
         return {}
+
+    def broadcast(self, state: ServerState) -> Any:
+        """The per-version payload for clients (e.g. SCAFFOLD's c), from the aggregator; None if it has none."""
+        broadcast = getattr(self.aggregator, "broadcast", None)
+        return broadcast(state.aggregator) if broadcast is not None else None
 
     def aggregate(self, state: ServerState, results: Sequence[ClientResult], now: float) -> ServerState:
         if self.mixing:
@@ -111,9 +119,16 @@ HETEROGENEOUS_PARTICIPATION = {
 }
 
 
-def _register(name: str, description: str, weighting: str, server_optimizer: str, **options: Any) -> None:
+def register_preset(name: str, description: str, weighting: str, server_optimizer: str, **options: Any) -> None:
     config_defaults = options.pop("config_defaults", {})
     STRATEGIES.register(name, description)(Preset(description, weighting, server_optimizer, options, config_defaults))
+
+
+_register = register_preset
+
+# FL-Simulator's client settings (woodenchild95/FL-Simulator train.py L21-50): local lr 0.1 decayed by
+# 0.998 per round, weight decay 1e-3, gradient clipped to global norm 10. Presets of that code base set them.
+FL_SIMULATOR_CLIENT = {"lr": 0.1, "lr_decay": 0.998, "weight_decay": 1e-3, "clip_norm": 10.0}
 
 
 _register("fedavg", "FedAvg: sample-weighted mean of deltas, server SGD (McMahan et al. 2017)", "samples", "sgd", server_lr=1.0)
@@ -144,6 +159,14 @@ _register(
 _register(
     "fedvarp", "FedAU baseline: FedVARP, variance reduction with stored updates (Jhunjhunwala et al. 2022)",
     "fedvarp", "sgd", server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+)
+_register(
+    "fedprox", "FedProx: proximal client, unweighted mean (Li et al. 2020)", "uniform", "sgd",
+    server_lr=1.0, config_defaults={"client": {"algorithm": "fedprox", **FL_SIMULATOR_CLIENT}},
+)
+_register(
+    "fedsam", "FedSAM: sharpness-aware client, unweighted mean (Qu et al. 2022)", "uniform", "sgd",
+    server_lr=1.0, config_defaults={"client": {"algorithm": "fedsam", **FL_SIMULATOR_CLIENT}},
 )
 
 
@@ -214,6 +237,34 @@ def resolve_parts(cfg: Any) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
                 f"'{optimizer}'; they take: {', '.join(takes) or 'nothing'}"
             )
     return weighting, w_kwargs, optimizer, o_kwargs
+
+
+def server_part(cfg: Any) -> str | None:
+    """The server part a StrategyConfig's weighting provides to clients (None: a plain average)."""
+    weighting = cfg.weighting or STRATEGIES.get(cfg.name).weighting
+    return getattr(WEIGHTINGS.get(weighting), "server_part", None)
+
+
+def check_pairing(cfg: Any, algorithm: str) -> None:
+    """A client algorithm and a strategy combine only if they agree on the server part (one-line error)."""
+    from clients import CLIENTS  # noqa: PLC0415  (clients never import strategies; keep it that way)
+
+    need = getattr(CLIENTS.get(algorithm), "server_part", None)
+    have = server_part(cfg)
+    if need == have:
+        return
+    weighting = cfg.weighting or STRATEGIES.get(cfg.name).weighting
+    strategies = [n for n in STRATEGIES.names() if getattr(WEIGHTINGS.get(STRATEGIES.get(n).weighting), "server_part", None) == need]
+    clients = [n for n in CLIENTS.names() if getattr(CLIENTS.get(n), "server_part", None) == have]
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "(none)"
+
+    raise ValueError(
+        f"client.algorithm '{algorithm}' does not combine with strategy '{cfg.name}' (weighting '{weighting}'): "
+        f"the client needs {f'the {need} server part' if need else 'a plain average'}, the strategy "
+        f"{f'is the {have} server part' if have else 'is a plain average'}; '{algorithm}' runs with strategy "
+        f"{some(strategies)}; '{cfg.name}' with client {some(clients)}"
+    )
 
 
 def resolved_options(cfg: Any) -> dict[str, Any]:

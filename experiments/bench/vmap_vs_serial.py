@@ -1,13 +1,17 @@
-"""vmap executor vs serial executor on the same client jobs, side by side in one process.
+"""vmap executor vs serial executor on the same client jobs, for every client algorithm, side by side.
 
 Workloads: LEAF Synthetic(1,1) with 200 train samples per client (min_samples = max_samples
-= 250, test_fraction 0.2), batch 10, 1 local epoch (20 steps), SGD lr 0.05; model logistic
-regression 60 -> 10 and an MLP 60 -> 64 -> 10. For each number of clients the same jobs
-(one per client, all from the initial model) go through ``executor.run(jobs)`` of both
-executors; each side is warmed up once, then the reps are interleaved and the median is
-reported. Data is generated and cached before timing, so both sides only train.
+= 250, test_fraction 0.2), batch 10, 1 local epoch (20 steps), lr 0.05, weight decay 1e-3,
+clip 10; model logistic regression 60 -> 10 and an MLP 60 -> 64 -> 10. For each algorithm
+and number of clients the same jobs (one per client, all from the initial model, with client
+state and the server broadcast where the algorithm takes them) go through
+``executor.run(jobs)`` of both executors; each side is warmed up once, then the reps are
+interleaved and the median is reported. Data is generated and cached before timing, so both
+sides only train. "x sgd" is an algorithm's time over the ``sgd`` (FedAvg) client's on the
+same executor (SAM-based algorithms take two gradient evaluations per step).
 
     python experiments/bench/vmap_vs_serial.py [--device cpu|cuda] [--clients 10,100,1000] [--reps 3]
+        [--algorithms sgd,scaffold,fedspeed]
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from fedsim.tasks import build_task
 from fedsim.types import ClientJob
 
 MODELS = {"logreg": {"model": "logreg"}, "mlp": {"model": "mlp", "hidden": 64}}
+ALGORITHMS = ["sgd", "fedprox", "scaffold", "feddyn", "fedsam", "fedcm", "mofedsam", "fedspeed"]
+STRATEGY_OF = {"scaffold": "scaffold", "feddyn": "feddyn", "fedspeed": "fedspeed", "fedcm": "fedcm", "mofedsam": "mofedsam",
+               "fedprox": "fedprox", "fedsam": "fedsam"}
 
 
 def _sync(device: str) -> None:
@@ -43,32 +50,51 @@ def vmap_bench_time(executor: Any, jobs: list[ClientJob], device: str) -> float:
     return time.perf_counter() - start
 
 
-def bench_model(model: str, clients: list[int], reps: int, device: str, threads: int | None) -> list[dict[str, Any]]:
-    num_clients = max(clients)
-    config = load_config(values={
+def make_config(model: str, num_clients: int, algorithm: str, device: str):
+    return load_config(values={
         "task": {"name": "synthetic", "min_samples": 250, "max_samples": 250, **MODELS[model]},
         "data": {"num_clients": num_clients, "test_fraction": 0.2},
         "population": {"clients_per_round": min(10, num_clients)},
-        "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
+        "client": {"algorithm": algorithm, "lr": 0.05, "local_epochs": 1, "batch_size": 10, "weight_decay": 1e-3,
+                   "clip_norm": 10.0},
+        "strategy": {"name": STRATEGY_OF.get(algorithm, "fedavg")},
         "executor": {"device": device},
         "output": {"progress": False, "tensorboard": False},
     })  # fmt: skip
-    spec = task_spec(config)
+
+
+def bench_model(model: str, algorithms: list[str], clients: list[int], reps: int, device: str,
+                threads: int | None) -> list[dict[str, Any]]:
+    num_clients = max(clients)
+    spec = task_spec(make_config(model, num_clients, "sgd", device))
     task = build_task(spec)
     if hasattr(task.data, "cache_size"):  # keep every client's generated data in memory
         task.data.cache_size = num_clients
     for cid in range(num_clients):
         task.data.train(cid)
-    worker_spec = WorkerSpec(task=spec, client="sgd", device=device, threads=threads)
+    params = initial_params(task, 0)
+    gen = torch.Generator().manual_seed(0)
+    d = params.numel()
+    broadcast = {"c": 0.01 * torch.randn(d, generator=gen), "momentum": 0.01 * torch.randn(d, generator=gen)}
+    states = [{"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)}
+              for _ in range(num_clients)]
+    rows = []
+    for algorithm in algorithms:
+        rows += bench_algorithm(model, algorithm, task, spec, params, broadcast, states, clients, reps, device, threads)
+    return rows
+
+
+def bench_algorithm(model, algorithm, task, spec, params, broadcast, states, clients, reps, device, threads):
+    config = make_config(model, max(clients), algorithm, device)
+    worker_spec = WorkerSpec(task=spec, client=algorithm, device=device, threads=threads)
     serial = EXECUTORS.get("serial")(config.executor, worker_spec, task)
     vmap = EXECUTORS.get("vmap")(config.executor, worker_spec, task)
-    params = initial_params(task, config.seed)
     client_config = config.client.model_dump()
     rows = []
     for n in clients:
         jobs = [
             ClientJob(job_id=cid, client_id=cid, version=0, params=params, config=client_config,
-                      seed=derive_seed(config.seed, "client-train", cid, 0, cid))
+                      seed=derive_seed(0, "client-train", cid, 0, cid), state=states[cid], broadcast=broadcast)
             for cid in range(n)
         ]  # fmt: skip
         reference, batched = serial.run(jobs), vmap.run(jobs)  # warm-up (and a correctness check)
@@ -79,11 +105,11 @@ def bench_model(model: str, clients: list[int], reps: int, device: str, threads:
             t_vmap.append(vmap_bench_time(vmap, jobs, device))
         s, v = statistics.median(t_serial), statistics.median(t_vmap)
         rows.append({
-            "model": model, "params": vmap.numel, "clients": n, "serial_s": s, "vmap_s": v,
+            "model": model, "algorithm": algorithm, "params": vmap.numel, "clients": n, "serial_s": s, "vmap_s": v,
             "ratio": s / v, "serial_ms_per_client": 1000 * s / n, "vmap_ms_per_client": 1000 * v / n,
             "max_abs_delta_diff": max_diff,
         })  # fmt: skip
-        print(f"  {model:6s} {n:5d} clients: serial {s:.3f}s  vmap {v:.3f}s  ratio {s / v:.1f}x", flush=True)
+        print(f"  {model:6s} {algorithm:9s} {n:5d} clients: serial {s:.3f}s  vmap {v:.3f}s  ratio {s / v:.1f}x", flush=True)
     serial.close()
     vmap.close()
     return rows
@@ -95,6 +121,7 @@ def main() -> None:
     parser.add_argument("--clients", default="10,100,1000", help="comma-separated clients per run() call")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--models", default="logreg,mlp", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated client algorithms")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
@@ -103,18 +130,23 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     rows = []
     for model in args.models.split(","):
-        rows += bench_model(model, clients, args.reps, args.device, args.threads)
+        rows += bench_model(model, args.algorithms.split(","), clients, args.reps, args.device, args.threads)
+    base = {(r["model"], r["clients"]): r for r in rows if r["algorithm"] == "sgd"}
+    for r in rows:
+        ref = base.get((r["model"], r["clients"]))
+        r["serial_x_sgd"] = r["serial_s"] / ref["serial_s"] if ref else float("nan")
+        r["vmap_x_sgd"] = r["vmap_s"] / ref["vmap_s"] if ref else float("nan")
     print()
-    print(f"synthetic 60 features -> 10 classes, 200 train samples/client, batch 10, 1 epoch (20 steps), "
+    print(f"synthetic 60 features -> 10 classes, 200 train samples/client, batch 10, 1 epoch (20 steps), wd 1e-3, clip 10, "
           f"device {args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
           f"median of {args.reps}")
     print()
-    print("| model | params | clients | serial (s) | vmap (s) | serial/vmap | serial ms/client | vmap ms/client "
-          "| max abs delta diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | algorithm | clients | serial (s) | vmap (s) | serial/vmap | serial x sgd | vmap x sgd "
+          "| vmap ms/client | max abs delta diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['params']} | {r['clients']} | {r['serial_s']:.3f} | {r['vmap_s']:.3f} | "
-              f"{r['ratio']:.1f}x | {r['serial_ms_per_client']:.2f} | {r['vmap_ms_per_client']:.3f} | "
+        print(f"| {r['model']} | {r['algorithm']} | {r['clients']} | {r['serial_s']:.3f} | {r['vmap_s']:.3f} | "
+              f"{r['ratio']:.1f}x | {r['serial_x_sgd']:.2f} | {r['vmap_x_sgd']:.2f} | {r['vmap_ms_per_client']:.3f} | "
               f"{r['max_abs_delta_diff']:.1e} |")
     if args.json:
         with open(args.json, "w") as f:

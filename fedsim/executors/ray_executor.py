@@ -14,7 +14,9 @@ Design
 - **Transfers.** The global model of each version is ``ray.put`` once (ObjectRefs cached by
   version, keyed by the very params tensor the engine shares between the jobs of a version);
   jobs carry the ref, not the tensor. An actor fetches a version once and reuses one params
-  tensor for all its jobs of that version. ``puts`` counts the ``ray.put`` calls.
+  tensor for all its jobs of that version. ``puts`` counts the ``ray.put`` calls. The server's
+  per-version broadcast (``job.broadcast``, e.g. SCAFFOLD's c) travels the same way: one put per
+  version, one fetch per actor; per-client state is per job and travels with it.
 - **Scheduling.** Jobs form one queue; each actor has at most ``pipeline`` calls in flight and
   gets the next job as soon as one finishes (load balancing). Results come back in job order.
   Every job's inputs were fixed at dispatch and ``Worker.run`` is the serial code path, so
@@ -224,7 +226,8 @@ class _ActorBody:
             importlib.import_module(name)
         self.worker = Worker(spec)
         self._params: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
-        self.fetches = 0  # params versions fetched from the object store
+        self._broadcasts: collections.OrderedDict[str, dict[str, torch.Tensor]] = collections.OrderedDict()
+        self.fetches = 0  # params versions (and broadcasts) fetched from the object store
         self.jobs = 0
         self.busy_s = 0.0  # wall time inside run()
         self.cpu_s = 0.0  # CPU time of this process inside run()
@@ -255,10 +258,26 @@ class _ActorBody:
         self._params.move_to_end(key)
         return tensor
 
+    def _fetch_broadcast(self, ref: Any) -> dict[str, torch.Tensor] | None:
+        import ray  # noqa: PLC0415
+
+        if ref is None:
+            return None
+        key = ref.hex()
+        payload = self._broadcasts.get(key)
+        if payload is None:
+            payload = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in ray.get(ref).items()}
+            self._broadcasts[key] = payload
+            self.fetches += 1
+            while len(self._broadcasts) > 2:
+                self._broadcasts.popitem(last=False)
+        self._broadcasts.move_to_end(key)
+        return payload
+
     def run(self, job: ClientJob, params_box: list) -> ClientResult:
         wall, cpu = time.perf_counter(), time.process_time()
-        # the ref travels inside a list so Ray does not resolve it per call: one fetch per version
-        job = dataclasses.replace(job, params=self._fetch(params_box[0]))
+        # the refs travel inside a list so Ray does not resolve them per call: one fetch per version
+        job = dataclasses.replace(job, params=self._fetch(params_box[0]), broadcast=self._fetch_broadcast(params_box[1]))
         result = self.worker.run(job)
         result.delta = result.delta.numpy()
         self.jobs += 1
@@ -293,6 +312,7 @@ class RayExecutor:
         ship_code: bool = True,
     ):
         self.puts = 0  # ray.put calls (one per model version)
+        self.broadcast_puts = 0  # ray.put calls of server broadcasts (one per model version, if the strategy has one)
         self.deaths = 0  # actor process deaths seen while running jobs
         self.retries = 0  # jobs retried after such a death
         self.actor_nodes: list[str] = []  # Ray node id of each actor (at start)
@@ -305,6 +325,7 @@ class RayExecutor:
         self._probes: dict[Any, tuple[int, float]] = {}  # ready() call on a restarting actor -> (index, since)
         self._reprobe: dict[int, tuple[float, float]] = {}  # actor index -> (probe again at, since)
         self._refs: collections.OrderedDict[int, tuple[torch.Tensor, Any]] = collections.OrderedDict()
+        self._broadcast_refs: collections.OrderedDict[int, tuple[Any, Any]] = collections.OrderedDict()
         self._closed = False
 
         threads = int(threads or spec.threads or 1)
@@ -430,6 +451,21 @@ class RayExecutor:
             self._refs.popitem(last=False)
         return entry[1]
 
+    def _broadcast_ref(self, job: ClientJob) -> Any:
+        """One ``ray.put`` per version's broadcast (the engine hands every job of a version the same dict)."""
+        if job.broadcast is None:
+            return None
+        entry = self._broadcast_refs.get(job.version)
+        if entry is None or entry[0] is not job.broadcast:
+            payload = {k: v.detach().cpu().contiguous().numpy() for k, v in job.broadcast.items()}
+            entry = (job.broadcast, self._ray.put(payload))
+            self.broadcast_puts += 1
+            self._broadcast_refs[job.version] = entry
+        self._broadcast_refs.move_to_end(job.version)
+        while len(self._broadcast_refs) > _PARAMS_CACHE:
+            self._broadcast_refs.popitem(last=False)
+        return entry[1]
+
     # ------------------------------------------------------------------ run
 
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientResult]:
@@ -439,8 +475,8 @@ class RayExecutor:
         jobs = list(jobs)
         if not jobs:
             return []
-        light = [dataclasses.replace(job, params=None) for job in jobs]
-        boxes = [[self._params_ref(job)] for job in jobs]
+        light = [dataclasses.replace(job, params=None, broadcast=None) for job in jobs]
+        boxes = [[self._params_ref(job), self._broadcast_ref(job)] for job in jobs]
         results: list[ClientResult | None] = [None] * len(jobs)
         attempts = [0] * len(jobs)
         solo: set[int] = set()  # jobs that were on a worker when it died
@@ -594,6 +630,7 @@ class RayExecutor:
         self._closed = True
         ray = self._ray
         self._refs.clear()
+        self._broadcast_refs.clear()
         self._probes.clear()
         self._reprobe.clear()
         if ray.is_initialized():

@@ -1,20 +1,22 @@
 """vmap executor: many clients of one small model trained at once with ``torch.func``.
 
-The clients' flat parameter vectors are stacked into one ``[B, d]`` tensor; every local step
-is one batched forward (``vmap`` over ``functional_call``) and one backward for all of them,
-followed by the SGD update as tensor arithmetic on the stack. The math is the serial ``sgd``
-client's (``torch.optim.SGD``: weight decay added to the gradient, momentum buffer set to the
-first gradient, dampening, nesterov, maximize), on the same minibatches: each job's indices are
-``clients.sgd.batch_schedule``'s for a generator seeded by ``job.seed`` (drawn by
-:func:`flat_batch_schedule`, which makes the same draws without building the batch list).
+It runs the client algorithm's own step function (clients/base.py) over a stack of clients:
+each client's carry (local model, start point, learning rate, correction vectors...) is
+stacked into ``[B, ...]`` tensors, and every local step is one call of
+``vmap(algorithm.step)`` whose gradient oracle is a ``torch.func`` gradient of the model
+under ``functional_call``. The executor knows nothing about any algorithm: start, step and
+finish are the algorithm's, and are the functions the serial worker loops. Minibatches are
+the serial worker's too: each job's indices are ``clients.base.batch_schedule``'s for a
+generator seeded by ``job.seed`` (drawn by :func:`flat_batch_schedule`, which makes the same
+draws without building the batch list).
 
 How clients that differ are batched together:
 
-- **Start points**: each job starts from its own ``job.params`` (stacked, deduplicated by
-  tensor), so jobs from different model versions (asynchronous modes) share a kernel call.
-- **Groups**: jobs are grouped by what changes the shape or structure of the computation
-  (batch size; whether momentum is used; dampening, nesterov, maximize); lr, momentum and
-  weight decay may differ per client inside a group.
+- **Start points**: each job starts from its own ``job.params``, state and broadcast, so
+  jobs from different model versions (asynchronous modes) share a kernel call.
+- **Groups**: jobs are grouped by batch size and the algorithm's static options (what
+  shapes the computation: clipping, momentum, coefficients); the learning rate (with its
+  per-version decay) lives in the carry and may differ per client inside a group.
 - **Different step counts**: a group is sorted by number of steps, longest first, so the
   clients still training at step t are a prefix of the stack; finished clients simply drop
   out of the computation (no wasted work, no update).
@@ -23,32 +25,31 @@ How clients that differ are batched together:
   epoch) are padded with one of the client's own rows and masked by per-sample weights
   (loss = sum(w * l) / sum(w), which equals the serial mean over the real batch).
 - **Chunks**: at most ``max_batch`` clients per kernel call; by default a memory estimate
-  (parameters, optimizer buffers, activations and data per client) against a budget.
+  (carry tensors, activations and data per client) against a budget.
 
-Anything this path cannot express runs on a serial :class:`Worker` built lazily from the same
-spec and task, with one logged notice per reason: client algorithms other than ``sgd``,
-optimizers other than ``sgd``, jobs carrying client state, models with float buffers,
-dropout or batch normalisation, frozen parameters, invalid configs, clients without data. If
-a batched chunk raises, its clients are recomputed serially (so a failure is attributed to
-the client that caused it); a client whose update is not finite gets ``error`` set by
-``check_result`` while the others in its chunk are unaffected.
+What cannot be batched runs on a serial :class:`Worker` built lazily from the same spec and
+task, with one logged notice per reason: optimizers other than SGD for the ``sgd`` client
+(torch.optim), models with float buffers, dropout or batch normalisation, frozen
+parameters, invalid configs, clients without data. If a batched chunk raises, its clients
+are recomputed serially (so a failure is attributed to the client that caused it); a client
+whose update is not finite gets ``error`` set by ``check_result`` while the others in its
+chunk are unaffected.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
-from clients.sgd import LocalSGD, check_optimizer_options
+from clients import CLIENTS, local_lr, make_grad_fn
 from fedsim.data import ArrayFederatedData
 from fedsim.executors.base import EXECUTORS
 from fedsim.executors.serial import SerialExecutor
@@ -65,9 +66,7 @@ DEFAULT_CPU_BUDGET = 1 << 30  # bytes of working memory per chunk on CPU
 GPU_BUDGET_FRACTION = 0.3  # of the free GPU memory at start-up
 MAX_BATCH_CAP = 4096  # clients per kernel call, whatever the memory estimate says
 RESIDENT_DATA_LIMIT = 2 << 30  # copy an in-memory dataset to the GPU once if it is smaller than this
-_SGD_KWARGS = {
-    "lr", "momentum", "weight_decay", "dampening", "nesterov", "maximize", "foreach", "fused", "differentiable",
-}  # torch.optim.SGD's options; foreach/fused/differentiable do not change the math
+STEP_TEMPORARIES = 4  # model-sized temporaries per client inside one step (gradients, the new carry)
 
 
 def flat_batch_schedule(num_samples: int, batch_size: int, num_steps: int, rng: torch.Generator) -> Tensor:
@@ -98,23 +97,12 @@ class _Item:
     n: int
     steps: int
     batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    dampening: float
-    nesterov: bool
-    maximize: bool
+    options: Hashable  # the algorithm's static options (equal within a batched group)
+    lr: float  # this job's local learning rate (decayed by model version)
 
     @property
     def group_key(self) -> tuple:
-        uses_momentum = self.momentum != 0
-        return (
-            self.batch_size,
-            uses_momentum,
-            self.dampening if uses_momentum else 0.0,
-            self.nesterov,
-            self.maximize,
-        )
+        return (self.batch_size, self.options)
 
 
 class _Fallback(Exception):
@@ -125,8 +113,17 @@ class _Fallback(Exception):
         self.reason = reason
 
 
+def _freeze(config: dict[str, Any]) -> Hashable:
+    return tuple(sorted((k, repr(v)) for k, v in config.items()))
+
+
+def _own(t: Tensor) -> Tensor:
+    """A tensor that does not keep a whole stacked [B, d] tensor alive."""
+    return t.clone() if t._base is not None else t
+
+
 class VmapExecutor:
-    """Batched local SGD over stacked client parameters; see the module docstring.
+    """The client algorithm's step, vmapped over stacked clients; see the module docstring.
 
     ``max_batch`` fixes the number of clients per kernel call (default: memory-aware);
     ``memory_budget`` (bytes) is what the default estimate aims to stay under.
@@ -145,24 +142,23 @@ class VmapExecutor:
         self.device = resolve_device(spec.device)
         self.task = task if task is not None else build_task(spec.task)
         self.max_batch = max_batch
-        self.algorithm = LocalSGD()
+        self.algorithm = CLIENTS.get(spec.client)()
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
             self.model = self.task.build_model().to(self.device)
         self.model.train()
         self.layout = ParamLayout.of(self.model)
         self.numel = self.layout.numel
         self.loss_fn = self.task.loss_fn
+        self.grad = make_grad_fn(self.model, self.layout, self.loss_fn)
         self._serial: SerialExecutor | None = None
         self._noticed: set[str] = set()
-        self._option_checks: dict[Any, Exception | None] = {}
+        self._options: dict[Hashable, Any] = {}  # frozen config -> options (or the exception they raised)
+        self._vsteps: dict[Hashable, Callable] = {}
+        self._carry_vectors: dict[Hashable, float] = {}
         self._resident_data: tuple[Any, ...] | None = None  # (x_train, y_train, their copies on the device)
         self.model_reason = self._model_reason()
         self._in_numel, self._act_numel = self._activation_estimate()
         self.memory_budget = memory_budget if memory_budget is not None else self._default_budget()
-        self._vforward = vmap(self._client_forward)
-        self._vloss = vmap(self.loss_fn)
-        self._vloss_per_sample = vmap(vmap(lambda o, t: self.loss_fn(o.unsqueeze(0), t.unsqueeze(0))))
-        self._native_ce = self.loss_fn is F.cross_entropy
 
     # ------------------------------------------------------------------ public
 
@@ -212,67 +208,41 @@ class VmapExecutor:
     def _model_reason(self) -> str | None:
         return model_reason(self.model, self.layout)
 
+    def _algorithm_options(self, config: dict[str, Any]) -> Any:
+        """``algorithm.options(config)``, cached per distinct config (it may run torch's validation)."""
+        key = _freeze(config)
+        if key not in self._options:
+            try:
+                self._options[key] = self.algorithm.options(config)
+            except Exception as exc:  # the serial worker reports the exact error for this client
+                self._options[key] = exc
+        value = self._options[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
     def _prepare(self, pos: int, job: ClientJob) -> _Item:
-        if self.spec.client != "sgd":
-            raise _Fallback(f"client algorithm '{self.spec.client}'")
         if self.model_reason is not None:
             raise _Fallback(self.model_reason)
-        if job.state is not None:
-            raise _Fallback("a job carrying client state")
         config = job.config
-        optimizer = config.get("optimizer")
-        if optimizer != "sgd":
-            raise _Fallback(f"optimizer '{optimizer}'")
         try:
-            extra = dict(config.get("optimizer_kwargs") or {})
-            if set(extra) - _SGD_KWARGS:
-                raise ValueError("unknown optimizer option")
-            self._check_options(config, extra)
-            opts = {
-                "lr": config["lr"],
-                "momentum": config.get("momentum", 0.0),
-                "weight_decay": config.get("weight_decay", 0.0),
-            } | extra
-            x, y = self.task.data.train(job.client_id)
-            n = len(x)
-            batch_size = int(config["batch_size"])
-            steps = self.algorithm.num_steps(config, n) if n else 0
-            item = _Item(
-                pos=pos, job=job, x=x, y=y, n=n, steps=steps, batch_size=batch_size,
-                lr=float(opts["lr"]), momentum=float(opts["momentum"]), weight_decay=float(opts["weight_decay"]),
-                dampening=float(opts.get("dampening", 0.0)), nesterov=bool(opts.get("nesterov", False)),
-                maximize=bool(opts.get("maximize", False)),
-            )  # fmt: skip
+            options = self._algorithm_options(config)
+            if options is not None:
+                x, y = self.task.data.train(job.client_id)
+                n = len(x)
+                steps = self.algorithm.num_steps(config, n) if n else 0
+                item = _Item(pos=pos, job=job, x=x, y=y, n=n, steps=steps, batch_size=int(config["batch_size"]),
+                             options=options, lr=local_lr(config, job.version))
             params_ok = isinstance(job.params, Tensor) and job.params.shape == (self.numel,)
         except Exception:  # the serial worker reports the exact error for this client
             raise _Fallback("a job with an invalid config or client id") from None
+        if options is None:
+            raise _Fallback(f"optimizer '{config.get('optimizer')}' (torch.optim)")
         if not params_ok:
             raise _Fallback("a job whose parameters do not match the model")
         if n == 0 or steps < 1:
             raise _Fallback("a client without training data or local steps")
         return item
-
-    def _check_options(self, config: dict[str, Any], extra: dict[str, Any]) -> None:
-        """torch.optim.SGD's own validation (e.g. nesterov needs momentum), cached per option set."""
-        fields = ("optimizer", "lr", "momentum", "weight_decay")
-        try:
-            key: Any = (tuple(config.get(k) for k in fields), tuple(sorted(extra.items())))
-            hash(key)
-        except TypeError:
-            key = None
-        if key is None or key not in self._option_checks:
-            try:
-                check_optimizer_options(config)
-                error = None
-            except Exception as exc:
-                error = exc
-            if key is None:
-                if error is not None:
-                    raise error
-                return
-            self._option_checks[key] = error
-        if self._option_checks[key] is not None:
-            raise self._option_checks[key]  # type: ignore[misc]
 
     # ------------------------------------------------------------------ sizing
 
@@ -310,9 +280,17 @@ class VmapExecutor:
         bs = items[0].batch_size
         n_max = max(it.n for it in items)
         steps = items[0].steps
-        per_client = 4 * (6 * self.numel + bs * (self._in_numel + 3 * self._act_numel) + n_max * self._in_numel)
+        vectors = self._carry_size(items[0]) + STEP_TEMPORARIES
+        per_client = 4 * (vectors * self.numel + bs * (self._in_numel + 3 * self._act_numel) + n_max * self._in_numel)
         per_client += 12 * steps * min(bs, n_max)  # batch indices + weights
         return int(max(1, min(MAX_BATCH_CAP, self.memory_budget // per_client)))
+
+    def _carry_size(self, item: _Item) -> float:
+        """Model-sized vectors in one client's carry (from a probe ``start``)."""
+        if item.options not in self._carry_vectors:
+            carry = self.algorithm.start(item.options, item.job.params, None, None, item.lr)
+            self._carry_vectors[item.options] = sum(v.numel() for v in carry.values()) / self.numel
+        return self._carry_vectors[item.options]
 
     # ------------------------------------------------------------------ batched training
 
@@ -333,36 +311,37 @@ class VmapExecutor:
             self._notice(f"a chunk that failed in the batched path ({type(exc).__name__}: {message})")
         return list(zip(items, self._serial_executor().run([it.job for it in items])))
 
-    def _client_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.model, params, (x,))
+    def _vstep(self, options: Hashable, weighted: bool) -> Callable:
+        """``vmap`` of the algorithm's step; unweighted batches pass ``w = None`` (not mapped)."""
+        key = (options, weighted)
+        if key not in self._vsteps:
+            algorithm, grad = self.algorithm, self.grad
+            in_dims = (0, (0, 0, 0 if weighted else None))
+            self._vsteps[key] = vmap(lambda carry, batch: algorithm.step(options, carry, batch, grad), in_dims=in_dims)
+        return self._vsteps[key]
 
-    def _losses(self, out: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
-        """Per-client batch losses [A] from outputs [A, W, ...]; ``w`` [A, W] masks padded samples."""
-        if self._native_ce:
-            per_sample = F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none").view(y.shape[:2])
-            return per_sample.mean(1) if w is None else (per_sample * w).sum(1) / w.sum(1)
-        if w is None:
-            return self._vloss(out, y)
-        per_sample = self._vloss_per_sample(out, y)  # any batch-mean loss, on batches of one sample
-        return (per_sample * w).sum(1) / w.sum(1)
+    def _start_carry(self, items: list[_Item]) -> dict[str, Tensor]:
+        """Each client's ``start`` on the device, stacked key by key into [B, ...] tensors."""
+        moved: dict[int, Any] = {}  # id of a shared tensor / dict (params, broadcast) -> its copy on the device
 
-    def _start_points(self, items: list[_Item]) -> tuple[Tensor, Tensor]:
-        """(start [B, d] or [d] broadcastable, working copy P [B, d]) on the device."""
-        unique: dict[int, int] = {}
-        tensors: list[Tensor] = []
-        rows = []
+        def to_device(obj: Any) -> Any:
+            if obj is None:
+                return None
+            if id(obj) not in moved:
+                if isinstance(obj, Tensor):
+                    moved[id(obj)] = obj.to(self.device, torch.float32)
+                else:
+                    moved[id(obj)] = {k: v.to(self.device) for k, v in obj.items()}
+            return moved[id(obj)]
+
+        carries = []
         for it in items:
-            key = id(it.job.params)
-            if key not in unique:
-                unique[key] = len(tensors)
-                tensors.append(it.job.params)
-            rows.append(unique[key])
-        if len(tensors) == 1:
-            start = tensors[0].to(self.device, torch.float32)
-            return start, start.expand(len(items), -1).clone()
-        stacked = torch.stack([t.to(self.device, torch.float32) for t in tensors])
-        start = stacked[torch.tensor(rows, device=self.device)]
-        return start, start.clone()
+            state = it.job.state
+            if state is not None:
+                state = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in state.items()}
+            carries.append(self.algorithm.start(it.options, to_device(it.job.params), state,
+                                                to_device(it.job.broadcast), it.lr))
+        return {key: torch.stack([c[key] for c in carries]) for key in carries[0]}
 
     def _chunk_data(self, items: list[_Item]) -> tuple[Tensor, Tensor, Tensor]:
         """(X, Y, base): rows base[k] .. base[k] + n_k - 1 of X, Y are client k's train data."""
@@ -424,92 +403,46 @@ class VmapExecutor:
         weights[step_of, client_of, slot] = 1.0
         return rows, weights, active, partial
 
-    @staticmethod
-    def _per_client(values: list[float], device: torch.device) -> float | Tensor:
-        """A Python scalar if all clients agree (cheaper, bitwise like torch.optim), else a [B, 1] column."""
-        if all(v == values[0] for v in values):
-            return values[0]
-        return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
-
     def _run_chunk(self, items: list[_Item]) -> list[ClientResult]:
         device = self.device
         num_clients = len(items)
-        start, P = self._start_points(items)
+        options = items[0].options
+        carry = self._start_carry(items)
         X, Y, base = self._chunk_data(items)
         rows, weights, active, partial = self._schedule(items, base)
-        T = len(active)
-
-        lr = self._per_client([it.lr for it in items], device)
-        wd = self._per_client([it.weight_decay for it in items], device)
-        momentum = self._per_client([it.momentum for it in items], device)
-        first = items[0]
-        uses_momentum, dampening, nesterov, maximize = first.group_key[1:]
-        buf = torch.empty_like(P) if uses_momentum else None
         loss_sum = torch.zeros(num_clients, device=device)
-        names, shapes, spans = self.layout.names, self.layout.shapes, self.layout.offsets()
-        G = torch.empty_like(P)  # flat gradients of the active clients
         feature_shape = X.shape[1:]
-
-        def cut(value: float | Tensor, a: int) -> float | Tensor:
-            return value[:a] if isinstance(value, Tensor) else value
-
-        for t in range(T):
-            a = active[t]
-            p = P[:a] if a < num_clients else P
-            g = G[:a] if a < num_clients else G
-            r = rows[t, :a].reshape(-1)
-            xb = X.index_select(0, r).view(a, -1, *feature_shape)
-            yb = Y.index_select(0, r).view(a, -1)
-            leaves = [p[:, s:e].detach().view(a, *shape).requires_grad_(True) for shape, (s, e) in zip(shapes, spans)]
-            with torch.enable_grad():
-                out = self._vforward(dict(zip(names, leaves)), xb)
-                losses = self._losses(out, yb, weights[t, :a] if partial[t] else None)
-                grads = torch.autograd.grad(losses.sum(), leaves)
-            for grad, (s, e) in zip(grads, spans):
-                g[:, s:e].copy_(grad.reshape(a, -1))
-            with torch.no_grad():
-                loss_sum[:a] += losses.detach()
-                if maximize:
-                    g.neg_()
-                wd_t = cut(wd, a)
-                if isinstance(wd_t, Tensor):
-                    g.addcmul_(p, wd_t)
-                elif wd_t != 0:
-                    g.add_(p, alpha=wd_t)
-                if uses_momentum:
-                    m_t = cut(momentum, a)
-                    b = buf[:a]  # type: ignore[index]
-                    if t == 0:
-                        b.copy_(g)
-                    else:
-                        b.mul_(m_t).add_(g, alpha=1 - dampening)
-                    if nesterov:
-                        if isinstance(m_t, Tensor):
-                            g.addcmul_(b, m_t)
-                        else:
-                            g.add_(b, alpha=m_t)
-                    else:
-                        g = b
-                lr_t = cut(lr, a)
-                if isinstance(lr_t, Tensor):
-                    p.addcmul_(g, lr_t, value=-1)
+        with torch.no_grad():  # torch.func.grad inside the step ignores this; the arithmetic builds no graph
+            for t, a in enumerate(active):
+                sub = carry if a == num_clients else {k: v[:a] for k, v in carry.items()}
+                r = rows[t, :a].reshape(-1)
+                xb = X.index_select(0, r).view(a, -1, *feature_shape)
+                yb = Y.index_select(0, r).view(a, -1)
+                vstep = self._vstep(options, partial[t])
+                new, losses = vstep(sub, (xb, yb, weights[t, :a] if partial[t] else None))
+                if a == num_clients:
+                    carry = new
                 else:
-                    p.add_(g, alpha=-lr_t)
+                    for k, v in new.items():
+                        carry[k][:a] = v
+                loss_sum[:a] += losses
 
-        delta = (P - start).to("cpu", torch.float32)
-        finite = torch.isfinite(delta).all(1).tolist()
+        carry = {k: v.to("cpu") for k, v in carry.items()}
         losses_cpu = loss_sum.to("cpu").tolist()
         results = []
         for k, it in enumerate(items):
+            delta, state, extras = self.algorithm.finish(options, {key: v[k] for key, v in carry.items()})
             result = ClientResult(
                 client_id=it.job.client_id,
                 base_version=it.job.version,
-                delta=delta[k].clone(),
+                delta=_own(delta).to(torch.float32),
                 num_samples=it.n,
                 num_steps=it.steps,
                 metrics={"train_loss": losses_cpu[k] / it.steps},
+                state=None if state is None else {key: _own(v) for key, v in state.items()},
+                extras=None if extras is None else {key: _own(v) for key, v in extras.items()},
             )
-            results.append(result if finite[k] else check_result(result, self.numel))
+            results.append(check_result(result, self.numel))
         return results
 
 
@@ -538,25 +471,15 @@ def model_reason(model: nn.Module, layout: ParamLayout | None = None) -> str | N
 
 def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any]) -> str | None:
     """Capability check (used by ``executor: auto``): why jobs of this client algorithm, client
-    config and task would all fall back to serial here (None: they take the batched path)."""
-    from clients import CLIENTS  # noqa: PLC0415
+    config and task would all fall back to serial here (None: they take the batched path).
+    Asks the algorithm itself (its ``options`` are None when it is not a step function)."""
+    from fedsim.config import ClientConfig  # noqa: PLC0415  (defaults for keys the caller left out)
 
-    reason = model_reason(task.build_model())
-    if reason is not None:
-        return reason
-    algorithm = CLIENTS.get(spec.client)()
-    options = getattr(algorithm, "options", None)
-    if options is not None:  # a client algorithm with a batched step says itself (None: not this config)
-        try:
-            batchable = options(dict(client_config)) is not None
-        except Exception as exc:  # noqa: BLE001  (the serial worker reports it per client)
-            return f"this client config ({type(exc).__name__}: {exc})"
-        return None if batchable else f"optimizer '{client_config.get('optimizer')}' with client '{spec.client}'"
-    if spec.client != "sgd":
-        return f"client algorithm '{spec.client}'"
-    optimizer = client_config.get("optimizer", "sgd")
-    if optimizer != "sgd":
-        return f"optimizer '{optimizer}'"
-    if set(client_config.get("optimizer_kwargs") or {}) - _SGD_KWARGS:
-        return "optimizer options torch.optim.SGD does not take"
-    return None
+    config = ClientConfig().model_dump() | dict(client_config)
+    try:
+        options = CLIENTS.get(spec.client)().options(config)
+    except Exception as exc:  # the run reports the exact error; auto just does not pick vmap
+        return f"a client config the algorithm refuses ({type(exc).__name__})"
+    if options is None:
+        return f"optimizer '{config.get('optimizer')}'"
+    return model_reason(task.build_model())

@@ -1,6 +1,10 @@
 """A worker: one task, one resident model, one client algorithm; runs jobs one after another.
 
-The serial executor owns one Worker; each Ray actor owns one too. A client that raises, or
+The serial executor owns one Worker; each Ray actor owns one too. A step-based client
+algorithm (clients/base.py) runs through :func:`clients.base.run_client`, the same step
+function the vmap executor maps over many clients; the ``sgd`` client with another torch
+optimizer trains the resident model through its ``train``. Client state and extras come
+back on the CPU. A client that raises, or
 returns a non-finite or mis-shaped update, comes back as a ClientResult with ``error`` set,
 which the engine logs and drops (a dropout). A programming error in the client code
 (:data:`CLIENT_BUG_ERRORS`: AttributeError, TypeError, NameError, ...) is not a dropout: it
@@ -17,18 +21,18 @@ from __future__ import annotations
 import contextlib
 import traceback
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
-from clients import CLIENTS, TrainContext
+from clients import CLIENTS, TrainContext, local_lr, resident_grad_fn, run_client
 from fedsim.params import ResidentModel
 from fedsim.rng import derive_seed
 from fedsim.tasks import Task, TaskSpec, build_task
 from fedsim.types import ClientJob, ClientResult
 
 __all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result", "failed_result", "CLIENT_BUG_ERRORS",
-           "torch_threads", "job_rng"]
+           "torch_threads", "job_rng", "to_cpu", "train_one"]
 
 # Exceptions that mean the client code is wrong, not that one client failed: they stop the run.
 CLIENT_BUG_ERRORS = (AttributeError, TypeError, NameError, ImportError, SyntaxError, NotImplementedError)
@@ -58,6 +62,15 @@ def failed_result(job: ClientJob, error: str, trace: str | None = None) -> Clien
     )
 
 
+def _shape_error(name: str, value: Any, numel: int) -> str | None:
+    if not isinstance(value, torch.Tensor) or value.shape != (numel,):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        return f"{name} has shape {shape}, expected ({numel},)"
+    if not bool(torch.isfinite(value).all()):
+        return f"{name} is not finite (NaN or inf)"
+    return None
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` torch intra-op threads, then restore the caller's count."""
@@ -82,15 +95,65 @@ def job_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def check_result(result: ClientResult, numel: int) -> ClientResult:
-    """Mark mis-shaped or non-finite updates as failures; they are never aggregated."""
+    """Mark failures: a mis-shaped or non-finite delta or extra (each must be a flat model-sized
+    tensor), or a non-finite float tensor in the new client state. Such results are never aggregated."""
     if result.error is not None:
         return result
-    delta = result.delta
-    if not isinstance(delta, torch.Tensor) or delta.shape != (numel,):
-        shape = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
-        result.error = f"update has shape {shape}, expected ({numel},)"
-    elif not bool(torch.isfinite(delta).all()):
-        result.error = "update is not finite (NaN or inf)"
+    error = _shape_error("update", result.delta, numel)
+    for kind, tensors in (("extras", result.extras), ("client state", result.state)):
+        if error is None and tensors is not None:
+            if kind == "client state" and not isinstance(tensors, dict):
+                continue  # a custom algorithm's own state (e.g. a counter): its business
+            if not isinstance(tensors, dict):
+                error = f"{kind} must be a dict of tensors, got {type(tensors).__name__}"
+                break
+            for key, value in tensors.items():
+                if kind == "extras":
+                    error = error or _shape_error(f"{kind}[{key!r}]", value, numel)
+                elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    error = error or f"{kind}[{key!r}] is not finite (NaN or inf)"
+    result.error = error
+    return result
+
+
+def to_cpu(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Tensors moved to the CPU (float ones as float32), e.g. client state trained on a GPU."""
+    if not isinstance(tensors, dict):
+        return tensors
+    return {
+        k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
+        if isinstance(v, torch.Tensor) else v
+        for k, v in tensors.items()
+    }
+
+
+def train_one(
+    algorithm: Any,
+    context: TrainContext,
+    params: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: dict[str, Any],
+    state: dict[str, Any] | None,
+    broadcast: dict[str, Any] | None,
+    rng: torch.Generator,
+    version: int,
+    grad: Any = None,
+) -> ClientResult:
+    """One client's local training on a resident model, the way every worker runs it (also the
+    Flower ClientApp): the algorithm's step loop when it is a step function and the model has no
+    float buffers, else its ``train`` (torch.optim) with the job's decayed lr. Delta, state and
+    extras come back on the CPU in float32."""
+    options = algorithm.options(config) if hasattr(algorithm, "options") else None  # no options: train only
+    if options is not None and not any(context.model.layout.is_buffer):
+        grad = grad if grad is not None else resident_grad_fn(context.model, context.loss_fn)
+        result = run_client(algorithm, options, grad, params, data, config, _to_device(state, context.device),
+                            _to_device(broadcast, context.device), rng, version)
+    elif hasattr(algorithm, "train"):
+        result = algorithm.train(context, params, data, config | {"lr": local_lr(config, version)}, state, rng)
+    else:
+        raise ValueError(f"client algorithm '{algorithm.name}' needs a model without float buffers")
+    result.delta = result.delta.detach().to("cpu", torch.float32)
+    result.state, result.extras = to_cpu(result.state), to_cpu(result.extras)
     return result
 
 
@@ -103,6 +166,7 @@ class Worker:
         with torch.random.fork_rng(devices=[]):  # the values are overwritten by every job
             self.model = ResidentModel(self.task.build_model(), self.device)
         self.context = TrainContext(self.model, self.task.loss_fn, self.device)
+        self.grad = resident_grad_fn(self.model, self.task.loss_fn)
 
     @property
     def numel(self) -> int:
@@ -116,8 +180,8 @@ class Worker:
                 rng = torch.Generator(device=self.device)
                 rng.manual_seed(job.seed)
                 params = job.params.to(self.device, non_blocking=True)
-                result = self.algorithm.train(self.context, params, data, job.config, job.state, rng)
-                result.delta = result.delta.detach().to("cpu", torch.float32)
+                result = train_one(self.algorithm, self.context, params, data, job.config, job.state, job.broadcast,
+                                   rng, job.version, self.grad)
         except CLIENT_BUG_ERRORS:
             raise  # a bug in the client code, not a dropout
         except Exception as exc:  # a failing client is a dropout, not a crash
@@ -125,3 +189,11 @@ class Worker:
         result.client_id = job.client_id
         result.base_version = job.version
         return check_result(result, self.numel)
+
+
+def _to_device(tensors: dict[str, Any] | None, device: torch.device) -> dict[str, Any] | None:
+    if tensors is None:
+        return None
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+

@@ -38,6 +38,9 @@ class CountingClient(LocalSGD):
 
     name = "test_counting"
 
+    def options(self, config):
+        return None  # not a step function: train through ``train``
+
     def train(self, ctx, params, data, config, state, rng):
         result = super().train(ctx, params, data, config, state, rng)
         result.state = (state or 0) + 1

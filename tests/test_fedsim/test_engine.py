@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients import CLIENTS, LocalSGD, TrainContext
+from clients import CLIENTS, LocalSGD, resident_grad_fn, run_client
 from fedsim.executors.worker import torch_threads
 from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
@@ -21,6 +21,9 @@ class FaultyClient(LocalSGD):
     """Client 3 raises, client 4 returns NaN, client 5 returns a mis-shaped update."""
 
     name = "test_faulty"
+
+    def options(self, config):
+        return None  # not a step function: train through ``train``
 
     def train(self, ctx, params, data, config, state, rng):
         result = super().train(ctx, params, data, config, state, rng)
@@ -78,10 +81,11 @@ def test_fedavg_one_client_full_participation_equals_local_training(small_config
     task = experiment.task
     start = initial_params(task, config.seed)
     model = ResidentModel(task.build_model())
-    ctx = TrainContext(model, task.loss_fn, torch.device("cpu"))
     rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", 0, 0, 0))
+    client, client_config = LocalSGD(), config.client.model_dump()
     with torch_threads(config.executor.threads):  # the thread count the worker trains with: same floats
-        local = LocalSGD().train(ctx, start, task.data.train(0), config.client.model_dump(), None, rng)
+        local = run_client(client, client.options(client_config), resident_grad_fn(model, task.loss_fn), start,
+                           task.data.train(0), client_config, None, None, rng, 0)
     assert torch.equal(experiment.engine.state.params, start + local.delta)
 
 

@@ -291,6 +291,9 @@ class _FailingClient(LocalSGD):
 
     error: type[Exception] = RuntimeError
 
+    def options(self, config):
+        return None  # not a step function: train through ``train``
+
     def train(self, ctx, params, data, config, state, rng):
         raise self.error("injected failure")
 
@@ -326,6 +329,9 @@ def test_a_round_in_which_every_job_fails_stops_with_status_failed(tmp_path, cap
 
 
 class _HalfFailingClient(LocalSGD):
+    def options(self, config):
+        return None  # not a step function: train through ``train``
+
     def train(self, ctx, params, data, config, state, rng):
         if rng.initial_seed() % 10 < 6:  # about 60% of jobs, chosen by the job's seed
             raise RuntimeError("flaky device")
@@ -495,6 +501,9 @@ class _BuggyClient(LocalSGD):
     """A client with a typo: every job raises NameError."""
 
     name = "test_integrity_buggy"
+
+    def options(self, config):
+        return None  # not a step function: train through ``train``
 
     def train(self, ctx, params, data, config, state, rng):
         return undefined_helper(ctx)  # noqa: F821  (the bug)

@@ -44,6 +44,9 @@ class CrashyClient(LocalSGD):
 
     name = "test_ray_crashy"
 
+    def options(self, config):
+        return None  # not a step function: train through ``train``
+
     def train(self, ctx, params, data, config, state, rng):
         rule = config.get("_crash", {}).get(str(config.get("_client_id")))
         if rule is not None:
@@ -115,6 +118,25 @@ def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray, small_
         assert summary["dropouts"] == 0
         assert executor.puts == 3  # one ray.put per model version (3 rounds), not one per client
     assert ray.is_initialized()  # the executor did not start this session, so it did not shut it down
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("strategy", ["scaffold", "fedspeed"])
+def test_stateful_algorithms_on_ray_are_bit_identical_to_serial(local_ray, small_config, strategy):
+    """Client state travels per job, SCAFFOLD's c once per version; results equal serial bit for bit."""
+    values = {"strategy": {"name": strategy}, "population": {"participation": "uniform", "clients_per_round": 8},
+              "data": {"num_clients": 10}, "executor": {"threads": 1}}
+    reference = build(small_config(**values))
+    rows_ref, params_ref, _ = history(reference)
+    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1}})))
+    rows, params, summary = history(experiment)
+    assert rows == rows_ref and torch.equal(params, params_ref) and summary["dropouts"] == 0
+    states = experiment.engine.client_states
+    assert len(states) == len(reference.engine.client_states) > 0
+    for cid, state in reference.engine.client_states.items():
+        other = states.get(cid)
+        assert all(torch.equal(other[k], v) and other[k].device.type == "cpu" for k, v in state.items())
+    assert experiment.executor.broadcast_puts == (3 if strategy == "scaffold" else 0)  # once per version
 
 
 def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_config):

@@ -13,7 +13,7 @@ import torch
 from fedsim.config import StrategyConfig
 from fedsim.state import ClientStateStore
 from fedsim.types import ClientResult, PopulationInfo
-from strategies import STRATEGIES, build_strategy, resolve_parts, resolved_options
+from strategies import STRATEGIES, build_strategy, resolve_parts, resolved_options, server_part
 
 N, DIM = 5, 4
 POP = PopulationInfo(
@@ -24,9 +24,12 @@ ROUNDS = [[0, 2], [], [1, 2, 3], [4], [0, 1, 2, 3, 4], [3, 0]]  # includes an em
 
 def _results(t: int, scale: float = 1.0) -> list[ClientResult]:
     g = torch.Generator().manual_seed(1000 + t)
-    return [
+    results = [
         ClientResult(i, t, scale * torch.randn(DIM, generator=g), int(POP.num_samples[i]), 1) for i in ROUNDS[t]
     ]
+    for r in results:  # what the stateful clients send their server parts (SCAFFOLD's delta_c, FedCM's mean_grad)
+        r.extras = {"delta_c": torch.randn(DIM, generator=g), "mean_grad": torch.randn(DIM, generator=g)}
+    return results
 
 
 def _x0() -> torch.Tensor:
@@ -136,10 +139,13 @@ def test_one_client_full_participation_first_round(name):
     pop = PopulationInfo(1, num_samples=np.array([3]), participation_prob=np.ones(1))
     strategy = build_strategy(StrategyConfig(name=name, server_lr=0.5))
     delta = torch.tensor([1.0, -2.0, 0.5, 0.0])
-    state = strategy.aggregate(strategy.init(_x0(), pop), [ClientResult(0, 0, delta, 3, 1)], 0.0)
+    extras = {"delta_c": torch.zeros(DIM), "mean_grad": torch.zeros(DIM)}
+    state = strategy.aggregate(strategy.init(_x0(), pop), [ClientResult(0, 0, delta, 3, 1, extras=extras)], 0.0)
     _, _, optimizer, _ = resolve_parts(StrategyConfig(name=name))
+    # FedDyn / FedSpeed add the mean of every h_i on top: with N = 1, h_0 = delta, so U = 2 delta
+    u = 2 * delta if server_part(StrategyConfig(name=name)) == "feddyn" else delta
     if optimizer == "sgd":
-        torch.testing.assert_close(state.params, _x0() + 0.5 * delta)
+        torch.testing.assert_close(state.params, _x0() + 0.5 * u)
     else:  # adaptive: m = (1 - b1) delta, the step has delta's sign
         assert torch.equal(torch.sign(state.params - _x0()), torch.sign(delta))
 

@@ -40,7 +40,12 @@ HAND_EXPECTED = {
     "fedfix": [0.4, 0.9],  # staleness 0: c = m_i / (sum of ALL m = 200) = 0.05, 0.15, 0.3
     "afa_cd": [1.0, 5 / 3],  # one step each: c = 1 / (m K_i) = 1/3
     "afa_cs": [0.75, 1.25],  # one step each: (1/M) sum of stored, as MIFA
+    "scaffold": [1.0, 5 / 3],  # U = plain mean of the deltas (c is updated from the extras)
+    "fedcm": [1.0, 5 / 3],  # U = plain mean of the deltas (momentum from the extras)
+    "feddyn": [1.0 + 0.75, 5 / 3 + 1.25],  # mean delta + (1/N) sum of h = the 3 fresh deltas
 }
+for _r in RESULTS:  # what the stateful clients send their server parts
+    _r.extras = {"delta_c": torch.zeros(2), "mean_grad": torch.zeros(2)}
 
 
 @pytest.mark.parametrize("name", sorted(HAND_EXPECTED))
@@ -101,7 +106,8 @@ def test_result_order_does_not_matter(name):
         state = agg.init(torch.zeros(5), POP)
         us = []
         for t, (ids, ds) in enumerate(zip(rounds, deltas)):
-            results = [ClientResult(i, t, d, int(POP.num_samples[i]), 1) for i, d in zip(ids, ds)]
+            results = [ClientResult(i, t, d, int(POP.num_samples[i]), 1, extras={"delta_c": d, "mean_grad": -d})
+                       for i, d in zip(ids, ds)]  # fmt: skip
             if perm_seed is not None:
                 results = [results[k] for k in rng.permutation(len(results))]
             u, state = agg.aggregate(state, results, t)
