@@ -59,10 +59,18 @@ def _trusted_class(name: str) -> type:
     return target
 
 
+def _is_trusted(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] in _TRUSTED_PACKAGES
+
+
 def encode(value: Any) -> Any:
     """``value`` as plain containers, numbers, strings and tensors (raises TypeError on anything else)."""
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return value
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    if hasattr(value, "state_dict") and hasattr(type(value), "from_state_dict") and _is_trusted(value):
+        return {"__object__": _class_name(value), "state": encode(value.state_dict())}  # e.g. ClientStateStore
     if isinstance(value, np.ndarray):
         return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, np.generic):
@@ -77,8 +85,7 @@ def encode(value: Any) -> Any:
         return {"__tuple__": [encode(v) for v in value]}
     if isinstance(value, (set, frozenset)):
         return {"__set__": [encode(v) for v in sorted(value)]}
-    module = type(value).__module__.split(".")[0]
-    if module in _TRUSTED_PACKAGES and hasattr(value, "__dict__"):
+    if _is_trusted(value) and hasattr(value, "__dict__"):
         return {"__object__": _class_name(value), "attrs": {k: encode(v) for k, v in vars(value).items()}}
     raise TypeError(f"cannot checkpoint a {type(value).__module__}.{type(value).__qualname__}")
 
@@ -95,12 +102,19 @@ def decode(value: Any) -> Any:
         return value["__ndarray__"].numpy()
     if "__npscalar__" in value:
         return value["__npscalar__"].numpy()[()]
+    if "__dtype__" in value:
+        dtype = getattr(torch, value["__dtype__"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(f"unknown dtype {value['__dtype__']!r}")
+        return dtype
     if "__tuple__" in value:
         return tuple(decode(v) for v in value["__tuple__"])
     if "__set__" in value:
         return {decode(v) for v in value["__set__"]}
     if "__object__" in value:
         cls = _trusted_class(value["__object__"])
+        if "state" in value:
+            return cls.from_state_dict(decode(value["state"]))
         if "values" in value:
             return cls(*[decode(v) for v in value["values"]])
         obj = cls.__new__(cls)

@@ -343,8 +343,7 @@ class Engine:
         """Continue from ``state_dict()``; ``run`` then goes on without starting the scheduler again."""
         self.run_state = RunState(**state["run_state"])
         self.state = state["server_state"]
-        self.client_states = ClientStateStore()
-        for cid, client_state in state["client_states"].items():
+        for cid, client_state in state["client_states"].items():  # into the store build() configured (spilling)
             self.client_states.put(cid, client_state)
         self.history = list(state["history"])
         self.time_to_accuracy = state["time_to_accuracy"]

@@ -86,6 +86,17 @@ class ClientStateStore:
         self._shared = other._shared = True
         return other
 
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: the limit and every (client id, state), spilled ones included."""
+        return {"memory_limit": self.memory_limit, "states": [[cid, state] for cid, state in self.items()]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], spill_dir: str | Path | None = None) -> "ClientStateStore":
+        store = cls(state["memory_limit"], spill_dir)
+        for cid, client_state in state["states"]:
+            store.put(cid, client_state)
+        return store
+
     def nbytes(self) -> int:
         """Bytes held by tensors in memory (what this memory costs; spilled states cost disk only)."""
         return self._bytes
