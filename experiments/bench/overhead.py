@@ -29,7 +29,7 @@ def make_config(rounds: int, seed: int):
         "seed": seed, "rounds": rounds, "task": {"name": "synthetic"},
         "data": {"num_clients": 100}, "population": {"participation": "uniform", "clients_per_round": 10},
         "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
-        "strategy": {"name": "fedavg"}, "eval": {"every": rounds},
+        "strategy": {"name": "fedavg"}, "eval": {"every": rounds}, "executor": {"name": "serial"},
         "output": {"progress": False, "tensorboard": False},
     })
 
@@ -48,18 +48,19 @@ def run_plain(config, experiment) -> tuple[float, torch.Tensor]:
     global_params = initial_params(task, config.seed)
     test_x, test_y = task.data.global_test()
     start = time.perf_counter()
-    job_id = 0
+    dispatches: dict[int, int] = {}  # each client's dispatch count, part of its job seed
     for round_ in range(config.rounds):
         total = torch.zeros_like(global_params)
         weight_sum = 0
-        for cid in population.participants(round_).tolist():
+        for cid in population.round_participants(round_, now=0.0).tolist():  # uniform: not time-varying
             x, y = task.data.train(cid)
             vector_to_parameters(global_params.clone(), model.parameters())  # (it aliases, so clone)
             optimizer = torch.optim.SGD(model.parameters(), lr=config.client.lr)
             steps = config.client.local_epochs * -(-len(x) // config.client.batch_size)
             # same seed derivation as the engine, so both sides see identical minibatches
-            rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", cid, round_, job_id))
-            job_id += 1
+            count = dispatches.get(cid, 0)
+            dispatches[cid] = count + 1
+            rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", cid, round_, count))
             for idx in batch_schedule(len(x), config.client.batch_size, steps, rng):
                 optimizer.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
