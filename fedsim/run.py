@@ -19,6 +19,7 @@ import datetime as dt
 import errno
 import fcntl
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -501,20 +502,15 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
             raise ConfigError(f"--resume: the config comes from {out / 'config.yaml'}; only output.* may change "
                               f"(got {text.split('=')[0]})")
     config = load_config(out / "config.yaml", [*(overrides or []), f"output.out={out}"])
-    early_logs = LogBuffer()
+    if (out / "summary.json").is_file() and _read_status(out / "summary.json") == "completed":
+        raise ConfigError(f"--resume: the run in {out} already completed (summary.json)")
+    lock = _FolderLock(out)
     try:
-        lock = _FolderLock(out)
         lock.acquire()
     except OSError as exc:
-        early_logs.close()
         raise ConfigError(f"--resume: cannot write to {out} ({exc.strerror or exc})") from None
-    except BaseException:
-        early_logs.close()
-        raise
     try:
-        summary_path = out / "summary.json"
-        if summary_path.is_file() and '"status": "completed"' in summary_path.read_text():
-            raise ConfigError(f"--resume: the run in {out} already completed (summary.json)")
+        early_logs = LogBuffer()
         try:
             checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
             experiment = build(config)
@@ -535,6 +531,13 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
         return _run_in_folder(config, experiment, out, argv, early_logs.records, checkpoint=checkpoint)
     finally:
         lock.release()
+
+
+def _read_status(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def exit_code(summary: dict[str, Any]) -> int:

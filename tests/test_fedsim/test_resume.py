@@ -6,6 +6,7 @@ killed by pid even on failure); wall times are the only fields allowed to differ
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -232,5 +233,5 @@ def test_every_presets_state_survives_a_checkpoint(small_config, tmp_path, prese
     summary, _ = run_experiment_resumed(out)
     assert summary["status"] == "completed" and _rows(out / "metrics.jsonl") == expected
     resumed = torch.load(out / "model_state.pt", weights_only=True)
-    reference = torch.load(__import__("io").BytesIO(final), weights_only=True)
+    reference = torch.load(io.BytesIO(final), weights_only=True)
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
