@@ -1,6 +1,7 @@
 """Side by side: the same task, seed, client data and strategy through fedsim and through
 Flower's simulation runtime (``flwr.simulation.run_simulation``, Ray backend) give the same
-final model, for FedAvg (uniform sampling) and for FedAU (Bernoulli participation)."""
+final model, for FedAvg (uniform sampling), FedAU (Bernoulli participation) and SCAFFOLD
+(client state kept by each node between rounds, the server's control variate broadcast)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def config_for(strategy: str, population: dict):
 CONFIGS = {
     "fedavg": config_for("fedavg", {"participation": "uniform", "clients_per_round": 3}),
     "fedau": config_for("fedau", {"participation": "bernoulli", "mean_prob": 0.4, "min_prob": 0.1}),
+    # stateful on both sides: the server's c travels as the broadcast, each node keeps its c_i
+    # in its Context state and sends its change of c_i back as extras
+    "scaffold": config_for("scaffold", {"participation": "uniform", "clients_per_round": 3}),
 }
 
 
@@ -39,18 +43,22 @@ def test_fedsim_and_flower_simulation_give_the_same_model():
     task = task_for(CONFIGS["fedavg"])
     assert all(task_for(c) is task for c in CONFIGS.values())  # one task, one data split for both
 
-    expected = {}
+    expected, scaffold_engine = {}, None
     for name, config in CONFIGS.items():
         experiment = build(config, task=task)
         experiment.run()
         expected[name] = (experiment.engine.state.params, [h["participants"] for h in experiment.engine.history])
+        if name == "scaffold":
+            scaffold_engine = experiment.engine
+    # the SCAFFOLD case only tests client state if some node trains twice (its stored c_i is used)
+    assert max(scaffold_engine.run_state.dispatch_counts.values()) >= 2
 
     # every node connected before sampling, as in fedsim where the whole population exists
     strategies = {name: make_strategy(config, task, {"min_nodes": NUM_CLIENTS}) for name, config in CONFIGS.items()}
     server = ServerApp()
 
     @server.main()
-    def main(grid, context):  # both strategies, one after the other, on the same simulated nodes
+    def main(grid, context):  # every strategy, one after the other, on the same simulated nodes
         for name, config in CONFIGS.items():
             initial = strategies[name].codec.encode(initial_params(task, config.seed))
             strategies[name].start(grid, initial_arrays=initial, num_rounds=config.rounds, timeout=300)
@@ -66,3 +74,6 @@ def test_fedsim_and_flower_simulation_give_the_same_model():
         torch.testing.assert_close(strategy.state.params, params, rtol=0, atol=1e-6, msg=name)
     fedau = strategies["fedau"].state.aggregator
     assert fedau.num_clients == NUM_CLIENTS and fedau.count.sum() == sum(r["participants"] for r in strategies["fedau"].history)
+    c = strategies["scaffold"].state.aggregator.c
+    assert bool(c.abs().sum() > 0)
+    torch.testing.assert_close(c, scaffold_engine.state.aggregator.c, rtol=0, atol=1e-6)
