@@ -19,6 +19,8 @@ so a kill during a save leaves the previous checkpoint as it was.
 
 from __future__ import annotations
 
+import math
+
 import importlib
 import logging
 import os
@@ -147,18 +149,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Engine callback: a checkpoint every ``every`` server updates, taken between events.
+    """Engine callback: a checkpoint every ``every`` server updates and/or every ``every_time``
+    virtual seconds (time-driven modes), taken between events.
 
     ``on_round`` only marks one as due; the engine calls ``after_event`` once the event that
     caused the update is fully handled (the scheduler may still dispatch the next round in
     it), so a checkpoint is always a state the loop can continue from.
     """
 
-    def __init__(self, path: Path, every: int | None, snapshot: Any):
+    def __init__(self, path: Path, every: int | None, snapshot: Any, every_time: float | None = None):
         self.path = Path(path)
         self.every = every
+        self.every_time = every_time
         self.snapshot = snapshot  # () -> dict: the run's state now
         self._due = False
+        self._next_time: float | None = None  # next multiple of every_time; recomputed from the clock on resume
         self.saved_version: int | None = None
 
     def on_round(self, engine: Any, record: dict[str, Any]) -> None:
@@ -169,6 +174,12 @@ class Checkpointer:
         pass
 
     def after_event(self, engine: Any) -> None:
+        if self.every_time:
+            if self._next_time is None:
+                self._next_time = (math.floor(engine.now / self.every_time) + 1) * self.every_time
+            if engine.now >= self._next_time:
+                self._due = True
+                self._next_time = (math.floor(engine.now / self.every_time) + 1) * self.every_time
         if self._due and not engine.run_state.stopped:
             self.save(engine)
 

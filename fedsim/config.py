@@ -303,6 +303,7 @@ class OutputConfig(_Strict):
     tensorboard: bool = True
     progress: bool = True
     checkpoint_every: int | None = Field(None, ge=1)  # server updates between checkpoints (checkpoint.pt); None: only on SIGINT/SIGTERM
+    checkpoint_every_time: float | None = Field(None, gt=0)  # virtual seconds between checkpoints (time-driven modes)
 
 
 class RunConfig(_Strict):

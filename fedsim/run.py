@@ -443,7 +443,8 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
         raise
     # the checkpointer goes first: on an interrupted run's end it saves before the recorder closes its files
     engine.callbacks.append(Checkpointer(out / CHECKPOINT_NAME, config.output.checkpoint_every,
-                                         lambda: snapshot(experiment, recorder)))
+                                         lambda: snapshot(experiment, recorder),
+                                         every_time=config.output.checkpoint_every_time))
     engine.callbacks.append(recorder)
     if checkpoint is not None:
         log.info("resumed at update %d (virtual time %.1f s) from %s", engine.state.version, engine.now,

@@ -235,3 +235,30 @@ def test_every_presets_state_survives_a_checkpoint(small_config, tmp_path, prese
     resumed = torch.load(out / "model_state.pt", weights_only=True)
     reference = torch.load(io.BytesIO(final), weights_only=True)
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_checkpoints_every_virtual_seconds_and_a_buffered_run_resumes_from_one(small_config, tmp_path, monkeypatch):
+    def config_with(output):
+        return small_config(rounds=12, strategy={"name": "fedbuff"}, scheduler={"concurrency": 6, "buffer_size": 3},
+                            output={"progress": False, "tensorboard": False, **output})
+
+    reference, _ = run_experiment(config_with({}), out_dir=tmp_path / "reference")
+    every = reference["virtual_time"] / 5
+    real_save, saved_at = checkpoint_module.Checkpointer.save, []
+
+    def save_then_die_at_the_third(self, engine):
+        real_save(self, engine)
+        saved_at.append(engine.now)
+        if len(saved_at) == 3:
+            raise _Killed("killed right after the third checkpoint")
+
+    monkeypatch.setattr(checkpoint_module.Checkpointer, "save", save_then_die_at_the_third)
+    with pytest.raises(_Killed):
+        run_experiment(config_with({"checkpoint_every_time": every}), out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    # one checkpoint per interval crossed, at the first event at or after each multiple of `every`
+    assert [int(t // every) for t in saved_at] == [1, 2, 3]
+    summary, _ = run_experiment_resumed(tmp_path / "run")
+    assert summary["status"] == "completed" and summary["rounds"] == 12
+    for name in ("metrics.jsonl", "rounds.jsonl"):
+        assert _rows(tmp_path / "run" / name) == _rows(tmp_path / "reference" / name), name
