@@ -180,38 +180,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from fedsim.run import run_experiment  # noqa: PLC0415
 
+    summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]])
+    return _report(summary, out)
+
+
+def _report(summary: dict, out: Any) -> int:
+    """The run's last line (stdout when it completed, stderr otherwise) and its exit code."""
+    from fedsim import sweep  # noqa: PLC0415
     from fedsim.run import exit_code  # noqa: PLC0415
 
-    summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]])
     status = summary.get("status", "completed")
-    if status != "completed":
-        _print_stopped(summary, out)
-        return exit_code(summary)
-    print(sweep.done_line(summary, out))
-    return 0
-
-
-def _print_stopped(summary: dict, out: Any) -> None:
-    status = summary.get("status")
+    if status == "completed":
+        print(sweep.done_line(summary, out))
+        return 0
     hint = f" (continue it with --resume {out})" if status == "interrupted" and summary.get("checkpoint") else ""
     print(f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}{hint}",
           file=sys.stderr)
+    return exit_code(summary)
 
 
 def _resume(args: argparse.Namespace, overrides: list[str]) -> int:
-    from fedsim import sweep  # noqa: PLC0415
-    from fedsim.run import exit_code, resume_experiment  # noqa: PLC0415
+    from fedsim.run import resume_experiment  # noqa: PLC0415
 
     given = [flag for flag in ("config", "seeds", "dry_run", "overwrite", "plugins") if getattr(args, flag)]
     if given or args.sweep or args.jobs != 1:
         raise ConfigError(f"--resume takes its config from RUN_DIR/config.yaml; drop --{(given or ['sweep'])[0].replace('_', '-')}")
     summary, out = resume_experiment(args.resume, overrides, argv=["fedsim", *sys.argv[1:]])
-    status = summary.get("status", "completed")
-    if status != "completed":
-        _print_stopped(summary, out)
-        return exit_code(summary)
-    print(sweep.done_line(summary, out))
-    return 0
+    return _report(summary, out)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
