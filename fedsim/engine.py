@@ -424,7 +424,6 @@ class Engine:
             "stale_refused": rs.stale_refused,
             "jobs_dispatched": rs.next_job_id,
             "executor_batch_mean": rs.executor_jobs / rs.executor_calls if rs.executor_calls else None,
-            "executor_startup_s": getattr(self.executor, "startup_s", None),  # Ray: before the first round, not in it
             "time_to_accuracy": self._time_to_accuracy_summary(),
         }
 

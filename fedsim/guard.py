@@ -149,10 +149,5 @@ class WatchedExecutor:
         self.guard.observe(results)
         return results
 
-    @property
-    def startup_s(self) -> float | None:
-        """The executor's start-up seconds, if it reports them (Ray)."""
-        return getattr(self.executor, "startup_s", None)
-
     def close(self) -> None:
         self.executor.close()

@@ -25,8 +25,8 @@ Design
   each actor maps the arrays zero-copy from its node's object store instead of generating the
   data again (the same arrays, so the same data as a locally built task). Lazily generated data,
   GPU-resident data or a task that does not pickle: each actor builds the task from the spec.
-  ``startup_s`` (logged, and ``executor_startup_s`` in summary.json) is the time from creation
-  to all actors ready, Ray's own start included: it is not part of any round.
+  ``startup_s`` (logged, and ``ray_startup_s`` in :meth:`RayExecutor.timings`) is the time from
+  creation to all actors ready, Ray's own start included: it is not part of any round.
 - **Transfers.** The global model of each version is ``ray.put`` once (ObjectRefs cached by
   version, keyed by the very params tensor the engine shares between the jobs of a version);
   jobs carry the ref, not the tensor. An actor fetches a version once and reuses one params
@@ -521,6 +521,10 @@ class RayExecutor:
         self.actor_data = [info[i]["data"] for i in range(workers)]  # "shared" (object store) or "rebuilt"
         log.info("ray executor: %d workers on %d node(s), %d thread(s) each%s, ready in %.1f s", workers,
                  len(set(self.actor_nodes)), threads, f", {gpus:g} GPU each" if gpus else "", time.monotonic() - started)
+
+    def timings(self) -> dict[str, float]:
+        """One-off costs apart from the rounds (the engine's summary lists them as executor_timings)."""
+        return {"ray_startup_s": self.startup_s} if self.startup_s is not None else {}
 
     def _share_task(self) -> list[Any] | None:
         """[ref to the task without its data, ref to the data's arrays], each ``ray.put`` once; None
