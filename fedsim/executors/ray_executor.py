@@ -24,7 +24,8 @@ Design
   the CPU), the driver puts the task without its data and the data's arrays in the object store once;
   each actor maps the arrays zero-copy from its node's object store instead of generating the
   data again (the same arrays, so the same data as a locally built task). Lazily generated data,
-  GPU-resident data or a task that does not pickle: each actor builds the task from the spec.
+  GPU-resident data or a task that does not pickle: each actor builds the task from the spec, and
+  so does an actor that Ray restarts after a death (the data is deterministic: the same).
   ``startup_s`` (logged, and ``ray_startup_s`` in :meth:`RayExecutor.timings`) is the time from
   creation to all actors ready, Ray's own start included: it is not part of any round.
 - **Transfers.** The global model of each version is ``ray.put`` once (ObjectRefs cached by
@@ -250,12 +251,13 @@ def _shared_task(shell: Task, arrays: dict[str, Any]) -> Task:
 class _ActorBody:
     """What each Ray actor runs (wrapped with ``ray.remote`` at executor start).
 
-    ``shared`` holds object refs to the driver's task without its data and to the data's arrays
-    (inside a list, so the actor fetches them itself; None: build the task from the spec here).
+    The task comes from the driver through :meth:`load_task` (its first call) or, if none came
+    (the driver shares nothing, or Ray restarted this actor after a death: a restart replays only
+    the constructor), is built from the spec by :meth:`ready`. The constructor takes no object
+    refs, so Ray has nothing to pin for restarts.
     """
 
-    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str],
-                 shared: list[Any] | None = None):
+    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str]):
         for path in sys_paths:
             if path and os.path.isdir(path) and path not in sys.path:
                 sys.path.append(path)
@@ -263,12 +265,8 @@ class _ActorBody:
             importlib.import_module(name)
         self.spec = spec
         self.device = resolve_device(spec.device)
-        if shared is not None:
-            import ray  # noqa: PLC0415
-
-            self.task, self.data_source = _shared_task(*ray.get(shared)), "shared"
-        else:
-            self.task, self.data_source = build_task(spec.task), "rebuilt"
+        self.task: Task | None = None
+        self.data_source = ""  # "shared" (mapped from the object store) or "rebuilt" (built from the spec)
         self._inners: dict[str, Any] = {}  # "serial" / "vmap" -> executor over this actor's task, built on first use
         self._params: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._broadcasts: collections.OrderedDict[str, dict[str, torch.Tensor]] = collections.OrderedDict()
@@ -288,9 +286,18 @@ class _ActorBody:
 
         return ray.get_runtime_context().get_node_id()
 
+    def load_task(self, shared: list[Any]) -> None:
+        """``shared``: refs to the driver's task without its data and to the data's arrays (inside a
+        list, so Ray does not resolve them for the call)."""
+        import ray  # noqa: PLC0415
+
+        self.task, self.data_source = _shared_task(*ray.get(shared)), "shared"
+
     def ready(self) -> dict[str, Any]:
         import ray  # noqa: PLC0415
 
+        if self.task is None:
+            self.task, self.data_source = build_task(self.spec.task), "rebuilt"
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(),
                 "py_modules": list(ctx.runtime_env.get("py_modules") or []), "data": self.data_source}
@@ -492,8 +499,10 @@ class RayExecutor:
         }
         shared = self._share_task()
         actor_class = ray.remote(_ActorBody)
-        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths, shared)
-                        for _ in range(workers)]
+        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths) for _ in range(workers)]
+        if shared is not None:
+            for actor in self._actors:  # runs before ready(): an actor runs one caller's calls in order
+                actor.load_task.remote(shared)
 
         log.info("ray: starting %d workers (each imports torch and %s)...", workers,
                  "maps the task's data from the object store" if shared is not None else "builds the task")
@@ -541,7 +550,7 @@ class RayExecutor:
         arrays = {name: getattr(data, name).contiguous().numpy() for name in SHARED_ARRAYS}
         arrays |= {"train_offsets": data.train_offsets, "test_offsets": data.test_offsets,
                    "num_classes": data.num_classes}
-        self._shared = [shell, ray.put(arrays)]  # kept alive here for actors that Ray restarts
+        self._shared = [shell, ray.put(arrays)]  # kept alive while actors may still be loading them
         return self._shared
 
     def actor_stats(self) -> list[dict[str, Any]]:

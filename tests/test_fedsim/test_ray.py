@@ -293,9 +293,11 @@ def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_pa
     runs this non-batchable client on its serial fallback)."""
     crash = {"1": "once", "2": "always"}
 
+    data = {"num_clients": 6} | ({"partition": "iid"} if chunks else {})  # iid: shared data; a restart rebuilds it
+
     def make(executor):
         experiment = build(small_config(
-            rounds=1, data={"num_clients": 6}, population={"participation": "always"},
+            rounds=1, data=data, population={"participation": "always"},
             client={"algorithm": CrashyClient.name}, executor=executor,
         ))
         configure = experiment.engine.strategy.configure
@@ -309,6 +311,7 @@ def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_pa
 
     experiment = make({"name": "ray", "workers": 2, "threads": 1, **chunks})
     executor = experiment.executor
+    assert executor.actor_data == (["shared"] * 2 if chunks else ["rebuilt"] * 2)
     with caplog.at_level(logging.WARNING, logger="fedsim"):
         rows, final, summary = history(experiment)
     # client 1 killed its worker once and its retry succeeded; client 2 killed it again when
