@@ -256,6 +256,9 @@ class SchedulerConfig(_Strict):
         return v
 
 
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
 class ExecutorConfig(_Strict):
     name: str = "auto"  # vmap when the client algorithm and model batch, else serial
     workers: int | None = Field(None, ge=1)  # ray: actors (default = CPU count)
@@ -265,6 +268,7 @@ class ExecutorConfig(_Strict):
     threads: int = Field(1, ge=1)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
     ray_inner: str = "auto"  # ray: what runs a chunk inside an actor: auto | vmap | serial (auto: vmap when the clients batch)
     chunk_size: int | None = Field(None, ge=1)  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
+    compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
 
     @field_validator("name")
     @classmethod
@@ -284,6 +288,15 @@ class ExecutorConfig(_Strict):
         if v in RAY_INNERS:
             return v
         raise ValueError(f"unknown ray_inner '{v}'; valid choices: {', '.join(RAY_INNERS)}")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: Any) -> str:
+        if isinstance(v, bool):  # YAML reads a bare on/off as a boolean
+            v = "on" if v else "off"
+        if v in COMPILE_CHOICES:
+            return v
+        raise ValueError(f"unknown compile mode '{v}'; valid choices: {', '.join(COMPILE_CHOICES)}")
 
 
 class ClientStateConfig(_Strict):

@@ -18,8 +18,9 @@ Design
   (bit-identical to the serial executor). ``auto`` asks ``why_not_batched`` with the first
   job's client config and logs one line saying which and why. A ``run(jobs)`` call is split
   into chunks of an even share per actor (vmap) or one job (serial), capped by
-  ``executor.chunk_size``; ``calls``/``jobs_sent`` (and each actor's ``calls``/``jobs`` in
-  :meth:`RayExecutor.actor_stats`) count remote calls and the jobs they carried.
+  ``executor.chunk_size``. ``executor.compile`` applies to every actor's vmap inner.
+  ``calls``/``jobs_sent`` (and each actor's ``calls``/``jobs`` in :meth:`RayExecutor.actor_stats`)
+  count remote calls and the jobs they carried.
 - **Data.** When the driver's task holds its data in memory (:class:`ArrayFederatedData` on
   the CPU), the driver puts the task without its data and the data's arrays in the object store once;
   each actor maps the arrays zero-copy from its node's object store instead of generating the
@@ -257,7 +258,7 @@ class _ActorBody:
     refs, so Ray has nothing to pin for restarts.
     """
 
-    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str]):
+    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str], compile: bool = False):
         for path in sys_paths:
             if path and os.path.isdir(path) and path not in sys.path:
                 sys.path.append(path)
@@ -265,6 +266,7 @@ class _ActorBody:
             importlib.import_module(name)
         self.spec = spec
         self.device = resolve_device(spec.device)
+        self.compile = compile  # torch.compile the vmap inner's batched step
         self.task: Task | None = None
         self.data_source = ""  # "shared" (mapped from the object store) or "rebuilt" (built from the spec)
         self._inners: dict[str, Any] = {}  # "serial" / "vmap" -> executor over this actor's task, built on first use
@@ -278,8 +280,11 @@ class _ActorBody:
         _warm_up()
 
     def stats(self) -> dict[str, Any]:
+        vmap = self._inners.get("vmap")
+        compile_s = vmap.timings().get("compile_s", 0.0) if vmap is not None else 0.0
         return {"fetches": self.fetches, "calls": self.calls, "jobs": self.jobs, "pid": os.getpid(),
-                "busy_s": self.busy_s, "cpu_s": self.cpu_s, "node_id": self._node_id(), "data": self.data_source}
+                "busy_s": self.busy_s, "cpu_s": self.cpu_s, "node_id": self._node_id(), "data": self.data_source,
+                "compile_s": compile_s}
 
     def _node_id(self) -> str:
         import ray  # noqa: PLC0415
@@ -307,8 +312,10 @@ class _ActorBody:
             from fedsim.executors.serial import SerialExecutor  # noqa: PLC0415
             from fedsim.executors.vmap import VmapExecutor  # noqa: PLC0415
 
-            inner = VmapExecutor if name == "vmap" else SerialExecutor
-            self._inners[name] = inner(self.spec, self.task)
+            if name == "vmap":
+                self._inners[name] = VmapExecutor(self.spec, self.task, compile=self.compile)
+            else:
+                self._inners[name] = SerialExecutor(self.spec, self.task)
         return self._inners[name]
 
     def _fetch(self, ref: Any) -> torch.Tensor:
@@ -379,6 +386,7 @@ class RayExecutor:
         *,
         inner: str = "auto",
         chunk_size: int | None = None,
+        compile: bool = False,
         workers: int | None = None,
         address: str | None = None,
         gpus_per_client: float = 0.0,
@@ -395,6 +403,7 @@ class RayExecutor:
             raise ValueError(f"executor.chunk_size={chunk_size}: expected >= 1 (or None: automatic)")
         self.inner: str | None = None if inner == "auto" else inner  # "auto" is resolved by the first run()
         self.chunk_size = chunk_size
+        self.compile = compile  # torch.compile the vmap inner's batched step in every actor
         self.startup_s: float | None = None  # seconds from creation to all actors ready (Ray start included)
         self.calls = 0  # remote run_chunk calls
         self.jobs_sent = 0  # jobs in those calls (retries included)
@@ -499,7 +508,8 @@ class RayExecutor:
         }
         shared = self._share_task()
         actor_class = ray.remote(_ActorBody)
-        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths) for _ in range(workers)]
+        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths, self.compile)
+                        for _ in range(workers)]
         if shared is not None:
             for actor in self._actors:  # runs before ready(): an actor runs one caller's calls in order
                 actor.load_task.remote(shared)
@@ -532,8 +542,15 @@ class RayExecutor:
                  len(set(self.actor_nodes)), threads, f", {gpus:g} GPU each" if gpus else "", time.monotonic() - started)
 
     def timings(self) -> dict[str, float]:
-        """One-off costs apart from the rounds (the engine's summary lists them as executor_timings)."""
-        return {"ray_startup_s": self.startup_s} if self.startup_s is not None else {}
+        """One-off costs apart from the rounds (the engine's summary lists them as executor_timings):
+        Ray's start-up and, when the vmap inner compiles, the slowest actor's compile seconds."""
+        timings = {"ray_startup_s": self.startup_s} if self.startup_s is not None else {}
+        if self.compile and self.inner == "vmap" and not self._closed:
+            try:
+                timings["compile_s"] = max((s["compile_s"] for s in self.actor_stats()), default=0.0)
+            except self._ray.exceptions.RayError:  # an actor died since: no figure rather than a crash
+                pass
+        return timings
 
     def _share_task(self) -> list[Any] | None:
         """[ref to the task without its data, ref to the data's arrays], each ``ray.put`` once; None
@@ -832,6 +849,7 @@ def ray_executor(config: Any, spec: WorkerSpec, task: Any = None) -> RayExecutor
         task,
         inner=config.ray_inner,
         chunk_size=config.chunk_size,
+        compile=getattr(config, "compile", "off") == "on",  # "auto" was resolved by build_executor
         workers=config.workers,
         address=config.ray_address,
         gpus_per_client=config.gpus_per_client,
