@@ -503,12 +503,13 @@ class VmapExecutor:
                 xb = X.index_select(0, r).view(width, -1, *feature_shape)
                 yb = Y.index_select(0, r).view(width, -1)
                 new, losses = self._step(options, partial[t], sub, (xb, yb, weights[t, :width] if partial[t] else None))
-                if a == stacked:
+                if a == num_clients:  # no client has finished: rows past a (if any) are padding
                     carry = new
-                else:
+                    loss_sum += losses
+                else:  # keep the finished clients' final rows
                     for k, v in new.items():
                         carry[k][:a] = v[:a]
-                loss_sum[:a] += losses[:a]
+                    loss_sum[:a] += losses[:a]
 
         carry = {k: v.to("cpu") for k, v in carry.items()}
         losses_cpu = loss_sum.to("cpu").tolist()
