@@ -207,6 +207,20 @@ def test_ray_vmap_chunks_equal_vmap_bit_for_bit_and_serial_within_tolerance(loca
     assert executor.timings() == {"ray_startup_s": executor.startup_s} and executor.startup_s > 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compiled_vmap_chunks_on_ray_equal_the_compiled_vmap_executor(local_ray, small_config):
+    """executor.compile reaches every actor's vmap inner; its compile seconds join Ray's start-up in the timings."""
+    values = {"rounds": 2}
+    reference, params, _ = history(build(small_config(**values, executor={"name": "vmap", "threads": 1,
+                                                                          "compile": "on"})))
+    experiment = build(small_config(**values, executor={"name": "ray", "workers": 2, "threads": 1,
+                                                        "ray_inner": "vmap", "compile": "on"}))
+    rows, final, summary = history(experiment)
+    assert rows == reference and torch.equal(final, params)
+    assert set(summary["executor_timings"]) == {"ray_startup_s", "compile_s"} and summary["executor_timings"]["compile_s"] > 0
+
+
 @pytest.mark.timeout(120)
 def test_ray_inner_auto_takes_vmap_one_chunk_per_actor_and_counts_calls(local_ray, small_config, caplog):
     config = small_config()
