@@ -11,25 +11,31 @@ a plain-torch copy of the same layers (``cnn`` below; the script checks the shap
 
 Same on both sides: the data (class-conditional Gaussian images generated once with numpy
 from a seed and saved to one .npz file that both sides load; fedsim reads it with its ``npz``
-task), the initial model (fedsim's init, saved as a state dict that pfl loads), the
-cohort size and the local steps. Not the same: which 50 users each round samples (each side
-draws its own uniform cohorts) and the minibatch order inside a user (pfl slices the user's
-data in order, fedsim shuffles it), so final accuracies agree only in range, not exactly.
+task), the initial model (fedsim's init, saved as a state dict that pfl loads), the users
+each round trains (the fedsim sides run first and record their cohorts, which the pfl sides
+then replay) and the local steps. Not the same: the minibatch order inside a user (pfl slices
+the user's data in order, fedsim shuffles it), so final accuracies agree only in range.
 
 Sides, each its own subprocess, timed from outside (whole process: import, load data, build,
 train every round, evaluate) and from inside (steady round: mean time between consecutive
 aggregations over rounds 2..R; round 1 pays one-off warm-ups):
 
 - ``pfl``: pfl 0.6 ``SimulatedBackend`` + ``FederatedAveraging`` + ``PyTorchModel`` in its
-  own virtual environment (``--pfl-python``); skipped if that python cannot import pfl;
+  own virtual environment (``--pfl-python``), the images as loaded (NCHW); skipped if that
+  python cannot import pfl;
+- ``pfl-channels-last`` (not run by default): the same with the images stored channels-last,
+  the layout fedsim's image tasks use on CPU (see ``fedsim.tasks.base.channels_last_images``):
+  it shows how much of fedsim's lead is that layout, which a pfl user could also choose;
 - ``serial``, ``vmap``, ``auto``: fedsim's executors.
 
-Every side runs with the same torch intra-op thread count (``--threads``; pfl would otherwise
-use torch's default, all cores). ``--crossover`` also times one ``executor.run(jobs)`` of the
+Every side runs with the same torch intra-op thread count (``--threads``, default 1; pfl would
+otherwise use torch's default, all cores). On a machine other jobs share, runs with as many
+threads as cores are dominated by waiting for descheduled threads; compare those only on a
+quiet machine. ``--crossover`` also times one ``executor.run(jobs)`` of the
 serial and vmap executors on the CNN at 5, 10 and 50 clients per call (ms per client-step) and
 shows, with the torch profiler, which convolution kernels vmap's batched step calls.
 
-    python experiments/bench/vs_pfl.py [--rounds 3] [--threads 1,2] [--sides pfl,serial,vmap,auto]
+    python experiments/bench/vs_pfl.py [--rounds 3] [--threads 1,2] [--sides pfl,pfl-channels-last,serial,vmap,auto]
         [--crossover] [--pfl-python /work/venv-pfl/bin/python] [--quick]
 
 ``--quick`` is a tiny size (20 users x 50 samples, cohort 5, 2 rounds) for checking the script.
@@ -50,7 +56,8 @@ from typing import Any
 FULL = {"users": 1000, "samples": 50, "cohort": 50, "rounds": 3, "test": 2000}
 QUICK = {"users": 20, "samples": 50, "cohort": 5, "rounds": 2, "test": 200}
 LOCAL_STEPS, BATCH_SIZE, LR = 5, 10, 0.05
-SIDES = ("pfl", "serial", "vmap", "auto")
+SIDES = ("pfl", "pfl-channels-last", "serial", "vmap", "auto")
+DEFAULT_SIDES = "pfl,serial,vmap,auto"
 DEFAULT_PFL_PYTHON = "/work/venv-pfl/bin/python"
 
 
@@ -151,19 +158,29 @@ def run_fedsim(side: str, threads: int, size: dict[str, int], data_file: Path) -
         def on_end(self, engine, summary):
             pass
 
+    cohorts: list[list[int]] = []
+    aggregate = experiment.engine.strategy.aggregate
+
+    def recorded(state, results, now):  # which clients each round trained, for the pfl side to train the same
+        cohorts.append(sorted(r.client_id for r in results))
+        return aggregate(state, results, now)
+
+    experiment.engine.strategy.aggregate = recorded
     experiment.engine.callbacks.append(Stamp())
     start = time.perf_counter()
     experiment.run()
     model = ResidentModel(experiment.task.build_model())
     model.load(experiment.engine.state.params)
     x, y = experiment.task.data.global_test()
-    return {"start": start, "stamps": stamps, "accuracy": accuracy(model.model, x, y), "threads": torch.get_num_threads()}
+    return {"start": start, "stamps": stamps, "accuracy": accuracy(model.model, x, y), "threads": torch.get_num_threads(),
+            "cohorts": cohorts}
 
 
 # ----------------------------------------------------------------------------- pfl side (child process, pfl's venv)
 
 
-def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path) -> dict[str, Any]:
+def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path, channels_last: bool,
+            cohorts: list[list[int]] | None) -> dict[str, Any]:
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
@@ -182,6 +199,8 @@ def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path
     with np.load(data_file) as arrays:
         x, y, client = (torch.from_numpy(arrays[k]) for k in ("x", "y", "client"))
         x_test, y_test = torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"])
+    if channels_last:  # the layout fedsim's image tasks store on CPU
+        x, x_test = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_test))
     bounds = np.searchsorted(client.numpy(), np.arange(size["users"] + 1))
     users = {u: (x[a:b], y[a:b]) for u, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
 
@@ -207,11 +226,13 @@ def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path
     model = PyTorchModel(model=module, local_optimizer_create=torch.optim.SGD,
                          central_optimizer=torch.optim.SGD(module.parameters(), 1.0))
 
-    cohorts = np.random.default_rng(0)
-
-    def sampled_users():  # uniform cohorts without replacement inside a round, like fedsim's
+    def sampled_users():  # fedsim's cohorts when given, else pfl draws its own uniform ones
+        if cohorts is not None:
+            for cohort in cohorts:
+                yield from cohort
+        rng = np.random.default_rng(0)
         while True:
-            yield from cohorts.choice(size["users"], size["cohort"], replace=False).tolist()
+            yield from rng.choice(size["users"], size["cohort"], replace=False).tolist()
 
     user_stream = sampled_users()
     dataset = FederatedDataset(lambda u: Dataset(raw_data=list(users[u]), user_id=u), lambda: next(user_stream))
@@ -316,8 +337,9 @@ def conv_kernels(size: dict[str, int], data_file: Path, clients: int = 5) -> lis
 def child(args: argparse.Namespace) -> None:
     size = json.loads(args.size)
     side, threads = args.one[0], int(args.one[1])
-    if side == "pfl":
-        result = run_pfl(threads, size, Path(args.data), Path(args.init))
+    if side.startswith("pfl"):
+        cohorts = json.loads(Path(args.cohorts).read_text()) if args.cohorts else None
+        result = run_pfl(threads, size, Path(args.data), Path(args.init), side == "pfl-channels-last", cohorts)
     else:
         result = run_fedsim(side, threads, size, Path(args.data))
     Path(args.result).write_text(json.dumps(result))
@@ -334,15 +356,15 @@ def pfl_available(python: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sides", default=",".join(SIDES))
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts; every side runs at each")
+    parser.add_argument("--sides", default=DEFAULT_SIDES, help=f"comma-separated, from {', '.join(SIDES)}")
+    parser.add_argument("--threads", default="1", help="comma-separated torch thread counts; every side runs at each")
     parser.add_argument("--rounds", type=int, default=None, help=f"rounds per side (default {FULL['rounds']})")
     parser.add_argument("--quick", action="store_true", help="tiny size, for checking the script")
     parser.add_argument("--crossover", action="store_true", help="also time serial vs vmap per call and profile vmap's convs")
     parser.add_argument("--pfl-python", default=DEFAULT_PFL_PYTHON, help="a python that imports pfl (its own venv)")
     parser.add_argument("--out", default="runs/bench-vs-pfl", help="folder for the data file and per-side results")
     parser.add_argument("--one", nargs=2, metavar=("SIDE", "THREADS"), help=argparse.SUPPRESS)
-    for hidden in ("--size", "--data", "--init", "--result"):
+    for hidden in ("--size", "--data", "--init", "--result", "--cohorts"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -361,22 +383,27 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data_file, init_file = out / "data.npz", out / "init.pt"
     make_data(data_file, size["users"], size["samples"], size["test"])
-    if "pfl" in sides:
+    if any(side.startswith("pfl") for side in sides):
         why = pfl_available(args.pfl_python)
         if why:
-            print(f"[vs_pfl] pfl side skipped: {why}", flush=True)
-            sides.remove("pfl")
+            print(f"[vs_pfl] pfl sides skipped: {why}", flush=True)
+            sides = [side for side in sides if not side.startswith("pfl")]
         else:
             save_initial_model(size, data_file, init_file)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     results: dict[tuple[str, int], dict[str, Any]] = {}
+    cohorts_file = out / "cohorts.json"
+    cohorts_file.unlink(missing_ok=True)
+    run_order = sorted(sides, key=lambda side: side.startswith("pfl"))  # fedsim first: pfl replays its cohorts
     for threads in threads_list:
-        for side in sides:
+        for side in run_order:
             result = out / f"{side}-{threads}.json"
-            python = args.pfl_python if side == "pfl" else sys.executable
+            python = args.pfl_python if side.startswith("pfl") else sys.executable
             command = [python, __file__, "--one", side, str(threads), "--size", json.dumps(size), "--data",
                        str(data_file), "--init", str(init_file), "--result", str(result)]
+            if side.startswith("pfl") and cohorts_file.exists():
+                command += ["--cohorts", str(cohorts_file)]
             print(f"[vs_pfl] {side}, {threads} thread(s) ...", flush=True)
             start = time.perf_counter()  # whole process: from creating the child until it exits
             proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
@@ -391,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
             data["round_s"] = statistics.mean(rounds) if rounds else float("nan")
             data["round_stdev"] = statistics.stdev(rounds) if len(rounds) > 1 else 0.0
             results[side, threads] = data
+            if "cohorts" in data:
+                if not cohorts_file.exists():
+                    cohorts_file.write_text(json.dumps(data["cohorts"]))
+                elif json.loads(cohorts_file.read_text()) != data["cohorts"]:
+                    raise SystemExit(f"{side} sampled other clients than the first fedsim side")
 
     rows = crossover(threads_list, size, data_file) if args.crossover else []
     kernels = conv_kernels(size, data_file) if args.crossover else []
@@ -413,8 +445,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['round_s']:.2f} ± {r['round_stdev']:.2f} | "
                   f"{whole_ratio} | {round_ratio} | {r['accuracy']:.3f} |")
     accuracies = [r["accuracy"] for r in results.values()]
-    print(f"\ntest accuracy range over sides: {min(accuracies):.3f} .. {max(accuracies):.3f} (cohorts and minibatch "
-          "order differ between pfl and fedsim, so only the range is comparable)")
+    same_cohorts = "the same cohorts" if cohorts_file.exists() else "their own cohorts"
+    print(f"\ntest accuracy range over sides: {min(accuracies):.3f} .. {max(accuracies):.3f} (every side trains "
+          f"{same_cohorts}; the minibatch order inside a user differs between pfl and fedsim, so only the range "
+          "is comparable)")
     if rows:
         print("\nserial vs vmap executor on this CNN, one executor.run(jobs) from the same model, median of 3:\n")
         print("| threads | clients per call | serial ms per client-step | vmap ms per client-step | serial / vmap "

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from fedsim.data.federated import ArrayFederatedData
 from fedsim.safe_pickle import DataFileError, load as safe_load
-from fedsim.tasks.base import TASKS, Task, TaskSpec, conv_net, mlp, partition_pool, resolve_options
+from fedsim.tasks.base import TASKS, Task, TaskSpec, channels_last_images, conv_net, mlp, partition_pool, resolve_options
 
 __all__ = ["read_idx", "load_mnist", "load_cifar10", "load_femnist", "load_npz", "build_mnist", "build_cifar10",
            "build_femnist", "build_npz"]
@@ -176,6 +176,8 @@ def load_femnist(path: str | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
 
 def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_classes: int) -> Task:
     input_shape = (channels, side, side) if opts["model"] == "cnn" else (channels * side * side,)
+    if opts["model"] == "cnn":
+        data = channels_last_images(data)
 
     def build_model() -> nn.Module:
         if opts["model"] == "cnn":
@@ -322,8 +324,10 @@ def build_npz(spec: TaskSpec) -> Task:
     else:
         data = partition_pool(spec, x, y, num_classes)
     if "x_test" in arrays:
-        data = _HeldOutFederatedData(data, torch.from_numpy(arrays["x_test"]).to(spec.device),
-                                     torch.from_numpy(arrays["y_test"]).to(spec.device))
+        x_test = torch.from_numpy(arrays["x_test"]).to(spec.device)
+        if model == "cnn" and x_test.device.type == "cpu":  # the layout channels_last_images gives client data
+            x_test = x_test.contiguous(memory_format=torch.channels_last)
+        data = _HeldOutFederatedData(data, x_test, torch.from_numpy(arrays["y_test"]).to(spec.device))
     if model == "cnn":
         return _image_task(spec, data, opts, x.shape[1], x.shape[2], num_classes)
     features = int(np.prod(x.shape[1:]))
