@@ -321,6 +321,10 @@ def test_npz_natural_split_by_client_array_and_held_out_set(tmp_path):
         assert torch.all(data.train(cid)[0][:, 0, 0, 0] == cid)
     gx, gy = data.global_test()
     assert gy.tolist() == [0, 1, 2, 3, 4] and gx.dtype == torch.float32 and gx.shape == (5, 3, 10, 10)
+    torch.testing.assert_close(gx, torch.from_numpy(x_test).float())
+    # CNN image data is stored channels-last on CPU (faster conv and max-pool), and minibatches keep it
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    assert data.train(0)[0][torch.tensor([1, 0])].is_contiguous(memory_format=torch.channels_last)
     assert task.build_model()(data.train(0)[0]).shape == (3, 5)
     with pytest.raises(ValueError, match="holds clients 0..3"):
         build_task(spec(name="npz", num_clients=5, path=str(tmp_path / "d.npz")))
