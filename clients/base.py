@@ -124,7 +124,9 @@ def clip_by_global_norm(g: Tensor, max_norm: float | None) -> Tensor:
     """``torch.nn.utils.clip_grad_norm_`` on a flat gradient: scale by min(1, max_norm / (|g| + 1e-6))."""
     if max_norm is None:
         return g
-    return g * torch.clamp(max_norm / (torch.linalg.vector_norm(g) + 1e-6), max=1.0)
+    # reciprocal() * max_norm is how torch evaluates max_norm / tensor (same bits), and it also
+    # compiles when torch.compile traces max_norm as a symbolic float
+    return g * torch.clamp(torch.reciprocal(torch.linalg.vector_norm(g) + 1e-6) * max_norm, max=1.0)
 
 
 def sgd_update(y: Tensor, direction: Tensor, lr: Tensor, decay: float) -> Tensor:
@@ -143,7 +145,7 @@ def sam_gradients(grad: GradFn, y: Tensor, batch: Batch, rho: float) -> tuple[Te
     loss, g1 = grad(y, batch)
     if rho == 0:
         return loss, g1, g1
-    e = g1 * (rho / (torch.linalg.vector_norm(g1) + 1e-7))
+    e = g1 * (torch.reciprocal(torch.linalg.vector_norm(g1) + 1e-7) * rho)  # rho / norm, compilable
     _, g2 = grad(y + e, batch)
     return loss, g1, g2
 

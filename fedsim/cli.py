@@ -29,6 +29,7 @@ FLAG_KEYS: dict[str, tuple[str, str | None]] = {
     "ray_address": ("executor.ray_address", None),
     "gpus_per_client": ("executor.gpus_per_client", None),
     "device": ("executor.device", None),
+    "compile": ("executor.compile", None),
     "out": ("output.out", None),
     "checkpoint_every": ("output.checkpoint_every", None),
 }
@@ -43,6 +44,7 @@ FLAG_HELP = {
     "ray_address": "ray: address of an existing cluster (auto | host:port)",
     "gpus_per_client": "ray: fraction of a GPU per actor",
     "device": "cpu | cuda | cuda:N",
+    "compile": "vmap: torch.compile the batched client step (auto | on | off; compile time is reported apart)",
     "out": "run folder (default runs/<timestamp>-<strategy>); with --seeds/--sweep, the sweep folder",
     "checkpoint_every": "save checkpoint.pt every N server updates (always on SIGINT/SIGTERM), for --resume",
 }

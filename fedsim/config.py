@@ -255,6 +255,9 @@ class SchedulerConfig(_Strict):
         return v
 
 
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
 class ExecutorConfig(_Strict):
     name: str = "auto"  # vmap when the client algorithm and model batch, else serial
     workers: int | None = Field(None, ge=1)  # ray: actors (default = CPU count)
@@ -262,6 +265,7 @@ class ExecutorConfig(_Strict):
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = Field(1, ge=1)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
+    compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
 
     @field_validator("name")
     @classmethod
@@ -274,6 +278,15 @@ class ExecutorConfig(_Strict):
         if v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"unknown device '{v}'; valid choices: cpu, cuda, cuda:N")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, v: Any) -> str:
+        if isinstance(v, bool):  # YAML reads a bare on/off as a boolean
+            v = "on" if v else "off"
+        if v in COMPILE_CHOICES:
+            return v
+        raise ValueError(f"unknown compile mode '{v}'; valid choices: {', '.join(COMPILE_CHOICES)}")
 
 
 class ClientStateConfig(_Strict):

@@ -424,6 +424,8 @@ class Engine:
             "stale_refused": rs.stale_refused,
             "jobs_dispatched": rs.next_job_id,
             "executor_batch_mean": rs.executor_jobs / rs.executor_calls if rs.executor_calls else None,
+            # one-off executor costs (torch.compile, Ray start-up), apart from the time per round
+            "executor_timings": _executor_timings(self.executor),
             "time_to_accuracy": self._time_to_accuracy_summary(),
         }
 
@@ -431,6 +433,11 @@ class Engine:
         if self.target_accuracy is None:
             return None
         return self.time_to_accuracy or {"target": self.target_accuracy, "virtual_time": None, "server_updates": None}
+
+
+def _executor_timings(executor: Any) -> dict[str, float]:
+    timings = getattr(executor, "timings", None)
+    return {k: round(v, 3) for k, v in timings().items()} if timings is not None else {}
 
 
 def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload

@@ -149,5 +149,9 @@ class WatchedExecutor:
         self.guard.observe(results)
         return results
 
+    def timings(self) -> dict[str, float]:
+        timings = getattr(self.executor, "timings", None)
+        return timings() if timings is not None else {}
+
     def close(self) -> None:
         self.executor.close()

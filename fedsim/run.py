@@ -142,7 +142,10 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
                          f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
     _check_local_steps(algorithm, client_config, population)
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
-    executor = build_executor(config.executor, worker_spec, task, client_config)  # resolves "auto"
+    mean_samples = max(1, int(population.num_samples.mean())) if len(population.num_samples) else 1
+    planned_steps = config.rounds * algorithm.num_steps(client_config, mean_samples)  # for executor.compile=auto
+    executor = build_executor(config.executor, worker_spec, task, client_config, planned_steps,
+                              _clients_per_call(config, population.num_clients))  # resolves "auto"
     evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
     initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
     guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)
@@ -176,6 +179,18 @@ def check_rounds_only(strategy: Any, config: RunConfig) -> None:
             f"participation in synchronous rounds and is not defined for scheduler '{config.scheduler.name}'; "
             "use scheduler sync, or weighting mifa / fedvarp / uniform"
         )
+
+
+def _clients_per_call(config: RunConfig, num_clients: int) -> float:
+    """About how many jobs the scheduler hands the executor at once (for ``executor.name: auto``)."""
+    scheduler = config.scheduler
+    if scheduler.name == "buffered":
+        return float(scheduler.buffer_size)
+    if scheduler.name == "periodic":
+        return float(scheduler.concurrency)
+    population = config.population
+    per_round = population.mean_prob * num_clients if population.mean_prob else population.clients_per_round
+    return float(min(per_round, num_clients)) * (1.0 + scheduler.over_selection)
 
 
 def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population: Population) -> None:

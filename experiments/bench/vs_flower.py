@@ -8,7 +8,8 @@ Two workloads (the synthetic task, natural split, every client the same size):
    batch 10, lr 0.05, 5 rounds.
 
 Each workload runs through Flower (``flwr.simulation.run_simulation``, Ray backend, one CPU
-per ClientApp) and through fedsim with the serial, vmap and ray executors. Client data, model
+per ClientApp) and through fedsim with the serial, vmap and ray executors, the vmap executor
+with its step compiled (``compiled``: ``executor.compile: on``) and the default ``auto``. Client data, model
 init, client sampling and minibatch order are identical: the Flower run uses fedsim's
 ``FedsimStrategy`` and fedsim's ClientApp, which sample and seed jobs exactly as fedsim's
 engine does, so the client code is the same and what differs is the runtime around it. The
@@ -18,11 +19,15 @@ test accuracy, and prints:
 - whole process: wall seconds of a fresh Python process that imports, builds the task,
   starts what it needs (Ray), runs every round and evaluates the final model (each run is
   its own subprocess, timed from outside);
+- in-process run: the same without the interpreter start and imports (from building the
+  task to the evaluated final model, timed inside the child); compile seconds (torch.compile
+  of the batched step, included in both) are shown apart;
 - steady round: mean wall time between consecutive aggregations over rounds 2..R (round 1
   pays one-off warm-ups; Flower's one ``query`` round trip to index nodes comes before it);
 - ratios: Flower / fedsim.
 
-    python experiments/bench/vs_flower.py [--workloads logreg,mlp] [--runners flower,serial,vmap,ray]
+    python experiments/bench/vs_flower.py [--workloads logreg,mlp] [--runners flower,serial,vmap,compiled,auto,ray]
+        [--threads N]
 
 Timings on a shared machine are noisy; the ratios are measured side by side in one run.
 """
@@ -61,13 +66,18 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         },
     },
 }
-RUNNERS = ("flower", "serial", "vmap", "ray")
+RUNNERS = ("flower", "serial", "vmap", "compiled", "auto", "ray")
 WORKERS = 2
 
 
-def config_values(workload: str, runner: str) -> dict[str, Any]:
+def config_values(workload: str, runner: str, threads: int = 1) -> dict[str, Any]:
     values = json.loads(json.dumps(WORKLOADS[workload]["values"]))
-    executor = {"name": runner, "threads": 1} if runner != "flower" else {"name": "serial", "threads": 1}
+    if runner == "flower":
+        executor = {"name": "serial", "threads": 1}
+    elif runner == "compiled":
+        executor = {"name": "vmap", "threads": threads, "compile": "on"}
+    else:
+        executor = {"name": runner, "threads": threads}
     if runner == "ray":
         executor["workers"] = WORKERS
     return values | {
@@ -83,15 +93,17 @@ def config_values(workload: str, runner: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- one run (child process)
 
 
-def run_one(workload: str, runner: str, out: Path) -> None:
+def run_one(workload: str, runner: str, out: Path, threads: int) -> None:
     import torch  # noqa: PLC0415
 
     from fedsim.config import load_config  # noqa: PLC0415
     from fedsim.params import ResidentModel  # noqa: PLC0415
 
-    torch.set_num_threads(1)
-    config = load_config(values=config_values(workload, runner))
+    torch.set_num_threads(1 if runner == "flower" else threads)
+    config = load_config(values=config_values(workload, runner, threads))
     stamps: list[float] = []
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
     if runner == "flower":
         task, params = _run_flower(config, stamps)
     else:
@@ -112,13 +124,19 @@ def run_one(workload: str, runner: str, out: Path) -> None:
         experiment.engine.callbacks.append(Stamp())
         experiment.run()
         task, params = experiment.task, experiment.engine.state.params
+        timings = getattr(experiment.executor, "timings", dict)()
+        executor_name = type(experiment.executor).__name__
     model = ResidentModel(task.build_model())
     model.load(params)
     x, y = task.data.global_test()
     accuracy = task.evaluate(model.model, x, y)["accuracy"]
+    in_process = time.perf_counter() - started
     rounds = [b - a for a, b in zip(stamps, stamps[1:])]  # round r's time = aggregation r - aggregation r-1
     torch.save(params, out.with_suffix(".pt"))
     out.write_text(json.dumps({
+        "in_process_s": in_process,
+        "compile_s": timings.get("compile_s", 0.0),
+        "executor": "flower" if runner == "flower" else executor_name,
         "round_ms": 1000 * statistics.mean(rounds) if rounds else float("nan"),
         "round_ms_stdev": 1000 * statistics.stdev(rounds) if len(rounds) > 1 else 0.0,
         "accuracy": accuracy,
@@ -171,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="logreg,mlp")
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--out", default="runs/bench-vs-flower", help="folder for the per-run results")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the fedsim runners (Flower: 1 per ClientApp)")
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run_one(args.one[0], args.one[1], Path(args.result))
+        run_one(args.one[0], args.one[1], Path(args.result), args.threads)
         return 0
 
     workloads = [w for w in args.workloads.split(",") if w]
@@ -195,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         for runner in runners:
             result = out / f"{workload}-{runner}.json"
             print(f"[vs_flower] {workload} / {runner} ...", flush=True)
-            command = [sys.executable, __file__, "--one", workload, runner, "--result", str(result)]
+            command = [sys.executable, __file__, "--one", workload, runner, "--result", str(result),
+                       "--threads", str(args.threads)]
             start = time.perf_counter()  # whole process: from creating the child until it exits
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
@@ -211,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: PLC0415
 
     print(f"\nfedsim vs Flower simulation (FedAvg; {os.cpu_count()} CPUs, load average at start {load:.1f}; "
-          f"torch {torch.__version__}; ray executor {WORKERS} workers; Flower: Ray backend, 1 CPU per ClientApp)\n")
-    print("| workload | runner | whole process (s) | steady round (ms) | Flower / this, whole | Flower / this, round "
-          "| test accuracy | max param diff vs Flower |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"torch {torch.__version__}; fedsim {args.threads} thread(s) per worker, ray executor {WORKERS} workers; "
+          f"Flower: Ray backend, 1 CPU per ClientApp)\n")
+    print("| workload | runner | whole process (s) | in-process run (s) | compile (s) | steady round (ms) "
+          "| Flower / this, whole | Flower / this, in-process | Flower / this, round | test accuracy "
+          "| max param diff vs Flower |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for workload in workloads:
         reference = results.get((workload, "flower")) or results[workload, runners[0]]
@@ -225,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             ok &= same
             flower = results.get((workload, "flower"))
             whole_ratio = f"{flower['whole_s'] / r['whole_s']:.1f}x" if flower else "-"
+            inside_ratio = f"{flower['in_process_s'] / r['in_process_s']:.1f}x" if flower else "-"
             round_ratio = f"{flower['round_ms'] / r['round_ms']:.1f}x" if flower else "-"
-            print(f"| {WORKLOADS[workload]['label']} | {runner} | {r['whole_s']:.1f} | "
-                  f"{r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {whole_ratio} | {round_ratio} | "
-                  f"{r['accuracy']:.4f} | {diff:.1e}{'' if same else ' DIFFERENT'} |")
+            label = runner if runner != "auto" else f"auto ({r['executor']})"
+            print(f"| {WORKLOADS[workload]['label']} | {label} | {r['whole_s']:.1f} | {r['in_process_s']:.2f} | "
+                  f"{r['compile_s']:.1f} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {whole_ratio} | "
+                  f"{inside_ratio} | {round_ratio} | {r['accuracy']:.4f} | {diff:.1e}{'' if same else ' DIFFERENT'} |")
     print("\nsame final model and accuracy in every run:", "yes" if ok else "NO")
     return 0 if ok else 1
 

@@ -39,6 +39,7 @@ chunk are unaffected.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
@@ -113,6 +114,18 @@ class _Fallback(Exception):
         self.reason = reason
 
 
+def _own_code(fn: Callable) -> Callable:
+    """``fn`` behind a wrapper with a code object of its own.
+
+    torch.compile keeps compiled graphs per code object, at most ``recompile_limit`` (8) of
+    them; every ``vmap``-wrapped function shares one code object, so without this the ninth
+    step variant compiled in a process (a sweep, a test session) would silently run eagerly.
+    """
+    namespace: dict[str, Any] = {}
+    exec("def batched_step(carry, batch):\n    return fn(carry, batch)\n", {"fn": fn}, namespace)  # noqa: S102
+    return namespace["batched_step"]
+
+
 def _freeze(config: dict[str, Any]) -> Hashable:
     return tuple(sorted((k, repr(v)) for k, v in config.items()))
 
@@ -135,6 +148,7 @@ class VmapExecutor:
         task: Task | None = None,
         max_batch: int | None = None,
         memory_budget: int | None = None,
+        compile: bool = False,
     ):
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"executor.max_batch must be >= 1, got {max_batch}")
@@ -154,6 +168,10 @@ class VmapExecutor:
         self._noticed: set[str] = set()
         self._options: dict[Hashable, Any] = {}  # frozen config -> options (or the exception they raised)
         self._vsteps: dict[Hashable, Callable] = {}
+        self.compile = compile  # torch.compile the batched step (turned off, with one notice, if compiling fails)
+        self.compile_s = 0.0  # wall seconds of the step calls that compiled (first call per step variant)
+        self._compiled: dict[Hashable, Callable] = {}
+        self._compiled_variants: set[Hashable] = set()
         self._carry_vectors: dict[Hashable, float] = {}
         self._resident_data: tuple[Any, ...] | None = None  # (x_train, y_train, their copies on the device)
         self.model_reason = self._model_reason()
@@ -320,6 +338,40 @@ class VmapExecutor:
             self._vsteps[key] = vmap(lambda carry, batch: algorithm.step(options, carry, batch, grad), in_dims=in_dims)
         return self._vsteps[key]
 
+    def _step(self, options: Hashable, weighted: bool, carry: dict[str, Tensor], batch: tuple) -> tuple:
+        """One batched step: the compiled ``vmap(step)`` when compiling, else the eager one."""
+        key = (options, weighted)
+        if self.compile:
+            compiled = self._compiled.get(key)
+            if compiled is None:
+                # dynamic shapes: chunks of other sizes, shorter batches and the shrinking prefix of
+                # clients still training reuse one compiled graph (sizes 0 and 1 specialise once more)
+                compiled = torch.compile(_own_code(self._vstep(options, weighted)), dynamic=True, fullgraph=True)
+                self._compiled[key] = compiled
+            variant = (key, len(batch[0]) == 1, batch[0].shape[1] == 1)  # sizes 1 compile their own graph
+            start = time.perf_counter()
+            try:
+                # python floats of the options (lr factors, clip norms) are constants of the graph,
+                # not symbolic inputs (vmap's batching rules do not take symbolic floats)
+                with torch._dynamo.config.patch(specialize_float=True):
+                    out = compiled(carry, batch)
+            except Exception as exc:  # no C++ compiler, an op inductor cannot lower...
+                message = str(exc).strip().splitlines()
+                log.warning("vmap executor: torch.compile of the batched step failed (%s: %s); running it uncompiled",
+                            type(exc).__name__, message[0][:200] if message else "")
+                self.compile = False
+                self._compiled.clear()
+            else:
+                if variant not in self._compiled_variants:
+                    self._compiled_variants.add(variant)
+                    self.compile_s += time.perf_counter() - start
+                return out
+        return self._vstep(options, weighted)(carry, batch)
+
+    def timings(self) -> dict[str, float]:
+        """One-off costs outside the training itself (seconds), for the run summary."""
+        return {"compile_s": self.compile_s} if self._compiled_variants else {}
+
     def _start_carry(self, items: list[_Item]) -> dict[str, Tensor]:
         """Each client's ``start`` on the device, stacked key by key into [B, ...] tensors."""
         moved: dict[int, Any] = {}  # id of a shared tensor / dict (params, broadcast) -> its copy on the device
@@ -418,8 +470,7 @@ class VmapExecutor:
                 r = rows[t, :a].reshape(-1)
                 xb = X.index_select(0, r).view(a, -1, *feature_shape)
                 yb = Y.index_select(0, r).view(a, -1)
-                vstep = self._vstep(options, partial[t])
-                new, losses = vstep(sub, (xb, yb, weights[t, :a] if partial[t] else None))
+                new, losses = self._step(options, partial[t], sub, (xb, yb, weights[t, :a] if partial[t] else None))
                 if a == num_clients:
                     carry = new
                 else:
@@ -448,7 +499,9 @@ class VmapExecutor:
 
 @EXECUTORS.register("vmap", "many clients of a small model per kernel call (torch.func.vmap)")
 def vmap_executor(config: Any, spec: WorkerSpec, task: Task | None = None) -> VmapExecutor:
-    return VmapExecutor(spec, task, max_batch=getattr(config, "max_batch", None))
+    # "auto" was resolved to on/off by build_executor, which knows the planned work
+    return VmapExecutor(spec, task, max_batch=getattr(config, "max_batch", None),
+                        compile=getattr(config, "compile", "off") == "on")
 
 
 # ----------------------------------------------------------------------------- capability check
