@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 
 MAX_LOCAL_STEPS = 1_000_000  # per job: the batch schedule of a longer job would not fit in memory
 MAX_CONFIG_BYTES = 1_000_000
+RAY_INNERS = ("auto", "vmap", "serial")  # executor.ray_inner: what runs a chunk of jobs inside a Ray actor
 
 
 class _Strict(BaseModel):
@@ -265,6 +266,8 @@ class ExecutorConfig(_Strict):
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = Field(1, ge=1)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
+    ray_inner: str = "auto"  # ray: what runs a chunk inside an actor: auto | vmap | serial (auto: vmap when the clients batch)
+    chunk_size: int | None = Field(None, ge=1)  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
     compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
 
     @field_validator("name")
@@ -278,6 +281,13 @@ class ExecutorConfig(_Strict):
         if v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"unknown device '{v}'; valid choices: cpu, cuda, cuda:N")
+
+    @field_validator("ray_inner")
+    @classmethod
+    def _ray_inner(cls, v: str) -> str:
+        if v in RAY_INNERS:
+            return v
+        raise ValueError(f"unknown ray_inner '{v}'; valid choices: {', '.join(RAY_INNERS)}")
 
     @field_validator("compile", mode="before")
     @classmethod

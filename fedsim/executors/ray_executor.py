@@ -1,33 +1,52 @@
-"""Ray executor: a pool of Ray actors, each owning one :class:`Worker` (task + resident model).
+"""Ray executor: a pool of Ray actors, each running chunks of jobs with a serial or vmap executor.
 
 ``--executor ray`` runs on a fresh local Ray instance (``--workers N`` actors, default: CPU
 count / threads per actor) or on an existing cluster (``--ray-address auto|host:port``).
 
 Design
 ------
-- **Actors.** Each actor builds its ``Worker`` from the picklable ``WorkerSpec`` once and keeps
-  the task data and the resident model for the whole run; each actor uses ``executor.threads``
-  torch threads (default 1) and reserves that many Ray CPUs, so actors do not oversubscribe
-  the machine. ``executor.gpus_per_client`` > 0 makes actors request that
+- **Actors.** Each actor keeps the task and the resident model for the whole run; each actor
+  uses ``executor.threads`` torch threads (default 1) and reserves that many Ray CPUs, so actors
+  do not oversubscribe the machine. ``executor.gpus_per_client`` > 0 makes actors request that
   fraction of a GPU and train on ``cuda``. Actors are created with the ``SPREAD`` scheduling
-  strategy, so on a multi-node cluster they are spread over the nodes.
+  strategy, so on a multi-node cluster they are spread over the nodes; all are created before
+  the executor waits for any, so they start in parallel.
+- **Chunks.** One remote call runs a *chunk* of jobs with the actor's inner executor
+  (``executor.ray_inner``): ``vmap`` trains the chunk batched (:class:`VmapExecutor`, whose
+  per-client results do not depend on which jobs share a chunk, so they equal the vmap
+  executor's bit for bit), ``serial`` runs its jobs one after another on a :class:`Worker`
+  (bit-identical to the serial executor). ``auto`` asks ``why_not_batched`` with the first
+  job's client config and logs one line saying which and why. A ``run(jobs)`` call is split
+  into chunks of an even share per actor (vmap) or one job (serial), capped by
+  ``executor.chunk_size``. ``executor.compile`` applies to every actor's vmap inner.
+  ``calls``/``jobs_sent`` (and each actor's ``calls``/``jobs`` in :meth:`RayExecutor.actor_stats`)
+  count remote calls and the jobs they carried.
+- **Data.** When the driver's task holds its data in memory (:class:`ArrayFederatedData` on
+  the CPU), the driver puts the task without its data and the data's arrays in the object store once;
+  each actor maps the arrays zero-copy from its node's object store instead of generating the
+  data again (the same arrays, so the same data as a locally built task). Lazily generated data,
+  GPU-resident data or a task that does not pickle: each actor builds the task from the spec, and
+  so does an actor that Ray restarts after a death (the data is deterministic: the same).
+  ``startup_s`` (logged, and ``ray_startup_s`` in :meth:`RayExecutor.timings`) is the time from
+  creation to all actors ready, Ray's own start included: it is not part of any round.
 - **Transfers.** The global model of each version is ``ray.put`` once (ObjectRefs cached by
   version, keyed by the very params tensor the engine shares between the jobs of a version);
   jobs carry the ref, not the tensor. An actor fetches a version once and reuses one params
   tensor for all its jobs of that version. ``puts`` counts the ``ray.put`` calls. The server's
   per-version broadcast (``job.broadcast``, e.g. SCAFFOLD's c) travels the same way: one put per
   version, one fetch per actor; per-client state is per job and travels with it.
-- **Scheduling.** Jobs form one queue; each actor has at most ``pipeline`` calls in flight and
-  gets the next job as soon as one finishes (load balancing). Results come back in job order.
-  Every job's inputs were fixed at dispatch and ``Worker.run`` is the serial code path, so
-  results are bit-identical to the serial executor for any number of actors, provided both
-  use the same torch thread count (``executor.threads``, default 1 for both: intra-op
-  parallelism may change the order of float reductions).
-- **Failures.** A client that raises is a result with ``error`` (``Worker.run`` never raises).
-  An actor *process* that dies mid-job (segfault, OOM kill, ``os._exit``) is restarted by Ray
+- **Scheduling.** Chunks form one queue; each actor has at most ``pipeline`` calls in flight,
+  every actor gets a call before any gets a second, and an actor gets the next chunk as soon as
+  one finishes (load balancing). Results come back in job order. Every job's inputs were fixed
+  at dispatch, so results do not depend on the number of actors or the chunks, provided the
+  same torch thread count (``executor.threads``, default 1 everywhere: intra-op parallelism
+  may change the order of float reductions).
+- **Failures.** A client that raises is a result with ``error`` (the inner executors never
+  raise for it; :data:`CLIENT_BUG_ERRORS` do propagate and stop the run).
+  An actor *process* that dies mid-chunk (segfault, OOM kill, ``os._exit``) is restarted by Ray
   (``max_restarts=-1``; the executor polls it until it answers). Every job that was unfinished
-  on it is retried once, *alone* on a worker (with pipelining, which job killed the process is
-  unknown, and a finished job's reply can die with it); a job whose solo retry kills its worker
+  on it is retried once, *alone* on a worker (which job of its chunks killed the process is
+  unknown, and a finished call's reply can die with it); a job whose solo retry kills its worker
   again is a dropout (result with ``error``), so an innocent job is never dropped. Deaths are
   logged on the "fedsim" logger. An actor that is not back within ``restart_timeout`` seconds
   (or cannot restart, e.g. its constructor raises) leaves the pool; with none left the run
@@ -71,8 +90,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from fedsim.config import RAY_INNERS
+from fedsim.data import ArrayFederatedData
 from fedsim.executors.base import EXECUTORS
-from fedsim.executors.worker import CLIENT_BUG_ERRORS, Worker, WorkerSpec, failed_result
+from fedsim.executors.worker import CLIENT_BUG_ERRORS, WorkerSpec, failed_result, resolve_device
+from fedsim.tasks import Task, build_task
 from fedsim.types import ClientJob, ClientResult
 
 __all__ = ["RayExecutor", "init_local_ray", "resolve_ray_address"]
@@ -82,6 +104,8 @@ log = logging.getLogger("fedsim")
 CODE_PACKAGES = ("fedsim", "strategies", "clients")  # shipped to cluster nodes via py_modules
 _PARAMS_CACHE = 8  # ObjectRefs of this many recent versions are kept (async modes reuse versions)
 _PROBE_EVERY = 0.25  # seconds between "are you back?" calls to a restarting actor
+_ACTOR_CACHE = 4  # params versions (and broadcasts) an actor keeps (a chunk may span a few versions)
+SHARED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")  # an ArrayFederatedData's tensors, shared via the object store
 
 
 # ----------------------------------------------------------------------------- starting Ray
@@ -215,34 +239,84 @@ def _warm_up() -> None:
     torch.optim.SGD([p], lr=0.0).step()
 
 
-class _ActorBody:
-    """What each Ray actor runs (wrapped with ``ray.remote`` at executor start)."""
+def _shared_task(shell: Task, arrays: dict[str, Any]) -> Task:
+    """The driver's task, its data rebuilt around zero-copy views of the object store's arrays."""
+    with warnings.catch_warnings():  # the views are read-only; training never writes its data
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {name: torch.from_numpy(arrays[name]) for name in SHARED_ARRAYS}
+    data = ArrayFederatedData(tensors["x_train"], tensors["y_train"], arrays["train_offsets"], tensors["x_test"],
+                              tensors["y_test"], arrays["test_offsets"], arrays["num_classes"])
+    return dataclasses.replace(shell, data=data)
 
-    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str]):
+
+class _ActorBody:
+    """What each Ray actor runs (wrapped with ``ray.remote`` at executor start).
+
+    The task comes from the driver through :meth:`load_task` (its first call) or, if none came
+    (the driver shares nothing, or Ray restarted this actor after a death: a restart replays only
+    the constructor), is built from the spec by :meth:`ready`. The constructor takes no object
+    refs, so Ray has nothing to pin for restarts.
+    """
+
+    def __init__(self, spec: WorkerSpec, plugins: Sequence[str], sys_paths: Sequence[str], compile: bool = False):
         for path in sys_paths:
             if path and os.path.isdir(path) and path not in sys.path:
                 sys.path.append(path)
         for name in plugins:
             importlib.import_module(name)
-        self.worker = Worker(spec)
+        self.spec = spec
+        self.device = resolve_device(spec.device)
+        self.compile = compile  # torch.compile the vmap inner's batched step
+        self.task: Task | None = None
+        self.data_source = ""  # "shared" (mapped from the object store) or "rebuilt" (built from the spec)
+        self._inners: dict[str, Any] = {}  # "serial" / "vmap" -> executor over this actor's task, built on first use
         self._params: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._broadcasts: collections.OrderedDict[str, dict[str, torch.Tensor]] = collections.OrderedDict()
         self.fetches = 0  # params versions (and broadcasts) fetched from the object store
+        self.calls = 0  # run_chunk calls
         self.jobs = 0
-        self.busy_s = 0.0  # wall time inside run()
-        self.cpu_s = 0.0  # CPU time of this process inside run()
+        self.busy_s = 0.0  # wall time inside run_chunk()
+        self.cpu_s = 0.0  # CPU time of this process inside run_chunk()
         _warm_up()
 
     def stats(self) -> dict[str, Any]:
-        return {"fetches": self.fetches, "jobs": self.jobs, "pid": os.getpid(), "busy_s": self.busy_s,
-                "cpu_s": self.cpu_s}
+        vmap = self._inners.get("vmap")
+        compile_s = vmap.timings().get("compile_s", 0.0) if vmap is not None else 0.0
+        return {"fetches": self.fetches, "calls": self.calls, "jobs": self.jobs, "pid": os.getpid(),
+                "busy_s": self.busy_s, "cpu_s": self.cpu_s, "node_id": self._node_id(), "data": self.data_source,
+                "compile_s": compile_s}
+
+    def _node_id(self) -> str:
+        import ray  # noqa: PLC0415
+
+        return ray.get_runtime_context().get_node_id()
+
+    def load_task(self, shared: list[Any]) -> None:
+        """``shared``: refs to the driver's task without its data and to the data's arrays (inside a
+        list, so Ray does not resolve them for the call)."""
+        import ray  # noqa: PLC0415
+
+        self.task, self.data_source = _shared_task(*ray.get(shared)), "shared"
 
     def ready(self) -> dict[str, Any]:
         import ray  # noqa: PLC0415
 
+        if self.task is None:
+            self.task, self.data_source = build_task(self.spec.task), "rebuilt"
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "py_modules": list(ctx.runtime_env.get("py_modules") or [])}
+                "py_modules": list(ctx.runtime_env.get("py_modules") or []), "data": self.data_source}
+
+    def _inner(self, name: str) -> Any:
+        if name not in self._inners:
+            from fedsim.executors.serial import SerialExecutor  # noqa: PLC0415
+            from fedsim.executors.vmap import VmapExecutor  # noqa: PLC0415
+
+            if name == "vmap":
+                self._inners[name] = VmapExecutor(self.spec, self.task, compile=self.compile)
+            else:
+                self._inners[name] = SerialExecutor(self.spec, self.task)
+        return self._inners[name]
 
     def _fetch(self, ref: Any) -> torch.Tensor:
         import ray  # noqa: PLC0415
@@ -250,10 +324,10 @@ class _ActorBody:
         key = ref.hex()
         tensor = self._params.get(key)
         if tensor is None:
-            tensor = torch.from_numpy(np.array(ray.get(ref), copy=True)).to(self.worker.device)
+            tensor = torch.from_numpy(np.array(ray.get(ref), copy=True)).to(self.device)
             self._params[key] = tensor
             self.fetches += 1
-            while len(self._params) > 2:
+            while len(self._params) > _ACTOR_CACHE:
                 self._params.popitem(last=False)
         self._params.move_to_end(key)
         return tensor
@@ -269,21 +343,28 @@ class _ActorBody:
             payload = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in ray.get(ref).items()}
             self._broadcasts[key] = payload
             self.fetches += 1
-            while len(self._broadcasts) > 2:
+            while len(self._broadcasts) > _ACTOR_CACHE:
                 self._broadcasts.popitem(last=False)
         self._broadcasts.move_to_end(key)
         return payload
 
-    def run(self, job: ClientJob, params_box: list) -> ClientResult:
+    def run_chunk(self, inner: str, jobs: list[ClientJob], boxes: list[list]) -> list[ClientResult]:
+        """Run ``jobs`` with the ``inner`` executor ("serial" or "vmap"); results in job order.
+
+        ``boxes[k]`` holds job k's (params ref, broadcast ref): inside lists, Ray does not
+        resolve them per call, so each version is fetched once per actor.
+        """
         wall, cpu = time.perf_counter(), time.process_time()
-        # the refs travel inside a list so Ray does not resolve them per call: one fetch per version
-        job = dataclasses.replace(job, params=self._fetch(params_box[0]), broadcast=self._fetch_broadcast(params_box[1]))
-        result = self.worker.run(job)
-        result.delta = result.delta.numpy()
-        self.jobs += 1
+        jobs = [dataclasses.replace(job, params=self._fetch(box[0]), broadcast=self._fetch_broadcast(box[1]))
+                for job, box in zip(jobs, boxes)]
+        results = self._inner(inner).run(jobs)
+        for result in results:
+            result.delta = result.delta.numpy()
+        self.calls += 1
+        self.jobs += len(jobs)
         self.busy_s += time.perf_counter() - wall
         self.cpu_s += time.process_time() - cpu
-        return result
+        return results
 
 
 # ----------------------------------------------------------------------------- the executor
@@ -301,7 +382,11 @@ class RayExecutor:
     def __init__(
         self,
         spec: WorkerSpec,
+        task: Task | None = None,
         *,
+        inner: str = "auto",
+        chunk_size: int | None = None,
+        compile: bool = False,
         workers: int | None = None,
         address: str | None = None,
         gpus_per_client: float = 0.0,
@@ -311,6 +396,18 @@ class RayExecutor:
         restart_timeout: float = 300.0,
         ship_code: bool = True,
     ):
+        started = time.monotonic()
+        if inner not in RAY_INNERS:
+            raise ValueError(f"executor.ray_inner={inner!r}: expected one of {', '.join(RAY_INNERS)}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"executor.chunk_size={chunk_size}: expected >= 1 (or None: automatic)")
+        self.inner: str | None = None if inner == "auto" else inner  # "auto" is resolved by the first run()
+        self.chunk_size = chunk_size
+        self.compile = compile  # torch.compile the vmap inner's batched step in every actor
+        self.startup_s: float | None = None  # seconds from creation to all actors ready (Ray start included)
+        self.calls = 0  # remote run_chunk calls
+        self.jobs_sent = 0  # jobs in those calls (retries included)
+        self.run_s = 0.0  # driver wall time inside run()
         self.puts = 0  # ray.put calls (one per model version)
         self.broadcast_puts = 0  # ray.put calls of server broadcasts (one per model version, if the strategy has one)
         self.deaths = 0  # actor process deaths seen while running jobs
@@ -326,6 +423,7 @@ class RayExecutor:
         self._reprobe: dict[int, tuple[float, float]] = {}  # actor index -> (probe again at, since)
         self._refs: collections.OrderedDict[int, tuple[torch.Tensor, Any]] = collections.OrderedDict()
         self._broadcast_refs: collections.OrderedDict[int, tuple[Any, Any]] = collections.OrderedDict()
+        self._shared: list[Any] | None = None  # object refs of the task's shell and data arrays
         self._closed = False
 
         threads = int(threads or spec.threads or 1)
@@ -359,11 +457,15 @@ class RayExecutor:
                 except Exception as exc:  # noqa: BLE001  (connection problems: one line)
                     raise ValueError(f"executor.ray_address={address}: could not connect: {_first_line(exc)}") from exc
             self._owns_ray = True
+        self._spec = spec
+        self._task = task if task is not None else build_task(spec.task)
         try:
             self._start(spec, workers, gpus, threads, wants_cuda, startup_timeout)
         except BaseException:
             self.close()
             raise
+        self.startup_s = time.monotonic() - started
+        log.info("ray executor: start-up %.1f s (Ray and workers; not part of any round)", self.startup_s)
 
     # ------------------------------------------------------------------ start
 
@@ -404,10 +506,16 @@ class RayExecutor:
             "max_task_retries": 0,
             "scheduling_strategy": "SPREAD",
         }
+        shared = self._share_task()
         actor_class = ray.remote(_ActorBody)
-        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths) for _ in range(workers)]
+        self._actors = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths, self.compile)
+                        for _ in range(workers)]
+        if shared is not None:
+            for actor in self._actors:  # runs before ready(): an actor runs one caller's calls in order
+                actor.load_task.remote(shared)
 
-        log.info("ray: starting %d workers (each imports torch and builds the task)...", workers)
+        log.info("ray: starting %d workers (each imports torch and %s)...", workers,
+                 "maps the task's data from the object store" if shared is not None else "builds the task")
         started = time.monotonic()
         pending = {actor.ready.remote(): i for i, actor in enumerate(self._actors)}
         info: dict[int, dict[str, Any]] = {}
@@ -429,11 +537,42 @@ class RayExecutor:
         self.actor_nodes = [info[i]["node_id"] for i in range(workers)]
         self.actor_pids = [info[i]["pid"] for i in range(workers)]
         self.actor_py_modules = [info[i]["py_modules"] for i in range(workers)]  # code shipped to each actor
+        self.actor_data = [info[i]["data"] for i in range(workers)]  # "shared" (object store) or "rebuilt"
         log.info("ray executor: %d workers on %d node(s), %d thread(s) each%s, ready in %.1f s", workers,
                  len(set(self.actor_nodes)), threads, f", {gpus:g} GPU each" if gpus else "", time.monotonic() - started)
 
+    def timings(self) -> dict[str, float]:
+        """One-off costs apart from the rounds (the engine's summary lists them as executor_timings):
+        Ray's start-up and, when the vmap inner compiles, the slowest actor's compile seconds."""
+        timings = {"ray_startup_s": self.startup_s} if self.startup_s is not None else {}
+        if self.compile and self.inner == "vmap" and not self._closed:
+            try:
+                timings["compile_s"] = max((s["compile_s"] for s in self.actor_stats()), default=0.0)
+            except self._ray.exceptions.RayError:  # an actor died since: no figure rather than a crash
+                pass
+        return timings
+
+    def _share_task(self) -> list[Any] | None:
+        """[ref to the task without its data, ref to the data's arrays], each ``ray.put`` once; None
+        when actors must build the task themselves (lazily generated or GPU-resident data, or a task
+        that does not pickle). Actors map the arrays zero-copy from the object store (one copy per node)."""
+        ray, data = self._ray, self._task.data
+        if not isinstance(data, ArrayFederatedData) or data.x_train.device.type != "cpu":
+            return None
+        try:
+            shell = ray.put(dataclasses.replace(self._task, data=None))
+        except Exception as exc:  # noqa: BLE001  (e.g. a plugin task whose model factory does not pickle)
+            log.info("ray: workers build the task themselves (it does not pickle: %s)", _first_line(exc))
+            return None
+        arrays = {name: getattr(data, name).contiguous().numpy() for name in SHARED_ARRAYS}
+        arrays |= {"train_offsets": data.train_offsets, "test_offsets": data.test_offsets,
+                   "num_classes": data.num_classes}
+        self._shared = [shell, ray.put(arrays)]  # kept alive while actors may still be loading them
+        return self._shared
+
     def actor_stats(self) -> list[dict[str, Any]]:
-        """Per live actor: params versions fetched, jobs run, pid, wall and CPU seconds in jobs."""
+        """Per live actor: params versions fetched, remote calls and jobs run, pid, node id, wall and CPU
+        seconds in calls, and where its data came from."""
         actors = [a for a in self._actors if a is not None]
         return self._ray.get([a.stats.remote() for a in actors])
 
@@ -468,39 +607,79 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ run
 
+    def _choose_inner(self, job: ClientJob) -> str:
+        """Resolve ``ray_inner: auto`` from the first job's client config, with one log line."""
+        from fedsim.executors.vmap import why_not_batched  # noqa: PLC0415
+
+        reason = why_not_batched(self._spec, self._task, job.config)
+        if reason is None:
+            log.info("ray executor: actors run chunks of jobs batched with vmap (client '%s' with this model "
+                     "batches; executor.ray_inner=serial to run them one by one)", self._spec.client)
+            return "vmap"
+        log.info("ray executor: actors run jobs one by one on a serial worker (vmap cannot batch %s)", reason)
+        return "serial"
+
+    def _chunk_length(self, num_jobs: int, actors: int) -> int:
+        """Jobs per remote call: ``chunk_size`` if set, else one chunk per actor for vmap and one job
+        per call for serial (best load balance for the big jobs serial actors are for); never more
+        than an even share, so every actor gets work."""
+        even = -(-num_jobs // max(1, actors))
+        if self.chunk_size is not None:
+            return min(self.chunk_size, even)
+        return even if self.inner == "vmap" else 1
+
     def run(self, jobs: Sequence[ClientJob]) -> list[ClientResult]:
         if self._closed:
             raise RuntimeError("ray executor is closed")
-        ray = self._ray
         jobs = list(jobs)
         if not jobs:
             return []
+        started = time.perf_counter()
+        try:
+            return self._run(jobs)
+        finally:
+            self.run_s += time.perf_counter() - started
+
+    def _run(self, jobs: list[ClientJob]) -> list[ClientResult]:
+        ray = self._ray
+        if self.inner is None:
+            self.inner = self._choose_inner(jobs[0])
         light = [dataclasses.replace(job, params=None, broadcast=None) for job in jobs]
         boxes = [[self._params_ref(job), self._broadcast_ref(job)] for job in jobs]
         results: list[ClientResult | None] = [None] * len(jobs)
         attempts = [0] * len(jobs)
-        solo: set[int] = set()  # jobs that were on a worker when it died
-        queue = collections.deque(range(len(jobs)))
-        inflight: dict[Any, tuple[int, int]] = {}  # call ref -> (actor index, job index)
-        per_actor: dict[int, list[Any]] = {i: [] for i in range(len(self._actors))}  # calls in submission order
+        solo: set[int] = set()  # jobs that were on a worker when it died: each now runs alone
         probing = {i for i, _ in self._probes.values()} | set(self._reprobe)
         alive = {i for i, actor in enumerate(self._actors) if actor is not None and i not in probing}
+        size = self._chunk_length(len(jobs), len(alive))
+        queue = collections.deque(list(range(start, min(start + size, len(jobs))))  # chunks of job indices
+                                  for start in range(0, len(jobs), size))
+        inflight: dict[Any, tuple[int, list[int]]] = {}  # call ref -> (actor index, job indices)
+        per_actor: dict[int, list[Any]] = {i: [] for i in range(len(self._actors))}  # calls in submission order
+
+        def alone(chunk: list[int]) -> bool:
+            return len(chunk) == 1 and chunk[0] in solo
 
         while queue or inflight:
             self._tick_probes()
-            for i in sorted(alive, key=lambda k: len(per_actor[k])):  # least busy first
-                while queue and len(per_actor[i]) < self.pipeline:
-                    j = queue[0]
-                    if per_actor[i] and (j in solo or inflight[per_actor[i][0]][1] in solo):
-                        break  # a job retried after a death runs alone: a second death is its own
+            for depth in range(self.pipeline):  # every actor gets a call before any gets a second one
+                for i in sorted(alive, key=lambda k: len(per_actor[k])):  # least busy first
+                    if not queue or len(per_actor[i]) > depth:
+                        continue
+                    chunk = queue[0]
+                    if per_actor[i] and (alone(chunk) or alone(inflight[per_actor[i][0]][1])):
+                        continue  # a job retried after a death runs alone: a second death is its own
                     queue.popleft()
-                    call = self._actors[i].run.remote(light[j], boxes[j])
-                    inflight[call] = (i, j)
+                    call = self._actors[i].run_chunk.remote(self.inner, [light[j] for j in chunk],
+                                                            [boxes[j] for j in chunk])
+                    self.calls += 1
+                    self.jobs_sent += len(chunk)
+                    inflight[call] = (i, chunk)
                     per_actor[i].append(call)
             waiting = list(inflight) + list(self._probes)
             if not waiting:
                 if not self._reprobe:
-                    raise RuntimeError(f"ray executor: no workers left to run {len(queue)} job(s)")
+                    raise RuntimeError(f"ray executor: no workers left to run {sum(map(len, queue))} job(s)")
                 time.sleep(self._probe_wait() or 0.0)
                 continue
             done, _ = ray.wait(waiting, num_returns=1, timeout=self._probe_wait())
@@ -512,21 +691,27 @@ class RayExecutor:
                 if back is not None:
                     alive.add(back)
                 continue
-            i, j = inflight.pop(ref)
+            i, chunk = inflight.pop(ref)
             try:
-                result = ray.get(ref)
+                chunk_results = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
                 alive.discard(i)
-                calls = [(call, j if call == ref else inflight.pop(call)[1]) for call in per_actor[i]]
+                calls = [(call, chunk if call == ref else inflight.pop(call)[1]) for call in per_actor[i]]
                 per_actor[i] = []
                 self._on_death(i, calls, ref, exc, queue, attempts, solo, jobs, results)
                 continue
             except ray.exceptions.RayError as exc:  # e.g. a result that could not be deserialised
                 if isinstance(exc, CLIENT_BUG_ERRORS):  # raised by the client code (Ray re-raises as its class)
                     raise
-                result = failed_result(jobs[j], _describe_error(exc))
+                per_actor[i].remove(ref)
+                if len(chunk) > 1:  # find the job it belongs to: each runs alone once more
+                    queue.extendleft([j] for j in reversed(chunk))
+                else:
+                    results[chunk[0]] = failed_result(jobs[chunk[0]], _describe_error(exc))
+                continue
             per_actor[i].remove(ref)
-            results[j] = self._unpack(result)
+            for j, result in zip(chunk, chunk_results, strict=True):
+                results[j] = self._unpack(result)
         return results  # type: ignore[return-value]
 
     def _unpack(self, result: ClientResult) -> ClientResult:
@@ -537,25 +722,27 @@ class RayExecutor:
     # ------------------------------------------------------------------ failures
 
     def _on_death(self, i, calls, failed, exc, queue, attempts, solo, jobs, results) -> None:
-        """Actor ``i`` died with ``calls`` unfinished on it (submission order).
+        """Actor ``i`` died with ``calls`` (each a chunk of jobs) unfinished on it, in submission order.
 
-        Which of them killed it is unknown when several were in flight (a finished call's reply
-        can be lost with the process too), so each is charged one attempt and re-queued to run
-        *alone* on a worker: a job whose solo retry kills its worker again is a dropout, and an
-        innocent job never dies twice. Calls that did finish are kept.
+        Which job killed it is unknown (a chunk holds several, several calls may be in flight, and
+        a finished call's reply can be lost with the process too), so each job of those calls is
+        charged one attempt and re-queued to run *alone* on a worker: a job whose solo retry kills
+        its worker again is a dropout, and an innocent job never dies twice. Calls that did finish
+        are kept.
         """
         ray = self._ray
         self.deaths += 1
         cause = type(exc).__name__  # Ray's message is long and says no more than "the process died"
         suspects: list[int] = []
-        for call, j in calls:
+        for call, chunk in calls:
             if call != failed and ray.wait([call], timeout=0)[0]:
-                try:  # it finished before the death: keep its result
-                    results[j] = self._unpack(ray.get(call))
+                try:  # it finished before the death: keep its results
+                    for j, result in zip(chunk, ray.get(call), strict=True):
+                        results[j] = self._unpack(result)
                     continue
                 except ray.exceptions.RayError:
                     pass
-            suspects.append(j)
+            suspects.extend(chunk)
         retry: list[int] = []
         for j in suspects:
             attempts[j] += 1
@@ -572,7 +759,7 @@ class RayExecutor:
             clients = ", ".join(f"{jobs[j].client_id} (version {jobs[j].version})" for j in retry)
             log.warning("ray worker process died (%s) with client(s) %s in flight; restarting it and retrying each "
                         "of these jobs once, alone on a worker", cause, clients)
-        queue.extendleft(reversed(retry))
+        queue.extendleft([j] for j in reversed(retry))
         self._start_probe(i)
 
     def _start_probe(self, i: int, since: float | None = None) -> None:
@@ -631,6 +818,7 @@ class RayExecutor:
         ray = self._ray
         self._refs.clear()
         self._broadcast_refs.clear()
+        self._shared = None
         self._probes.clear()
         self._reprobe.clear()
         if ray.is_initialized():
@@ -658,6 +846,10 @@ def _describe_error(exc: BaseException) -> str:
 def ray_executor(config: Any, spec: WorkerSpec, task: Any = None) -> RayExecutor:
     return RayExecutor(
         spec,
+        task,
+        inner=config.ray_inner,
+        chunk_size=config.chunk_size,
+        compile=getattr(config, "compile", "off") == "on",  # "auto" was resolved by build_executor
         workers=config.workers,
         address=config.ray_address,
         gpus_per_client=config.gpus_per_client,

@@ -67,6 +67,7 @@ DEFAULT_CPU_BUDGET = 1 << 30  # bytes of working memory per chunk on CPU
 GPU_BUDGET_FRACTION = 0.3  # of the free GPU memory at start-up
 MAX_BATCH_CAP = 4096  # clients per kernel call, whatever the memory estimate says
 RESIDENT_DATA_LIMIT = 2 << 30  # copy an in-memory dataset to the GPU once if it is smaller than this
+RECOMPILE_LIMIT = 32  # compiled graphs per step variant (stack sizes 1, 2, 4, ... 4096 and specialisations)
 STEP_TEMPORARIES = 4  # model-sized temporaries per client inside one step (gradients, the new carry)
 
 
@@ -128,6 +129,23 @@ def _own_code(fn: Callable) -> Callable:
 
 def _freeze(config: dict[str, Any]) -> Hashable:
     return tuple(sorted((k, repr(v)) for k, v in config.items()))
+
+
+def _bucket(n: int) -> int:
+    """The smallest power of two >= n."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _pad_clients(carry: dict[str, Tensor], rows: Tensor, weights: Tensor, size: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The chunk's stacked carry [B, ...], rows and weights [T, B, W] padded to ``size`` clients
+    with copies of client 0 (their results are discarded)."""
+    extra = size - rows.shape[1]
+    if extra == 0:
+        return carry, rows, weights
+    carry = {k: torch.cat([v, v[:1].expand(extra, *v.shape[1:])]) for k, v in carry.items()}
+    rows = torch.cat([rows, rows[:, :1].expand(-1, extra, -1)], dim=1)
+    weights = torch.cat([weights, weights.new_ones(weights.shape[0], extra, weights.shape[2])], dim=1)
+    return carry, rows, weights
 
 
 def _own(t: Tensor) -> Tensor:
@@ -228,7 +246,11 @@ class VmapExecutor:
 
     def _algorithm_options(self, config: dict[str, Any]) -> Any:
         """``algorithm.options(config)``, cached per distinct config (it may run torch's validation)."""
-        key = _freeze(config)
+        try:  # cheaper than _freeze: this runs once per job
+            key: Hashable = tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in config.items())
+            hash(key)
+        except TypeError:  # an unhashable value (a list, a nested dict)
+            key = _freeze(config)
         if key not in self._options:
             try:
                 self._options[key] = self.algorithm.options(config)
@@ -344,17 +366,20 @@ class VmapExecutor:
         if self.compile:
             compiled = self._compiled.get(key)
             if compiled is None:
-                # dynamic shapes: chunks of other sizes, shorter batches and the shrinking prefix of
-                # clients still training reuse one compiled graph (sizes 0 and 1 specialise once more)
-                compiled = torch.compile(_own_code(self._vstep(options, weighted)), dynamic=True, fullgraph=True)
+                # static shapes: vmap fixes the stack size and batch width of a graph anyway
+                # (padding to powers of two keeps their number small), and python floats of the
+                # options (lr factors, clip norms) become constants (vmap's batching rules
+                # reject symbolic floats)
+                compiled = torch.compile(_own_code(self._vstep(options, weighted)), dynamic=False, fullgraph=True)
                 self._compiled[key] = compiled
-            variant = (key, len(batch[0]) == 1, batch[0].shape[1] == 1)  # sizes 1 compile their own graph
+            variant = (key, *batch[0].shape[:2])  # each (stack size, batch width) compiles a graph of its own
             start = time.perf_counter()
             try:
-                # python floats of the options (lr factors, clip norms) are constants of the graph,
-                # not symbolic inputs (vmap's batching rules do not take symbolic floats)
-                with torch._dynamo.config.patch(specialize_float=True):
+                if variant in self._compiled_variants:
                     out = compiled(carry, batch)
+                else:  # a run meets one graph per stack size: more than dynamo's default of 8
+                    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                        out = compiled(carry, batch)
             except Exception as exc:  # no C++ compiler, an op inductor cannot lower...
                 message = str(exc).strip().splitlines()
                 log.warning("vmap executor: torch.compile of the batched step failed (%s: %s); running it uncompiled",
@@ -453,6 +478,9 @@ class VmapExecutor:
         rows[step_of, client_of, slot] = flat.to(device) + base[client_of]
         weights = torch.zeros(T, B, W, device=device)
         weights[step_of, client_of, slot] = 1.0
+        # a finished client's rows are never read uncompiled; a compiled step may compute them
+        # (and discard the result): full weights keep that arithmetic finite
+        weights[torch.from_numpy(~active_mask.T).to(device)] = 1.0
         return rows, weights, active, partial
 
     def _run_chunk(self, items: list[_Item]) -> list[ClientResult]:
@@ -462,21 +490,30 @@ class VmapExecutor:
         carry = self._start_carry(items)
         X, Y, base = self._chunk_data(items)
         rows, weights, active, partial = self._schedule(items, base)
-        loss_sum = torch.zeros(num_clients, device=device)
+        stacked = num_clients
+        if self.compile:
+            # vmap's batch size is static in a compiled graph: pad the stack to a power of two
+            # with copies of client 0 and run each step on a power-of-two prefix, so a run
+            # compiles a handful of sizes instead of one per number of clients still training
+            stacked = _bucket(num_clients)
+            carry, rows, weights = _pad_clients(carry, rows, weights, stacked)
+        loss_sum = torch.zeros(stacked, device=device)
         feature_shape = X.shape[1:]
         with torch.no_grad():  # torch.func.grad inside the step ignores this; the arithmetic builds no graph
             for t, a in enumerate(active):
-                sub = carry if a == num_clients else {k: v[:a] for k, v in carry.items()}
-                r = rows[t, :a].reshape(-1)
-                xb = X.index_select(0, r).view(a, -1, *feature_shape)
-                yb = Y.index_select(0, r).view(a, -1)
-                new, losses = self._step(options, partial[t], sub, (xb, yb, weights[t, :a] if partial[t] else None))
-                if a == num_clients:
+                width = min(_bucket(a), stacked) if self.compile else a  # rows past a: finished or padding, discarded
+                sub = carry if width == stacked else {k: v[:width] for k, v in carry.items()}
+                r = rows[t, :width].reshape(-1)
+                xb = X.index_select(0, r).view(width, -1, *feature_shape)
+                yb = Y.index_select(0, r).view(width, -1)
+                new, losses = self._step(options, partial[t], sub, (xb, yb, weights[t, :width] if partial[t] else None))
+                if a == num_clients:  # no client has finished: rows past a (if any) are padding
                     carry = new
-                else:
+                    loss_sum += losses
+                else:  # keep the finished clients' final rows
                     for k, v in new.items():
-                        carry[k][:a] = v
-                loss_sum[:a] += losses
+                        carry[k][:a] = v[:a]
+                    loss_sum[:a] += losses[:a]
 
         carry = {k: v.to("cpu") for k, v in carry.items()}
         losses_cpu = loss_sum.to("cpu").tolist()

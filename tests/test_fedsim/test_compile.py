@@ -86,7 +86,7 @@ def test_compiled_step_equals_uncompiled_and_serial_with_mixed_sizes_and_options
     compiled = VmapExecutor(spec, task, compile=True)
     with caplog.at_level(logging.WARNING, logger="fedsim"):
         first = compiled.run(jobs)
-        again = compiled.run(jobs[:3])  # another chunk size reuses the dynamic-shape graph
+        again = compiled.run(jobs[:3])  # a smaller chunk, padded to a stack size already compiled
     assert not caplog.records, caplog.text  # compiled, no fallback
     assert compiled.compile and compiled.compile_s > 0 and compiled.timings()["compile_s"] == compiled.compile_s
     assert_close_results(eager, first)

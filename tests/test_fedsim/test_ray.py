@@ -1,4 +1,5 @@
-"""Ray executor: bit-identical to serial, one put per model version, actor deaths, GPUs, clusters.
+"""Ray executor: serial inner bit-identical to serial, vmap chunks bit-identical to vmap, one put per
+model version, task data shared through the object store, actor deaths, GPUs, clusters.
 
 The quick tests share one local Ray session (module fixture; Ray takes seconds to start). The
 multi-node test starts its own two-node cluster with `ray start` subprocesses and stops them by
@@ -109,7 +110,7 @@ def local_ray(_ray_module, monkeypatch):
 def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray, small_config):
     reference, params, _ = history(build(small_config(executor={"threads": 1})))
     for workers in (1, 2):
-        experiment = build(small_config(executor={"name": "ray", "workers": workers, "threads": 1}))
+        experiment = build(small_config(executor={"name": "ray", "workers": workers, "threads": 1, "ray_inner": "serial"}))
         executor = experiment.executor
         assert len(executor.actor_nodes) == workers
         rows, final, summary = history(experiment)
@@ -128,7 +129,8 @@ def test_stateful_algorithms_on_ray_are_bit_identical_to_serial(local_ray, small
               "data": {"num_clients": 10}, "executor": {"threads": 1}}
     reference = build(small_config(**values))
     rows_ref, params_ref, _ = history(reference)
-    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1}})))
+    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1,
+                                                              "ray_inner": "serial"}})))
     rows, params, summary = history(experiment)
     assert rows == rows_ref and torch.equal(params, params_ref) and summary["dropouts"] == 0
     states = experiment.engine.client_states
@@ -143,7 +145,8 @@ def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_confi
     # jobs of several model versions in flight at once; inputs fixed at dispatch
     values = {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}}
     reference, params, _ = history(build(small_config(executor={"threads": 1}, **values)))
-    rows, final, _ = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1}, **values)))
+    rows, final, _ = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1,
+                                                          "ray_inner": "serial"}, **values)))
     assert rows == reference
     assert torch.equal(final, params)
 
@@ -172,6 +175,106 @@ def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small
     assert ray.is_initialized()
 
 
+# ------------------------------------------------------------------------------ batched chunks
+
+
+CHUNK_CASES = {
+    "fedavg": {},
+    "scaffold": {"strategy": {"name": "scaffold"}, "population": {"participation": "uniform", "clients_per_round": 8},
+                 "data": {"num_clients": 10}},
+    "fedbuff": {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}},
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("case", list(CHUNK_CASES))
+def test_ray_vmap_chunks_equal_vmap_bit_for_bit_and_serial_within_tolerance(local_ray, small_config, case):
+    """A vmap result does not depend on which jobs share its chunk, so Ray's vmap chunks equal the vmap
+    executor bit for bit; the batched arithmetic equals serial within float tolerance."""
+    values = CHUNK_CASES[case]
+    serial_rows, serial_params, _ = history(build(small_config(**(values | {"executor": {"threads": 1}}))))
+    vmap_rows, vmap_params, _ = history(build(small_config(**(values | {"executor": {"name": "vmap", "threads": 1}}))))
+    chunking = {"chunk_size": 2} if case == "fedbuff" else {}  # several calls per actor and run() too
+    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1,
+                                                              "ray_inner": "vmap", **chunking}})))
+    executor = experiment.executor
+    rows, params, summary = history(experiment)
+    assert executor.inner == "vmap" and summary["dropouts"] == 0
+    assert rows == vmap_rows and torch.equal(params, vmap_params)
+    torch.testing.assert_close(params, serial_params, rtol=1e-5, atol=1e-6)
+    assert [r["round"] for r in rows] == [r["round"] for r in serial_rows]
+    assert executor.calls < executor.jobs_sent  # chunks, not one job per call
+    assert executor.timings() == {"ray_startup_s": executor.startup_s} and executor.startup_s > 0
+
+
+@pytest.mark.timeout(120)
+def test_ray_inner_auto_takes_vmap_one_chunk_per_actor_and_counts_calls(local_ray, small_config, caplog):
+    config = small_config()
+    spec = WorkerSpec(task=task_spec(config), client="sgd", threads=1)
+    executor = RayExecutor(spec, workers=2)
+    try:
+        params = torch.zeros(executor_numel(config))
+        jobs = [ClientJob(job_id=k, client_id=k, version=0, params=params, config=config.client.model_dump(), seed=k)
+                for k in range(7)]
+        with caplog.at_level(logging.INFO, logger="fedsim"):
+            results = executor.run(jobs)
+        assert "actors run chunks of jobs batched with vmap" in caplog.text
+        assert executor.inner == "vmap"
+        assert [r.client_id for r in results] == list(range(7)) and all(r.ok for r in results)
+        assert executor.calls == 2 and executor.jobs_sent == 7  # ceil(7 / 2) = 4 jobs, then 3
+        stats = executor.actor_stats()
+        assert sorted(s["jobs"] for s in stats) == [3, 4] and all(s["calls"] == 1 for s in stats)
+    finally:
+        executor.close()
+
+
+def test_bad_ray_inner_or_chunk_size_is_one_line_naming_the_field(small_config):
+    from fedsim.config import ConfigError, load_config  # noqa: PLC0415
+
+    for override, expected in (("executor.ray_inner=gpu", "executor.ray_inner: unknown ray_inner 'gpu'; valid "
+                                                          "choices: auto, vmap, serial"),
+                               ("executor.chunk_size=0", "executor.chunk_size: Input should be greater than")):
+        with pytest.raises(ConfigError) as info:
+            load_config(overrides=[override])
+        assert expected in str(info.value) and "\n" not in str(info.value)
+    spec = WorkerSpec(task=task_spec(small_config()), client="sgd")
+    with pytest.raises(ValueError, match=r"^executor.ray_inner='gpu': expected one of auto, vmap, serial$"):
+        RayExecutor(spec, inner="gpu")
+    with pytest.raises(ValueError, match=r"^executor.chunk_size=0: expected >= 1"):
+        RayExecutor(spec, chunk_size=0)
+
+
+# ------------------------------------------------------------------------------ shared task data
+
+
+@pytest.mark.timeout(120)
+def test_actors_map_the_drivers_task_data_identical_to_a_locally_built_task(local_ray, small_config):
+    from fedsim.tasks import build_task  # noqa: PLC0415
+
+    config = small_config(data={"partition": "iid"})  # ArrayFederatedData (natural: generated lazily per client)
+    spec = WorkerSpec(task=task_spec(config), client="sgd", threads=1)
+    executor = RayExecutor(spec, build_task(spec.task), workers=2)
+    try:
+        assert executor.actor_data == ["shared", "shared"]
+
+        def actor_data(body):
+            data = body.task.data
+            arrays = {name: getattr(data, name).numpy().copy() for name in ("x_train", "y_train", "x_test", "y_test")}
+            return arrays | {"train_offsets": data.train_offsets, "test_offsets": data.test_offsets,
+                             "num_classes": data.num_classes, "input_shape": body.task.input_shape}
+
+        local = build_task(spec.task)  # built here from the spec alone, as an actor used to
+        for actor in executor._actors:
+            remote = ray.get(actor.__ray_call__.remote(actor_data))
+            for name in ("x_train", "y_train", "x_test", "y_test"):
+                assert (remote[name] == getattr(local.data, name).numpy()).all(), name
+            assert (remote["train_offsets"] == local.data.train_offsets).all()
+            assert (remote["test_offsets"] == local.data.test_offsets).all()
+            assert remote["num_classes"] == local.data.num_classes and remote["input_shape"] == local.input_shape
+    finally:
+        executor.close()
+
+
 def executor_numel(config) -> int:
     from fedsim.run import initial_params  # noqa: PLC0415
     from fedsim.tasks import build_task  # noqa: PLC0415
@@ -183,12 +286,18 @@ def executor_numel(config) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_path, caplog, monkeypatch, small_config):
+@pytest.mark.parametrize("chunks", [{}, {"ray_inner": "vmap", "chunk_size": 3}], ids=["one-job-calls", "vmap-chunks"])
+def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_path, caplog, monkeypatch, small_config,
+                                                               chunks):
+    """With chunks, every unfinished job of the dead actor's chunks is retried alone (the vmap inner
+    runs this non-batchable client on its serial fallback)."""
     crash = {"1": "once", "2": "always"}
+
+    data = {"num_clients": 6} | ({"partition": "iid"} if chunks else {})  # iid: shared data; a restart rebuilds it
 
     def make(executor):
         experiment = build(small_config(
-            rounds=1, data={"num_clients": 6}, population={"participation": "always"},
+            rounds=1, data=data, population={"participation": "always"},
             client={"algorithm": CrashyClient.name}, executor=executor,
         ))
         configure = experiment.engine.strategy.configure
@@ -200,8 +309,9 @@ def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_pa
     reference, params, serial_summary = history(make({"threads": 1}))
     assert serial_summary["dropouts"] == 1  # client 2 raises
 
-    experiment = make({"name": "ray", "workers": 2, "threads": 1})
+    experiment = make({"name": "ray", "workers": 2, "threads": 1, **chunks})
     executor = experiment.executor
+    assert executor.actor_data == (["shared"] * 2 if chunks else ["rebuilt"] * 2)
     with caplog.at_level(logging.WARNING, logger="fedsim"):
         rows, final, summary = history(experiment)
     # client 1 killed its worker once and its retry succeeded; client 2 killed it again when
@@ -209,7 +319,10 @@ def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_pa
     assert summary["dropouts"] == 1
     assert rows == reference
     assert torch.equal(final, params)
-    assert executor.deaths == 3 and executor.retries >= 2
+    if chunks:  # clients 1 and 2 share the first chunk: one death for both, one more for client 2 alone
+        assert executor.deaths == 2 and executor.retries == 3 and executor.jobs_sent == 6 + 3
+    else:
+        assert executor.deaths == 3 and executor.retries >= 2
     assert (tmp_path / "died-1").exists()
     text = caplog.text
     assert "ray worker process died" in text and "retrying each of these jobs once" in text
@@ -336,18 +449,28 @@ def test_existing_two_node_cluster_spreads_actors_over_both_nodes(_ray_module, m
         nodes.append(_start_node([f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}",
                                   f"--temp-dir={tmp / 'node' / 'ray'}", *common], tmp / "node.log"))
 
-        reference, params, _ = history(build(small_config(rounds=2, executor={"threads": 1})))
+        # batched chunks on both nodes, the task's data shipped once per node through the object store
+        values = {"rounds": 2, "data": {"partition": "iid"}, "population": {"clients_per_round": 8}}
+        reference, params, _ = history(build(small_config(**values, executor={"name": "vmap", "threads": 1})))
         # each node has 1 CPU and each actor needs 1: the two actors must land on different nodes
-        experiment = build(small_config(rounds=2, executor={
-            "name": "ray", "workers": 2, "threads": 1, "ray_address": f"127.0.0.1:{port}"}))
+        experiment = build(small_config(**values, executor={
+            "name": "ray", "workers": 2, "threads": 1, "ray_address": f"127.0.0.1:{port}", "ray_inner": "vmap",
+            "chunk_size": 2}))
+        executor = experiment.executor
         assert ray.is_initialized()
-        assert len(set(experiment.executor.actor_nodes)) == 2
-        for uris in experiment.executor.actor_py_modules:  # fedsim, strategies, clients shipped via runtime_env
+        assert len(set(executor.actor_nodes)) == 2
+        assert executor.actor_data == ["shared", "shared"]
+        for uris in executor.actor_py_modules:  # fedsim, strategies, clients shipped via runtime_env
             assert len(uris) == 3 and all(uri.startswith("gcs://") for uri in uris), uris
         assert len(ray.nodes()) == 2
-        rows, final, _ = history(experiment)  # closes the executor: actors killed, driver disconnected
+        close, executor.close = executor.close, lambda: None  # read the actors' counters before closing
+        rows, final, _ = history(experiment)
+        stats = executor.actor_stats()
+        close()  # actors killed, driver disconnected
         assert not ray.is_initialized()
         assert rows == reference and torch.equal(final, params)
+        assert {s["node_id"] for s in stats} == set(executor.actor_nodes)  # chunks ran on both nodes...
+        assert all(s["calls"] >= 1 and s["jobs"] > s["calls"] for s in stats), stats  # ...several jobs per call
     finally:
         if ray.is_initialized():
             ray.shutdown()
