@@ -19,6 +19,9 @@ benchmarks) on one CPU thread:
 - **vmap, uncompiled**: its per-step overhead (~1 ms of ``torch.func`` dispatch) pays from
   ``EAGER_MIN_CLIENTS`` clients per call, and only for models up to ``EAGER_MAX_PARAMS``
   parameters (the batched kernels of bigger models are slower than serial's).
+- **convolutions on CPU**: serial. vmap over ``Conv2d`` becomes one grouped convolution per
+  layer, which measured 1.3-1.8x slower than serial's convolutions at 5 to 50 clients per call
+  (``experiments/bench/vs_pfl.py --crossover``), so there is no crossover to wait for.
 - **cuda**: vmap whenever the clients batch (one kernel launch for many clients).
 
 Otherwise serial. Ray is never chosen automatically (it pays off only for big models or many
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Mapping
+
+from torch import nn
 
 from fedsim.executors.base import EXECUTORS, Executor
 from fedsim.executors.worker import WorkerSpec
@@ -61,10 +66,12 @@ def resolve_compile(mode: str, planned_steps: int | None) -> str:
     return "on" if planned_steps is not None and planned_steps >= COMPILE_PAYS_AFTER else "off"
 
 
-def vmap_pays(num_params: int, clients_per_call: float, compiled: bool, device: str) -> str | None:
+def vmap_pays(num_params: int, clients_per_call: float, compiled: bool, device: str, convolutions: bool = False) -> str | None:
     """Why serial is faster for this workload (None: vmap is at least as fast)."""
     if device.startswith("cuda"):
         return None
+    if convolutions:
+        return "a model with convolutions on CPU: batched (grouped) convolutions are slower than serial's"
     if compiled:
         stack = clients_per_call * num_params
         if stack > COMPILED_MAX_STACK:
@@ -90,9 +97,11 @@ def choose_executor(spec: WorkerSpec, task: Task, client_config: Mapping[str, An
     if reason is not None:
         log.info("executor auto: serial (vmap cannot batch %s)", reason)
         return "serial"
-    num_params = sum(p.numel() for p in task.build_model().parameters())
+    model = task.build_model()
+    num_params = sum(p.numel() for p in model.parameters())
+    convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     slower = vmap_pays(num_params, clients_per_call if clients_per_call is not None else float("inf"),
-                       compiled, spec.device)
+                       compiled, spec.device, convolutions)
     if slower is not None:
         log.info("executor auto: serial (%s)", slower)
         return "serial"
