@@ -148,8 +148,9 @@ def test_vmap_pays_follows_the_measured_crossovers():
     assert vmap_pays(610, 10, compiled=False, device="cpu") is None
     assert "clients per call" in vmap_pays(610, 2, compiled=False, device="cpu")
     assert "parameters" in vmap_pays(200_000, 100, compiled=False, device="cpu")
-    assert vmap_pays(200_000, 10, compiled=True, device="cpu") is None
-    assert "memory-bound" in vmap_pays(200_000, 50, compiled=True, device="cpu")
+    assert vmap_pays(200_000, 2, compiled=True, device="cpu") is None
+    assert "a stack of 8 clients (~5 per call, padded)" in vmap_pays(200_000, 5, compiled=True, device="cpu")
+    assert vmap_pays(4_554, 50, compiled=True, device="cpu") is None
     assert vmap_pays(200_000, 1, compiled=False, device="cuda") is None
     assert "convolutions" in vmap_pays(10_000, 50, compiled=True, device="cpu", convolutions=True)
 
