@@ -14,11 +14,16 @@ benchmarks) on one CPU thread:
   about 1 ms per step on small models, so runs planning at least ``COMPILE_PAYS_AFTER`` batched
   steps compile and shorter ones do not.
 - **vmap, compiled**: at least as fast as serial from one client per call, as long as the
-  stacked models stay small (clients per call x parameters <= ``COMPILED_MAX_STACK``; past
-  that a step is memory-bound and serial wins).
+  stacked models stay small: the compiled step pads the stack to a power of two, so
+  ``bucket(clients per call) x parameters <= COMPILED_MAX_STACK`` (past that the padding and
+  the bigger batched kernels cost more than they save: the 200k-parameter MLP is 1.6x serial
+  at 2 clients per call and 0.8x at 5).
 - **vmap, uncompiled**: its per-step overhead (~1 ms of ``torch.func`` dispatch) pays from
   ``EAGER_MIN_CLIENTS`` clients per call, and only for models up to ``EAGER_MAX_PARAMS``
   parameters (the batched kernels of bigger models are slower than serial's).
+- **convolutions on CPU**: serial. vmap over ``Conv2d`` becomes one grouped convolution per
+  layer, which measured 1.3-1.8x slower than serial's convolutions at 5 to 50 clients per call
+  (``experiments/bench/vs_pfl.py --crossover``), so there is no crossover to wait for.
 - **cuda**: vmap whenever the clients batch (one kernel launch for many clients).
 
 Otherwise serial. Ray is never chosen automatically (it pays off only for big models or many
@@ -28,7 +33,10 @@ cores; ``executor.name: ray`` runs batched chunks inside its actors anyway).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Mapping
+
+from torch import nn
 
 from fedsim.executors.base import EXECUTORS, Executor
 from fedsim.executors.worker import WorkerSpec
@@ -42,7 +50,7 @@ __all__ = [
 log = logging.getLogger("fedsim")
 
 COMPILE_PAYS_AFTER = 10_000  # planned batched steps from which compile=auto compiles
-COMPILED_MAX_STACK = 5_000_000  # clients per call x parameters up to which the compiled batched step wins
+COMPILED_MAX_STACK = 1_000_000  # padded stack x parameters up to which the compiled batched step wins
 EAGER_MIN_CLIENTS = 4  # clients per call from which the uncompiled batched step wins ...
 EAGER_MAX_PARAMS = 50_000  # ... for models up to this many parameters
 
@@ -61,15 +69,17 @@ def resolve_compile(mode: str, planned_steps: int | None) -> str:
     return "on" if planned_steps is not None and planned_steps >= COMPILE_PAYS_AFTER else "off"
 
 
-def vmap_pays(num_params: int, clients_per_call: float, compiled: bool, device: str) -> str | None:
+def vmap_pays(num_params: int, clients_per_call: float, compiled: bool, device: str, convolutions: bool = False) -> str | None:
     """Why serial is faster for this workload (None: vmap is at least as fast)."""
     if device.startswith("cuda"):
         return None
+    if convolutions:
+        return "a model with convolutions on CPU: batched (grouped) convolutions are slower than serial's"
     if compiled:
-        stack = clients_per_call * num_params
-        if stack > COMPILED_MAX_STACK:
-            return (f"{clients_per_call:g} clients per call x {num_params:,} parameters exceed {COMPILED_MAX_STACK:,}: "
-                    f"the compiled batched step is memory-bound there")
+        stack = (1 << max(0, math.ceil(clients_per_call) - 1).bit_length()) if math.isfinite(clients_per_call) else math.inf
+        if stack * num_params > COMPILED_MAX_STACK:
+            return (f"a stack of {stack:g} clients (~{clients_per_call:g} per call, padded) x {num_params:,} parameters "
+                    f"exceeds {COMPILED_MAX_STACK:,}: serial is faster there")
         return None
     if num_params > EAGER_MAX_PARAMS:
         return (f"a {num_params:,}-parameter model: the uncompiled batched step is slower than serial above "
@@ -90,9 +100,11 @@ def choose_executor(spec: WorkerSpec, task: Task, client_config: Mapping[str, An
     if reason is not None:
         log.info("executor auto: serial (vmap cannot batch %s)", reason)
         return "serial"
-    num_params = sum(p.numel() for p in task.build_model().parameters())
+    model = task.build_model()
+    num_params = sum(p.numel() for p in model.parameters())
+    convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     slower = vmap_pays(num_params, clients_per_call if clients_per_call is not None else float("inf"),
-                       compiled, spec.device)
+                       compiled, spec.device, convolutions)
     if slower is not None:
         log.info("executor auto: serial (%s)", slower)
         return "serial"

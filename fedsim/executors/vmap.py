@@ -246,7 +246,11 @@ class VmapExecutor:
 
     def _algorithm_options(self, config: dict[str, Any]) -> Any:
         """``algorithm.options(config)``, cached per distinct config (it may run torch's validation)."""
-        key = _freeze(config)
+        try:  # cheaper than _freeze: this runs once per job
+            key: Hashable = tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in config.items())
+            hash(key)
+        except TypeError:  # an unhashable value (a list, a nested dict)
+            key = _freeze(config)
         if key not in self._options:
             try:
                 self._options[key] = self.algorithm.options(config)

@@ -1,6 +1,6 @@
 """Learning tasks (data + model + loss) and the ``TASKS`` registry; ``build_task(spec)`` makes one.
 
-Importing this package registers the built-in tasks: synthetic, digits, mnist, cifar10, femnist.
+Importing this package registers the built-in tasks: synthetic, digits, mnist, cifar10, femnist, npz.
 """
 
 from fedsim.tasks import digits, files, synthetic  # noqa: F401  (imported to register the tasks)

@@ -29,6 +29,7 @@ __all__ = [
     "partition_pool",
     "mlp",
     "conv_net",
+    "channels_last_images",
 ]
 
 
@@ -143,6 +144,22 @@ def partition_pool(spec: TaskSpec, x: np.ndarray | Tensor, y: np.ndarray, num_cl
     return ArrayFederatedData.from_partition(
         x, y, parts, num_classes, spec.test_fraction, spec.seed, device=spec.device
     )
+
+
+def channels_last_images(data: FederatedData) -> FederatedData:
+    """Store the 4-D image features of an in-memory dataset on CPU channels-last (NHWC in memory).
+
+    CPU convolutions and especially max-pooling run faster on that layout (torch 2.13, one
+    thread, ``conv_net`` on 10 CIFAR-sized images: 6.9 -> 5.0 ms per training step; NCHW
+    ``max_pool2d`` alone is ~15x slower than channels-last). Values and shapes are unchanged,
+    and row slices and ``x[idx]`` gathers keep the layout, so every minibatch the serial
+    worker takes is channels-last too. Other datasets and devices are returned as they are.
+    """
+    if not isinstance(data, ArrayFederatedData) or data.x_train.ndim != 4 or data.x_train.device.type != "cpu":
+        return data
+    data.x_train = data.x_train.contiguous(memory_format=torch.channels_last)
+    data.x_test = data.x_test.contiguous(memory_format=torch.channels_last)
+    return data
 
 
 def mlp(in_features: int, hidden: int, num_classes: int, hidden_layers: int = 1, dropout: float = 0.0) -> nn.Module:

@@ -10,6 +10,12 @@
   ``test/`` subfolders (LEAF's output layout) their split is used as is; otherwise each
   writer's samples are split with ``test_fraction``. The first ``num_clients`` writers in file
   order are used.
+- ``npz``: any arrays saved with ``numpy.savez`` in the file ``task.path``: ``x`` (one row per
+  sample: features, or images ``(N, C, H, H)``) and integer labels ``y``; optionally ``client``
+  (the client id of each row, ids 0..K-1: ``data.partition: natural`` keeps this split and uses
+  clients 0..num_clients-1) and ``x_test``/``y_test`` (a held-out set the global evaluation
+  uses instead of the pooled client test rows). Meant for data made elsewhere, e.g. the same
+  generated arrays fed to fedsim and to another framework in a benchmark.
 
 A missing, corrupt, truncated or mis-typed file raises :class:`DataFileError` (a ValueError)
 with one line naming the file and what is wrong with it.
@@ -26,13 +32,15 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from fedsim.data.federated import ArrayFederatedData
 from fedsim.safe_pickle import DataFileError, load as safe_load
-from fedsim.tasks.base import TASKS, Task, TaskSpec, conv_net, mlp, partition_pool, resolve_options
+from fedsim.tasks.base import TASKS, Task, TaskSpec, channels_last_images, conv_net, mlp, partition_pool, resolve_options
 
-__all__ = ["read_idx", "load_mnist", "load_cifar10", "load_femnist", "build_mnist", "build_cifar10", "build_femnist"]
+__all__ = ["read_idx", "load_mnist", "load_cifar10", "load_femnist", "load_npz", "build_mnist", "build_cifar10",
+           "build_femnist", "build_npz"]
 
 # model choices, minimum values, strict upper bounds of the file tasks' options
 _OPTION_CHECKS = ({"model": ("cnn", "mlp")}, {"hidden": 1, "dropout": 0.0}, {"dropout": 1.0})
@@ -168,6 +176,8 @@ def load_femnist(path: str | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
 
 def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_classes: int) -> Task:
     input_shape = (channels, side, side) if opts["model"] == "cnn" else (channels * side * side,)
+    if opts["model"] == "cnn":
+        data = channels_last_images(data)
 
     def build_model() -> nn.Module:
         if opts["model"] == "cnn":
@@ -228,3 +238,98 @@ def build_femnist(spec: TaskSpec) -> Task:
         n = len(users)
         data = ArrayFederatedData.from_client_splits(x, y, ranges[:n], ranges[n:], num_classes, device=spec.device)
     return _image_task(spec, data, opts, 1, 28, num_classes)
+
+
+def load_npz(path: str | None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file: ``x``, ``y`` and, when present, ``client``, ``x_test``, ``y_test``.
+
+    Features become float32 and labels and client ids int64; shapes and label ranges are checked.
+    """
+    if path is None:
+        raise FileNotFoundError("task.path is required for task 'npz': set it to the .npz file holding the arrays")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"task.path {str(file)!r} is not an existing file (task 'npz')")
+    try:
+        with np.load(file, allow_pickle=False) as content:
+            arrays = {name: content[name] for name in content.files}
+    except (OSError, ValueError, EOFError) as exc:  # not a zip, truncated, or object arrays (pickles are refused)
+        raise DataFileError(f"{file}: cannot read it as an .npz file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    for name in ("x", "y"):
+        if name not in arrays:
+            raise DataFileError(f"{file}: missing array {name!r} (expected x, y and optionally client, x_test, y_test)")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataFileError(f"{file}: x_test and y_test come together; it has only one of them")
+    out = {}
+    for features, labels in (("x", "y"), ("x_test", "y_test")):
+        if features not in arrays:
+            continue
+        x, y = arrays[features], arrays[labels]
+        if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.integer)) or y.ndim != 1 or x.ndim < 2:
+            raise DataFileError(f"{file}: {features} must be numbers with one row per sample and {labels} one integer label per row")
+        if len(x) != len(y):
+            raise DataFileError(f"{file}: {features} has {len(x)} rows but {labels} has {len(y)}")
+        if len(y) and y.min() < 0:
+            raise DataFileError(f"{file}: {labels} has negative labels")
+        out[features], out[labels] = x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
+    if "x_test" in out and out["x_test"].shape[1:] != out["x"].shape[1:]:
+        raise DataFileError(f"{file}: x_test rows have shape {out['x_test'].shape[1:]}, x rows {out['x'].shape[1:]}")
+    if "client" in arrays:
+        client = arrays["client"]
+        if not np.issubdtype(client.dtype, np.integer) or client.shape != out["y"].shape or (len(client) and client.min() < 0):
+            raise DataFileError(f"{file}: client must hold one non-negative integer client id per row of x")
+        out["client"] = client.astype(np.int64, copy=False)
+    return out
+
+
+class _HeldOutFederatedData(ArrayFederatedData):
+    """Client data as in ArrayFederatedData, but global evaluation uses a separate held-out set."""
+
+    def __init__(self, data: ArrayFederatedData, x_test: Tensor, y_test: Tensor):
+        super().__init__(data.x_train, data.y_train, data.train_offsets, data.x_test, data.y_test, data.test_offsets,
+                         data.num_classes)
+        self._held_out = (x_test, y_test)
+
+    def global_test(self) -> tuple[Tensor, Tensor]:
+        return self._held_out
+
+
+@TASKS.register("npz", "arrays x, y [, client, x_test, y_test] from the .npz file task.path", options={"path": None, "model": None, "hidden": 200})
+def build_npz(spec: TaskSpec) -> Task:
+    opts = resolve_options(spec, {"path": None, "model": None, "hidden": 200, "dropout": 0.0},
+                           {"model": (None, "cnn", "mlp")}, {"hidden": 1, "dropout": 0.0}, {"dropout": 1.0})
+    arrays = load_npz(opts["path"])
+    x, y = arrays["x"], arrays["y"]
+    labels = np.concatenate([y, arrays.get("y_test", y[:0])])
+    num_classes = max(int(labels.max()) + 1 if len(labels) else 0, 2)
+    images = x.ndim == 4 and x.shape[2] == x.shape[3] >= 10  # conv_net's two conv+pool stages need 10x10 at least
+    model = opts["model"] or ("cnn" if images else "mlp")
+    if model == "cnn" and not images:
+        raise ValueError(f"task.model 'cnn' needs square images x of shape (N, C, H, H) with H >= 10; "
+                         f"{opts['path']} has x of shape {x.shape}")
+    opts = {**opts, "model": model}
+
+    if spec.partition == "natural":
+        if "client" not in arrays:
+            raise ValueError(f"partition 'natural' needs an array 'client' in {opts['path']} (the client id of each row)")
+        if spec.partition_params:
+            raise ValueError(f"partition 'natural' takes no parameters, got {sorted(spec.partition_params)}")
+        available = int(arrays["client"].max()) + 1 if len(y) else 0
+        if spec.num_clients > available:
+            raise ValueError(f"num_clients={spec.num_clients} but {opts['path']} holds clients 0..{available - 1}")
+        order = np.argsort(arrays["client"], kind="stable")
+        bounds = np.searchsorted(arrays["client"][order], np.arange(spec.num_clients + 1))
+        rows = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        data = ArrayFederatedData.from_partition(x, y, rows, num_classes, spec.test_fraction, spec.seed, device=spec.device)
+    else:
+        data = partition_pool(spec, x, y, num_classes)
+    if "x_test" in arrays:
+        x_test = torch.from_numpy(arrays["x_test"]).to(spec.device)
+        if model == "cnn" and x_test.device.type == "cpu":  # the layout channels_last_images gives client data
+            x_test = x_test.contiguous(memory_format=torch.channels_last)
+        data = _HeldOutFederatedData(data, x_test, torch.from_numpy(arrays["y_test"]).to(spec.device))
+    if model == "cnn":
+        return _image_task(spec, data, opts, x.shape[1], x.shape[2], num_classes)
+    features = int(np.prod(x.shape[1:]))
+    return Task(name=spec.name, data=data, num_classes=num_classes, input_shape=tuple(x.shape[1:]), options=opts,
+                build_model=lambda: mlp(features, int(opts["hidden"]), num_classes, dropout=float(opts["dropout"])))

@@ -148,9 +148,11 @@ def test_vmap_pays_follows_the_measured_crossovers():
     assert vmap_pays(610, 10, compiled=False, device="cpu") is None
     assert "clients per call" in vmap_pays(610, 2, compiled=False, device="cpu")
     assert "parameters" in vmap_pays(200_000, 100, compiled=False, device="cpu")
-    assert vmap_pays(200_000, 10, compiled=True, device="cpu") is None
-    assert "memory-bound" in vmap_pays(200_000, 50, compiled=True, device="cpu")
+    assert vmap_pays(200_000, 2, compiled=True, device="cpu") is None
+    assert "a stack of 8 clients (~5 per call, padded)" in vmap_pays(200_000, 5, compiled=True, device="cpu")
+    assert vmap_pays(4_554, 50, compiled=True, device="cpu") is None
     assert vmap_pays(200_000, 1, compiled=False, device="cuda") is None
+    assert "convolutions" in vmap_pays(10_000, 50, compiled=True, device="cpu", convolutions=True)
 
 
 def test_auto_executor_chooses_by_workload_and_says_why(small_config, caplog):
@@ -162,6 +164,8 @@ def test_auto_executor_chooses_by_workload_and_says_why(small_config, caplog):
          SerialExecutor, "a 199,210-parameter model"),
         ({"population": {"clients_per_round": 10}, "scheduler": {"name": "buffered", "buffer_size": 2}},
          SerialExecutor, "about 2 clients per call"),
+        ({"population": {"clients_per_round": 10}, "task": {"name": "digits", "model": "cnn"}},
+         SerialExecutor, "a model with convolutions on CPU"),
     ]
     for overrides, expected, needle in cases:
         caplog.clear()
