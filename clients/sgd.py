@@ -72,7 +72,24 @@ def make_optimizer(params: list[torch.nn.Parameter], config: dict[str, Any]) -> 
 
 def check_optimizer_options(config: dict[str, Any]) -> None:
     """Fail at config time with torch's own message (e.g. 'Invalid learning rate')."""
-    make_optimizer([torch.nn.Parameter(torch.zeros(1))], config)
+    cls, kwargs = _optimizer_kwargs(config)
+    if cls is torch.optim.SGD and not any(kwargs.get(key) for key in _SGD_IGNORED):
+        _check_sgd(**kwargs)  # building a torch optimizer imports torch._dynamo: 1.7 s a process would not need
+        return
+    cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+
+
+def _check_sgd(lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+               nesterov: bool = False, maximize: bool = False, **_: Any) -> None:
+    """``torch.optim.SGD.__init__``'s argument checks, with its messages (torch 2.4 - 2.13)."""
+    if lr < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if momentum < 0.0:
+        raise ValueError(f"Invalid momentum value: {momentum}")
+    if weight_decay < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
 
 @dataclass(frozen=True)

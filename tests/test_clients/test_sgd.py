@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -60,3 +62,17 @@ def test_option_the_optimizer_does_not_take():
         check_optimizer_options(CONFIG | {"optimizer": "adam", "momentum": 0.9})
     with pytest.raises(ValueError, match="valid choices"):
         check_optimizer_options(CONFIG | {"optimizer_kwargs": {"betaz": 1}})
+
+
+@pytest.mark.parametrize("bad", [{"lr": -0.1}, {"momentum": -0.5}, {"weight_decay": -1e-3},
+                                 {"optimizer_kwargs": {"nesterov": True}},
+                                 {"momentum": 0.9, "optimizer_kwargs": {"nesterov": True, "dampening": 0.1}}])
+def test_sgd_options_are_checked_with_torchs_own_messages(bad):
+    """fedsim checks SGD's arguments without building torch.optim.SGD (that imports torch._dynamo)."""
+    config = CONFIG | {"optimizer": "sgd"} | bad
+    kwargs = {"lr": config["lr"], "momentum": config.get("momentum", 0.0), "weight_decay": config.get("weight_decay", 0.0),
+              **config.get("optimizer_kwargs", {})}
+    with pytest.raises(ValueError) as torch_error:
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(torch_error.value))}$"):
+        check_optimizer_options(config)
