@@ -43,7 +43,7 @@ from fedsim.executors.worker import WorkerSpec
 from fedsim.tasks import Task, build_task
 
 __all__ = [
-    "build_executor", "choose_executor", "resolve_compile", "why_not_vmap",
+    "build_executor", "choose_executor", "resolve_compile", "why_not_vmap", "why_serial", "vmap_pays",
     "COMPILE_PAYS_AFTER", "COMPILED_MAX_STACK", "EAGER_MIN_CLIENTS", "EAGER_MAX_PARAMS",
 ]  # fmt: skip
 
@@ -90,23 +90,26 @@ def vmap_pays(num_params: int, clients_per_call: float, compiled: bool, device: 
     return None
 
 
-def choose_executor(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any],
-                    clients_per_call: float | None = None, compiled: bool = False) -> str:
-    """"vmap" or "serial" for these clients, with one log line saying which and why.
-
-    ``clients_per_call`` None: unknown, judged on the model alone (as if calls were large).
-    """
+def why_serial(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any],
+               clients_per_call: float | None = None, compiled: bool = False) -> str | None:
+    """Why serial is the better path for these jobs (None: vmap), from the capability check and
+    the measured crossovers. ``clients_per_call`` None: unknown, judged as if calls were large."""
     reason = why_not_vmap(spec, task, client_config)
     if reason is not None:
-        log.info("executor auto: serial (vmap cannot batch %s)", reason)
-        return "serial"
+        return f"vmap cannot batch {reason}"
     model = task.build_model()
     num_params = sum(p.numel() for p in model.parameters())
     convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    slower = vmap_pays(num_params, clients_per_call if clients_per_call is not None else float("inf"),
-                       compiled, spec.device, convolutions)
-    if slower is not None:
-        log.info("executor auto: serial (%s)", slower)
+    return vmap_pays(num_params, clients_per_call if clients_per_call is not None else float("inf"),
+                     compiled, spec.device, convolutions)
+
+
+def choose_executor(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any],
+                    clients_per_call: float | None = None, compiled: bool = False) -> str:
+    """"vmap" or "serial" for these clients, with one log line saying which and why."""
+    reason = why_serial(spec, task, client_config, clients_per_call, compiled)
+    if reason is not None:
+        log.info("executor auto: serial (%s)", reason)
         return "serial"
     per_call = f"~{clients_per_call:g} clients per call, " if clients_per_call is not None else ""
     log.info("executor auto: vmap (%s%s; --executor serial to debug)", per_call,

@@ -530,6 +530,7 @@ class RayExecutor:
         self.workers = workers
 
         actor_spec = dataclasses.replace(spec, threads=threads, device="cuda" if gpus > 0 else spec.device)
+        self._actor_device = actor_spec.device
         plugins = _plugin_modules(spec)
         sys_paths = [root for root in (_module_root(name) for name in plugins) if root]
         options: dict[str, Any] = {
@@ -640,16 +641,20 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ run
 
-    def _choose_inner(self, job: ClientJob) -> str:
-        """Resolve ``ray_inner: auto`` from the first job's client config, with one log line."""
-        from fedsim.executors.vmap import why_not_batched  # noqa: PLC0415
+    def _choose_inner(self, jobs: list[ClientJob]) -> str:
+        """Resolve ``ray_inner: auto`` from the first call's jobs (client config, jobs per actor),
+        by the same measured crossovers as ``executor.name: auto``, with one log line."""
+        from fedsim.executors.auto import why_serial  # noqa: PLC0415
 
-        reason = why_not_batched(self._spec, self._task, job.config)
+        actors = max(1, sum(a is not None for a in self._actors))
+        per_chunk = len(jobs) / actors if self.chunk_size is None else min(self.chunk_size, len(jobs) / actors)
+        spec = dataclasses.replace(self._spec, device=self._actor_device)
+        reason = why_serial(spec, self._task, jobs[0].config, per_chunk, self.compile)
         if reason is None:
-            log.info("ray executor: actors run chunks of jobs batched with vmap (client '%s' with this model "
-                     "batches; executor.ray_inner=serial to run them one by one)", self._spec.client)
+            log.info("ray executor: actors run chunks of ~%g jobs batched with vmap (client '%s' with this model "
+                     "batches; executor.ray_inner=serial to run them one by one)", per_chunk, self._spec.client)
             return "vmap"
-        log.info("ray executor: actors run jobs one by one on a serial worker (vmap cannot batch %s)", reason)
+        log.info("ray executor: actors run jobs one by one on a serial worker (%s)", reason)
         return "serial"
 
     def _chunk_length(self, num_jobs: int, actors: int) -> int:
@@ -676,7 +681,7 @@ class RayExecutor:
     def _run(self, jobs: list[ClientJob]) -> list[ClientResult]:
         ray = self._ray
         if self.inner is None:
-            self.inner = self._choose_inner(jobs[0])
+            self.inner = self._choose_inner(jobs)
         light = [dataclasses.replace(job, params=None, broadcast=None, state=_to_wire(job.state)) for job in jobs]
         boxes = [[self._params_ref(job), self._broadcast_ref(job)] for job in jobs]
         results: list[ClientResult | None] = [None] * len(jobs)
