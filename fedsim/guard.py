@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
+from fedsim.params import all_finite
 from fedsim.types import ClientJob, ClientResult
 
 __all__ = ["RunGuard", "Failure", "MIN_JOBS_FOR_FRACTION"]
@@ -79,7 +80,7 @@ class RunGuard:
         if record["participants"] == 0 and failed > 0:
             self._stop(engine, "failed", version, f"every job of update {version} failed ({failed} of {failed}); "
                                                   f"first failure: {self._first_failure_line()}")
-        elif not bool(torch.isfinite(engine.state.params).all()):
+        elif not all_finite(engine.state.params):
             self._stop(engine, "diverged", version, f"the global model is not finite (NaN or inf) after update {version}")
         elif self.jobs >= MIN_JOBS_FOR_FRACTION and self._too_many_failures():
             self._stop(engine, "failed", version, self._fraction_reason())

@@ -45,7 +45,7 @@ from fedsim.errors import RunFailed
 from fedsim.executors import WorkerSpec, build_executor, resolve_device
 from fedsim.guard import RunGuard
 from fedsim.metrics import LogBuffer, RunRecorder, hparams_of
-from fedsim.params import ParamLayout
+from fedsim.params import ParamLayout, all_finite
 from fedsim.population import Population, build_population
 from fedsim.population.heterogeneous import correlates_with_data
 from fedsim.registry import UnknownNameError
@@ -495,7 +495,7 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
             _append_log(out, f"the run crashed at update {engine.state.version}:\n{trace}")
         elif first is not None and first.traceback:
             _append_log(out, f"first failure: client {first.client_id} at version {first.version}:\n{first.traceback}")
-    if engine.status in ("completed", "interrupted") and bool(torch.isfinite(engine.state.params).all()):
+    if engine.status in ("completed", "interrupted") and all_finite(engine.state.params):
         save_model(experiment.task, engine.state.params, out)
     if crash is not None and engine.status != "interrupted":
         raise RunFailed(f"{type(crash).__name__}: {_first_line(crash)} (traceback in {out / 'log.txt'})") from crash

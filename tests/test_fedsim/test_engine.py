@@ -160,3 +160,13 @@ def test_per_client_evaluation(small_config):
     experiment.run()
     row = experiment.engine.history[-1]
     assert 0 <= row["client_accuracy_worst10"] <= row["client_accuracy_mean"] <= 1
+
+
+def test_all_finite_agrees_with_isfinite_including_sums_that_overflow():
+    from fedsim.params import all_finite
+
+    big = torch.full((10,), 3e38)  # every element finite, the float32 sum overflows to inf
+    cases = [torch.randn(100), big, torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), -float("inf")]),
+             torch.tensor([float("-inf"), 1.0]), torch.zeros(0), torch.arange(5)]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t
