@@ -15,8 +15,10 @@ Design
   (``executor.ray_inner``): ``vmap`` trains the chunk batched (:class:`VmapExecutor`, whose
   per-client results do not depend on which jobs share a chunk, so they equal the vmap
   executor's bit for bit), ``serial`` runs its jobs one after another on a :class:`Worker`
-  (bit-identical to the serial executor). ``auto`` asks ``why_not_batched`` with the first
-  job's client config and logs one line saying which and why. A ``run(jobs)`` call is split
+  (bit-identical to the serial executor). ``auto`` decides on the first call by the same
+  measured crossovers as ``executor.name: auto`` (``fedsim.executors.auto.why_serial``: can
+  the clients batch, jobs per actor call, model size, convolutions, compile) and logs one
+  line saying which and why. A ``run(jobs)`` call is split
   into chunks of an even share per actor (vmap) or one job (serial), capped by
   ``executor.chunk_size``. ``executor.compile`` applies to every actor's vmap inner.
   ``calls``/``jobs_sent`` (and each actor's ``calls``/``jobs`` in :meth:`RayExecutor.actor_stats`)

@@ -34,6 +34,15 @@ parameters, invalid configs, clients without data. If a batched chunk raises, it
 are recomputed serially (so a failure is attributed to the client that caused it); a client
 whose update is not finite gets ``error`` set by ``check_result`` while the others in its
 chunk are unaffected.
+
+**Compiled** (``compile=True``, ``executor.compile``): the vmapped step goes through
+``torch.compile`` (Ansel et al., "PyTorch 2", ASPLOS 2024) as one graph: forward, backward,
+the algorithm's update and the masking. vmap fixes a graph's stack size, so a compiled
+chunk is padded to a power of two with copies of its first client (results discarded) and
+each step runs on the power-of-two prefix covering the clients still training; a run
+compiles one graph per (stack size, batch width) it meets. Python floats of the options are
+graph constants. Compile seconds are reported by :meth:`VmapExecutor.timings`; if compiling
+fails the executor logs one notice and runs the step uncompiled from then on.
 """
 
 from __future__ import annotations
