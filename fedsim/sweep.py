@@ -111,8 +111,11 @@ def done_line(summary: dict[str, Any], out: Path | str) -> str:
         return f"done -> {out}"
     best = summary.get("best_test_accuracy")
     best_text = f" (best {best:.4f})" if best is not None else ""
+    timings = summary.get("executor_timings") or {}
+    compiled = f" (compile {timings['compile_s']:.1f}s of it)" if timings.get("compile_s") else ""
+    startup = f", ray start-up {timings['ray_startup_s']:.1f}s before" if timings.get("ray_startup_s") else ""
     return (f"done: {summary['rounds']} rounds, virtual time {summary['virtual_time']:.1f}s, "
-            f"wall {summary['wall_time']:.1f}s, test accuracy {acc:.4f}{best_text}, "
+            f"wall {summary['wall_time']:.1f}s{compiled}{startup}, test accuracy {acc:.4f}{best_text}, "
             f"dropouts {summary['dropouts']} -> {out}")
 
 

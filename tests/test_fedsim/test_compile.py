@@ -182,14 +182,16 @@ def test_compile_on_with_serial_says_it_has_no_effect(small_config, caplog):
     assert "the serial executor runs uncompiled" in caplog.text
 
 
-def test_a_compiled_run_reports_compile_time_apart_and_matches_the_uncompiled_run(small_config, tmp_path, monkeypatch):
+def test_a_compiled_run_reports_compile_time_apart_and_matches_the_uncompiled_run(tmp_path, monkeypatch, capsys):
     from fedsim.cli import main
 
     monkeypatch.setattr(auto_module, "COMPILE_PAYS_AFTER", 1)  # compile: auto compiles this short run
     args = ["run", "--strategy", "fedavg", "--rounds", "3", "--executor", "vmap", "--no-tensorboard", "--quiet",
             "--set", "population.clients_per_round=5", "--set", "data.num_clients=10"]
     assert main([*args, "--out", str(tmp_path / "compiled")]) == 0
+    assert " (compile " in capsys.readouterr().out  # the last line says how much of the wall time compiled
     assert main([*args, "--compile", "off", "--out", str(tmp_path / "eager")]) == 0
+    assert " (compile " not in capsys.readouterr().out
     compiled = json.loads((tmp_path / "compiled" / "summary.json").read_text())
     eager = json.loads((tmp_path / "eager" / "summary.json").read_text())
     assert compiled["executor_timings"]["compile_s"] > 0 and eager["executor_timings"] == {}
