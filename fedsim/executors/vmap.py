@@ -127,9 +127,10 @@ class _Fallback(Exception):
 def _own_code(fn: Callable) -> Callable:
     """``fn`` behind a wrapper with a code object of its own.
 
-    torch.compile keeps compiled graphs per code object, at most ``recompile_limit`` (8) of
-    them; every ``vmap``-wrapped function shares one code object, so without this the ninth
-    step variant compiled in a process (a sweep, a test session) would silently run eagerly.
+    torch.compile keeps compiled graphs per code object, at most ``recompile_limit`` of them;
+    every ``vmap``-wrapped function shares one code object, so without this the step variants
+    compiled in one process (a sweep, a test session) would add up to that limit and the run
+    would fall back to the uncompiled step.
     """
     namespace: dict[str, Any] = {}
     exec("def batched_step(carry, batch):\n    return fn(carry, batch)\n", {"fn": fn}, namespace)  # noqa: S102
@@ -332,7 +333,10 @@ class VmapExecutor:
         vectors = self._carry_size(items[0]) + STEP_TEMPORARIES
         per_client = 4 * (vectors * self.numel + bs * (self._in_numel + 3 * self._act_numel) + n_max * self._in_numel)
         per_client += 12 * steps * min(bs, n_max)  # batch indices + weights
-        return int(max(1, min(MAX_BATCH_CAP, self.memory_budget // per_client)))
+        size = int(max(1, min(MAX_BATCH_CAP, self.memory_budget // per_client)))
+        if self.compile:  # a compiled chunk is padded to a power of two: make full chunks one
+            size = 1 << (size.bit_length() - 1)
+        return size
 
     def _carry_size(self, item: _Item) -> float:
         """Model-sized vectors in one client's carry (from a probe ``start``)."""
