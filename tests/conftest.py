@@ -38,3 +38,14 @@ def small_config():
         return load_config(values=small_values(**overrides))
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: intra-op threads only add contention (and change float reduction order)."""
+    import torch  # noqa: PLC0415
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,12 +22,7 @@ from fedsim.types import ClientJob
 ALGORITHMS = ["sgd", "fedprox", "scaffold", "feddyn", "fedsam", "fedcm", "mofedsam", "fedspeed"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

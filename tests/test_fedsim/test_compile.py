@@ -24,12 +24,7 @@ SERVER_OF = {"scaffold": "scaffold", "feddyn": "feddyn", "fedspeed": "fedspeed",
              "fedprox": "fedprox", "fedsam": "fedsam"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def setup(algorithm="sgd", client=None, task=None, num_clients=8):

@@ -18,13 +18,7 @@ from fedsim.tasks import build_task
 from fedsim.types import ClientJob
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention (the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_config(task="synthetic", num_clients=12, client=None, options=None, data=None, **top):
