@@ -393,12 +393,14 @@ class VmapExecutor:
                 else:  # a run meets one graph per stack size: more than dynamo's default of 8
                     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                         out = compiled(carry, batch)
-            except Exception as exc:  # no C++ compiler, an op inductor cannot lower...
+            except Exception as exc:  # no C++ compiler, an op inductor cannot lower... or the step itself raised
+                out = self._vstep(options, weighted)(carry, batch)  # raises the step's own error, if it is one
                 message = str(exc).strip().splitlines()
                 log.warning("vmap executor: torch.compile of the batched step failed (%s: %s); running it uncompiled",
                             type(exc).__name__, message[0][:200] if message else "")
                 self.compile = False
                 self._compiled.clear()
+                return out
             else:
                 if variant not in self._compiled_variants:
                     self._compiled_variants.add(variant)

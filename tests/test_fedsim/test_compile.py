@@ -125,6 +125,28 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_step_with_one_notice(mon
     assert_close_results(VmapExecutor(spec, task).run(jobs), results, atol=0)
 
 
+def test_a_step_that_raises_is_the_steps_error_not_a_compile_failure(monkeypatch, caplog):
+    """The eager retry raises the step's own error: the chunk goes to the serial worker as any
+    failing chunk does, and compiling stays on for the chunks that work."""
+    config, task, spec, params = setup()
+    jobs = jobs_for(config, params, 4)
+
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("an error dynamo wrapped")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    executor = VmapExecutor(spec, task, compile=True)
+    monkeypatch.setattr(executor.algorithm, "step", lambda *args: (_ for _ in ()).throw(ValueError("bad step")))
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        results = executor.run(jobs)
+    text = caplog.text
+    assert "torch.compile of the batched step failed" not in text and executor.compile
+    assert "a chunk that failed in the batched path (ValueError: bad step)" in text
+    assert all(r.ok for r in results)  # recomputed by the serial worker (its own, unpatched algorithm object)
+
+
 def test_compile_mode_is_validated_and_yaml_booleans_read_as_on_off():
     assert load_config(values={"executor": {"compile": True}}).executor.compile == "on"
     assert load_config(values={"executor": {"compile": False}}).executor.compile == "off"
