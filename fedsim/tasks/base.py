@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from fedsim.data.federated import ArrayFederatedData, FederatedData
 from fedsim.data.partition import make_partition
+from fedsim.params import all_finite
 from fedsim.registry import Registry
 
 __all__ = [
@@ -73,7 +74,7 @@ class Task:
                     xb = x[start : start + batch_size].to(device)
                     yb = y[start : start + batch_size].to(device)
                     logits = model(xb)
-                    finite = finite and bool(torch.isfinite(logits).all())
+                    finite = finite and all_finite(logits)
                     loss_sum += float(self.loss_fn(logits, yb)) * len(yb)
                     correct += int((logits.argmax(dim=1) == yb).sum())
         finally:
