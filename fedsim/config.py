@@ -329,6 +329,41 @@ class OutputConfig(_Strict):
     checkpoint_every_time: float | None = Field(None, gt=0)  # virtual seconds between checkpoints (time-driven modes)
 
 
+PRIVACY_MODES = ("off", "central", "local")
+CLIPPINGS = ("flat", "per_layer", "per_layer_normalized")
+
+
+class PrivacyConfig(_Strict):
+    """User-level differential privacy (fedsim/privacy.py expands it into the update pipeline)."""
+
+    mode: Literal["off", "central", "local"] = "off"  # central: DP-FedAvg; local: each client noises its own delta
+    clip: float = Field(1.0, gt=0)  # C: L2 norm every client delta is clipped to (initial C if adaptive)
+    clipping: Literal["flat", "per_layer", "per_layer_normalized"] = "flat"
+    layer_budget: Literal["uniform", "dimension"] = "uniform"  # per-layer clips: C/sqrt(L) or C*sqrt(size_l/d)
+    noise_multiplier: float | None = Field(None, ge=0)  # z (noise std = z*C on the sum); null: from target_epsilon, else 1.0
+    target_epsilon: float | None = Field(None, gt=0)  # calibrate z so the whole run spends this epsilon
+    delta: float | None = Field(None, gt=0, lt=1)  # null: 1 / num_clients^1.1
+    accountant: Literal["pld", "rdp"] = "pld"  # dp-accounting's; fixed-size cohorts always use rdp
+    adaptive: bool = False  # adaptive clipping (Andrew et al. 2021)
+    target_quantile: float = Field(0.5, ge=0, le=1)  # adaptive: fraction of updates left unclipped
+    clip_lr: float = Field(0.2, gt=0)  # adaptive: eta of C <- C exp(-eta (b - gamma))
+    count_noise: float | None = Field(None, gt=0)  # adaptive: sigma_b of the unclipped count; null: cohort / 20
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> "PrivacyConfig":
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError("privacy: set noise_multiplier or target_epsilon, not both")
+        if self.mode == "local" and (self.adaptive or self.target_epsilon is not None):
+            raise ValueError("privacy.mode local takes a fixed clip and noise_multiplier "
+                             "(adaptive and target_epsilon are for mode central)")
+        return self
+
+
 class RunConfig(_Strict):
     plugins: list[str] = Field(default_factory=list)  # modules imported before validation (they register names)
     seed: int = 0
@@ -345,6 +380,7 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     provenance: dict[str, Any] = Field(default_factory=dict)  # written into a run's config.yaml; ignored on load
 
     @model_validator(mode="after")

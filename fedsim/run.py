@@ -48,6 +48,7 @@ from fedsim.metrics import LogBuffer, RunRecorder, hparams_of
 from fedsim.params import ParamLayout, all_finite
 from fedsim.population import Population, build_population
 from fedsim.population.heterogeneous import correlates_with_data
+from fedsim.privacy import PrivacyAccountant, plan_privacy
 from fedsim.registry import UnknownNameError
 from fedsim.rng import derive_seed
 from fedsim.schedulers import build_scheduler
@@ -133,7 +134,10 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     params = initial_params(task, config.seed)
     population = build_population(config.population, task.data, config.seed,
                                   model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
-    strategy = build_strategy(config.strategy)
+    privacy = plan_privacy(config, population.num_clients)  # None unless privacy.mode is set
+    for note in privacy.notes if privacy is not None else ():
+        log.info("%s", note)
+    strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed)
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
     algorithm = CLIENTS.get(config.client.algorithm)()
@@ -141,7 +145,8 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
                          f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
     _check_local_steps(algorithm, client_config, population)
-    worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device, threads=config.executor.threads)
+    worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device,
+                             threads=config.executor.threads, client_transforms=strategy.client_transforms)
     mean_samples = max(1, int(population.num_samples.mean())) if len(population.num_samples) else 1
     planned_steps = config.rounds * algorithm.num_steps(client_config, mean_samples)  # for executor.compile=auto
     executor = build_executor(config.executor, worker_spec, task, client_config, planned_steps,
@@ -164,7 +169,7 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
         eval_every=config.eval.every,
         eval_every_time=config.eval.every_time,
         target_accuracy=config.eval.target_accuracy,
-        callbacks=[guard],
+        callbacks=[guard] + ([PrivacyAccountant(privacy)] if privacy is not None else []),
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
     engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)

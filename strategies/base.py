@@ -22,6 +22,7 @@ class ServerState:
     version: int = 0  # number of server updates so far (= round in sync mode)
     optimizer: Any = None  # server optimizer state (a NamedTuple of tensors, or None)
     aggregator: Any = None  # weighting / aggregator state (e.g. FedAU interval statistics)
+    transforms: tuple[Any, ...] = ()  # one state per aggregate transform (e.g. adaptive clipping's clip norm)
 
     def replace(self, **changes: Any) -> "ServerState":
         return replace(self, **changes)

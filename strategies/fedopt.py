@@ -26,7 +26,9 @@ from fedsim.registry import Registry
 from fedsim.types import ClientResult, PopulationInfo
 import numpy as np
 
+from clients.transforms import ClientTransformSpec
 from strategies.base import Aggregator, ServerState
+from strategies.transforms import AggregateTransform, ServerContext, describe_server
 from strategies.fedasync import rebase
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from strategies.staleness import STALENESS
@@ -52,11 +54,16 @@ STALENESS_FIELDS: dict[str, str] = {"staleness_a": "a", "staleness_b": "b"}
 
 @dataclass
 class FedOpt:
+    """The update pipeline: client transforms (run by the executors) -> arrival transforms
+    (staleness, rebase) -> aggregator -> aggregate transforms -> server optimizer."""
+
     name: str
     aggregator: Aggregator
     optimizer: ServerOptimizer
     staleness: Callable[[np.ndarray], np.ndarray] | None = None  # s(tau), multiplies each update
     mixing: bool = False  # rebase updates onto the current model first (FedAsync)
+    client_transforms: tuple[ClientTransformSpec, ...] = ()  # (name, options): the executors build and run them
+    server_transforms: tuple[AggregateTransform, ...] = ()  # on the aggregate, in order
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> ServerState:
         params = params.detach().clone().float()
@@ -65,10 +72,30 @@ class FedOpt:
             version=0,
             optimizer=self.optimizer.init(params),
             aggregator=self.aggregator.init(params, population),
+            transforms=tuple(t.init(params, population) for t in self.server_transforms),
         )
 
     def configure(self, state: ServerState, client_id: int, now: float) -> dict[str, Any]:
-        return {}
+        """Per-job instructions from the aggregate transforms (e.g. adaptive clipping's clip norm)."""
+        config: dict[str, Any] = {}
+        for transform, transform_state in zip(self.server_transforms, state.transforms):
+            if hasattr(transform, "client_config"):
+                config |= transform.client_config(transform_state)
+        return config
+
+    def pipeline(self) -> list[str]:
+        """The resolved pipeline, one stage a line (``fedsim show``, config.yaml)."""
+        from clients.transforms import describe  # noqa: PLC0415
+
+        arrival = [f"staleness({getattr(self.staleness, 'name', 'on')})"] if self.staleness is not None else []
+        arrival += ["rebase (FedAsync mixing)"] if self.mixing else []
+        return [
+            f"client transforms: {', '.join(describe(self.client_transforms)) or '(none)'}",
+            f"arrival transforms: {', '.join(arrival) or '(none)'}",
+            f"aggregator: {getattr(self.aggregator, 'name', type(self.aggregator).__name__)}",
+            f"aggregate transforms: {', '.join(describe_server(t) for t in self.server_transforms) or '(none)'}",
+            f"server optimizer: {getattr(self.optimizer, 'name', type(self.optimizer).__name__)}",
+        ]
 
     def broadcast(self, state: ServerState) -> Any:
         """The per-version payload for clients (e.g. SCAFFOLD's c), from the aggregator; None if it has none."""
@@ -82,12 +109,22 @@ class FedOpt:
             factors = self.staleness(np.array([r.staleness for r in results]))
             results = [r if f == 1.0 else replace(r, delta=r.delta * float(f)) for r, f in zip(results, factors)]
         u, aggregator_state = self.aggregator.aggregate(state.aggregator, results, state.version)
+        transform_states = state.transforms
+        if self.server_transforms:
+            ctx = ServerContext(results=results, version=state.version)
+            new_states = []
+            for transform, transform_state in zip(self.server_transforms, state.transforms):
+                u, transform_state, metrics = transform.apply(u, transform_state, ctx)
+                ctx.info.update(metrics)
+                new_states.append(transform_state)
+            transform_states = tuple(new_states)
         step, optimizer_state = self.optimizer.update(u, state.optimizer)
         return state.replace(
             params=state.params + step,
             version=state.version + 1,
             optimizer=optimizer_state,
             aggregator=aggregator_state,
+            transforms=transform_states,
         )
 
 
@@ -168,6 +205,22 @@ _register(
     "fedsam", "FedSAM: sharpness-aware client, unweighted mean (Qu et al. 2022)", "uniform", "sgd",
     server_lr=1.0, config_defaults={"client": {"algorithm": "fedsam", **FL_SIMULATOR_CLIENT}},
 )
+
+# DP-FedAvg (McMahan et al., ICLR 2018, arXiv 1710.06963): Poisson-sampled cohorts, every delta
+# clipped to C = 1, the sum noised with std z*C (z = 1 unless privacy.target_epsilon), divided by
+# the expected cohort qN. The population is 1000 LEAF Synthetic clients (q = 0.05, cohorts of about 50),
+# so that sampling amplification gives a meaningful epsilon; privacy.* options change the rest.
+DP_DEFAULTS = {
+    "privacy": {"mode": "central", "clip": 1.0},
+    "data": {"num_clients": 1000},
+    "population": {"participation": "poisson", "mean_prob": 0.05},
+    "rounds": 100,
+    "eval": {"every": 10},
+}
+_register("dp-fedavg", "DP-FedAvg: clip to C, fixed denominator qN, Gaussian noise z*C on the sum (McMahan et al. 2018)",
+          "expected_cohort", "sgd", server_lr=1.0, config_defaults=DP_DEFAULTS)
+_register("dp-fedadam", "DP-FedAvg with a FedAdam server step (Reddi et al. 2021; Pelikan et al. 2023)",
+          "expected_cohort", "adam", server_lr=0.01, tau=1e-3, config_defaults=DP_DEFAULTS)
 
 
 ASYNC_SPEEDS = {"speed": "lognormal", "speed_sigma": 1.0}  # heavy-tailed client speeds: where asynchrony matters
@@ -324,13 +377,40 @@ def staleness_part(cfg: Any) -> tuple[Callable[[np.ndarray], np.ndarray] | None,
     return fn, bool(preset.options.get("mixing", False))
 
 
-def build_strategy(cfg: Any) -> FedOpt:
+PLAIN_AVERAGES = ("samples", "uniform")  # preset weightings that DP-FedAvg's fixed denominator replaces
+
+
+def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0) -> FedOpt:
+    """The strategy a StrategyConfig names; ``privacy`` (a ``fedsim.privacy.PrivacyPlan``) adds its pieces.
+
+    With central DP, a preset whose weighting is a plain average (samples, uniform) gets the
+    fixed-denominator weighting ``expected_cohort`` instead; any other weighting (FedAU,
+    MIFA, ...) is refused, as is FedAsync's rebase, which undoes the clipping.
+    """
     weighting, w_kwargs, optimizer, o_kwargs = resolve_parts(cfg)
     staleness, mixing = staleness_part(cfg)
+    aggregator = WEIGHTINGS.get(weighting)(**w_kwargs)
+    client_transforms: tuple[ClientTransformSpec, ...] = ()
+    server_transforms: tuple[AggregateTransform, ...] = ()
+    if privacy is not None:
+        client_transforms = tuple(privacy.client_transforms)
+        if privacy.mode == "central":
+            if weighting not in (*PLAIN_AVERAGES, "expected_cohort"):
+                raise ValueError(
+                    f"privacy.mode central: strategy '{cfg.name}' aggregates with weighting '{weighting}', whose "
+                    "weights are not a fixed denominator; use a plain-average strategy (fedavg, fedadam, fedbuff, "
+                    "dp-fedavg, ...)")
+            if mixing:
+                raise ValueError(f"privacy.mode central: strategy '{cfg.name}' rebases updates onto the current "
+                                 "model (FedAsync mixing), which undoes the clipping; use fedbuff")
+            aggregator = WEIGHTINGS.get("expected_cohort")(cohort=privacy.sampling.cohort)
+            server_transforms = privacy.server_transforms(seed)
     return FedOpt(
         name=cfg.name,
-        aggregator=WEIGHTINGS.get(weighting)(**w_kwargs),
+        aggregator=aggregator,
         optimizer=SERVER_OPTIMIZERS.get(optimizer)(**o_kwargs),
         staleness=staleness,
         mixing=mixing,
+        client_transforms=client_transforms,
+        server_transforms=server_transforms,
     )

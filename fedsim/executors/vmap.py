@@ -60,6 +60,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
 from clients import CLIENTS, local_lr, make_grad_fn
+from clients.transforms import apply_client_transforms, build_client_transforms
 from fedsim.data import ArrayFederatedData
 from fedsim.executors.base import EXECUTORS
 from fedsim.executors.serial import SerialExecutor
@@ -190,6 +191,7 @@ class VmapExecutor:
         self.model.train()
         self.layout = ParamLayout.of(self.model)
         self.numel = self.layout.numel
+        self.transforms = build_client_transforms(spec.client_transforms)
         self.loss_fn = self.task.loss_fn
         self.grad = make_grad_fn(self.model, self.layout, self.loss_fn)
         self._serial: SerialExecutor | None = None
@@ -546,6 +548,7 @@ class VmapExecutor:
                 extras=None if extras is None else {key: _own(v) for key, v in extras.items()},
             )
             results.append(check_result(result, self.numel))
+        apply_client_transforms(self.transforms, results, [it.job for it in items], self.layout)  # one stack per chunk
         return results
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 
 from clients import CLIENTS, TrainContext, local_lr, resident_grad_fn, run_client
+from clients.transforms import ClientTransformSpec, apply_client_transforms, build_client_transforms
 from fedsim.params import ResidentModel, all_finite
 from fedsim.rng import derive_seed
 from fedsim.tasks import Task, TaskSpec, build_task
@@ -46,6 +47,7 @@ class WorkerSpec:
     client: str  # client algorithm name
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads in this worker (None: leave as is)
+    client_transforms: tuple[ClientTransformSpec, ...] = ()  # the update pipeline's client stage, (name, options)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -172,6 +174,7 @@ class Worker:
             self.model = ResidentModel(self.task.build_model(), self.device)
         self.context = TrainContext(self.model, self.task.loss_fn, self.device)
         self.grad = resident_grad_fn(self.model, self.task.loss_fn)
+        self.transforms = build_client_transforms(spec.client_transforms)
 
     @property
     def numel(self) -> int:
@@ -193,7 +196,9 @@ class Worker:
             result = failed_result(job, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         result.client_id = job.client_id
         result.base_version = job.version
-        return check_result(result, self.numel)
+        result = check_result(result, self.numel)
+        apply_client_transforms(self.transforms, [result], [job], self.model.layout)  # before it leaves the client
+        return result
 
 
 def _to_device(tensors: dict[str, Any] | None, device: torch.device) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
 from fedsim.run import initial_params, task_spec
 from fedsim.tasks import Task, TaskSpec, build_task
+from fedsim.privacy import plan_privacy
 from strategies import build_strategy
 
 __all__ = [
@@ -105,8 +106,9 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
             f"uses scheduler '{config.scheduler.name}' (choose a synchronous strategy, e.g. fedavg, fedau, mifa)"
         )
     flower = {**FLOWER_DEFAULTS, **(flower or {})}
+    privacy = plan_privacy(config, task.data.num_clients)  # client transforms travel in each job's config
     return FedsimStrategy(
-        build_strategy(config.strategy),
+        build_strategy(config.strategy, privacy=privacy, seed=config.seed),
         ArrayCodec(task.build_model()),
         make_sampler(config, task),
         config.client.model_dump(),

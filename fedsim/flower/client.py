@@ -67,7 +67,7 @@ class _NodeWorkers:
 
     def __init__(self, device: str):
         self.device = device
-        self._workers: dict[tuple[int, str], Worker] = {}
+        self._workers: dict[tuple[int, str, str], Worker] = {}
         self._codecs: dict[int, ArrayCodec] = {}
 
     def codec(self, task: Task) -> ArrayCodec:
@@ -75,12 +75,15 @@ class _NodeWorkers:
             self._codecs[id(task)] = ArrayCodec(task.build_model())
         return self._codecs[id(task)]
 
-    def worker(self, task: Task, algorithm: str) -> Worker:
-        key = (id(task), algorithm)
+    def worker(self, task: Task, algorithm: str, transforms: str = "[]") -> Worker:
+        """``transforms``: the JSON list of (name, options) client transforms the server asked for."""
+        key = (id(task), algorithm, transforms)
         if key not in self._workers:
             # the task is given, so the spec's TaskSpec is never used to rebuild it
             # one torch thread per job, as fedsim's executors (executor.threads default): the same floats
-            spec = WorkerSpec(task=None, client=algorithm, device=self.device, threads=1)  # type: ignore[arg-type]
+            specs = tuple((str(name), dict(options)) for name, options in json.loads(transforms))
+            spec = WorkerSpec(task=None, client=algorithm, device=self.device, threads=1,  # type: ignore[arg-type]
+                              client_transforms=specs)
             self._workers[key] = Worker(spec, task)
         return self._workers[key]
 
@@ -133,7 +136,8 @@ def make_client_app(
         }
         if KEYS.BROADCAST in msg.content.array_records:
             job["broadcast"] = record_to_state(msg.content.array_records[KEYS.BROADCAST])
-        result = workers.worker(resolved, name).run(ClientJob(**job))
+        transforms = str(config.get(KEYS.CLIENT_TRANSFORMS, "[]")) if from_fedsim else "[]"
+        result = workers.worker(resolved, name, transforms).run(ClientJob(**job))
         if not result.ok:  # an error reply: the server counts this node absent for the round
             raise RuntimeError(f"client {pid} failed: {result.error}")
         if result.state is not None:

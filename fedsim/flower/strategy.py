@@ -61,6 +61,7 @@ class KEYS:
     EXTRAS = "fedsim.extras"  # extra flat tensors a fedsim client sends back
     NODE_INFO = "node-info"
     JOB_CONFIG = "fedsim-config"  # JSON of the job's config dict
+    CLIENT_TRANSFORMS = "fedsim-client-transforms"  # JSON [[name, options], ...]: the pipeline's client stage
     SEED = "fedsim-seed"
     VERSION = "fedsim-version"
     CLIENT_INDEX = "fedsim-client"
@@ -148,6 +149,9 @@ class FedsimStrategy(FlowerStrategy):
                 KEYS.VERSION: state.version,
                 KEYS.CLIENT_INDEX: index,
             })
+            transforms = getattr(self.strategy, "client_transforms", ())
+            if transforms:  # the ClientApp clips/noises the delta before it leaves the node
+                record[KEYS.CLIENT_TRANSFORMS] = json.dumps([[name, options] for name, options in transforms])
             content = RecordDict({KEYS.ARRAYS: global_model, KEYS.CONFIG: record})
             if broadcast is not None:
                 content[KEYS.BROADCAST] = broadcast

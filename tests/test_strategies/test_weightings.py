@@ -43,6 +43,7 @@ HAND_EXPECTED = {
     "scaffold": [1.0, 5 / 3],  # U = plain mean of the deltas (c is updated from the extras)
     "fedcm": [1.0, 5 / 3],  # U = plain mean of the deltas (momentum from the extras)
     "feddyn": [1.0 + 0.75, 5 / 3 + 1.25],  # mean delta + (1/N) sum of h = the 3 fresh deltas
+    "expected_cohort": [3 / 1.85, 5 / 1.85],  # sum of deltas / D, D = sum of p = 1.85 (no privacy plan)
 }
 for _r in RESULTS:  # what the stateful clients send their server parts
     _r.extras = {"delta_c": torch.zeros(2), "mean_grad": torch.zeros(2)}
