@@ -259,6 +259,7 @@ def resolved_config(config: RunConfig, experiment: Experiment, argv: list[str] |
     values["task"] = {"name": config.task.name, **experiment.task.options}
     values["output"]["out"] = None
     values["provenance"] = _provenance(argv)
+    values["provenance"]["pipeline"] = experiment.engine.strategy.pipeline()  # the update pipeline as run
     return values
 
 

@@ -64,6 +64,7 @@ class FedOpt:
     mixing: bool = False  # rebase updates onto the current model first (FedAsync)
     client_transforms: tuple[ClientTransformSpec, ...] = ()  # (name, options): the executors build and run them
     server_transforms: tuple[AggregateTransform, ...] = ()  # on the aggregate, in order
+    part_names: tuple[str, str, str | None] = ("", "", None)  # (weighting, server optimizer, staleness) registry names
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> ServerState:
         params = params.detach().clone().float()
@@ -87,14 +88,15 @@ class FedOpt:
         """The resolved pipeline, one stage a line (``fedsim show``, config.yaml)."""
         from clients.transforms import describe  # noqa: PLC0415
 
-        arrival = [f"staleness({getattr(self.staleness, 'name', 'on')})"] if self.staleness is not None else []
+        weighting, optimizer, staleness = self.part_names
+        arrival = [f"staleness {staleness or 'on'}"] if self.staleness is not None else []
         arrival += ["rebase (FedAsync mixing)"] if self.mixing else []
         return [
             f"client transforms: {', '.join(describe(self.client_transforms)) or '(none)'}",
             f"arrival transforms: {', '.join(arrival) or '(none)'}",
-            f"aggregator: {getattr(self.aggregator, 'name', type(self.aggregator).__name__)}",
+            f"aggregator: {weighting or type(self.aggregator).__name__}",
             f"aggregate transforms: {', '.join(describe_server(t) for t in self.server_transforms) or '(none)'}",
-            f"server optimizer: {getattr(self.optimizer, 'name', type(self.optimizer).__name__)}",
+            f"server optimizer: {optimizer or type(self.optimizer).__name__}",
         ]
 
     def broadcast(self, state: ServerState) -> Any:
@@ -404,6 +406,7 @@ def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0) -> FedOpt:
                 raise ValueError(f"privacy.mode central: strategy '{cfg.name}' rebases updates onto the current "
                                  "model (FedAsync mixing), which undoes the clipping; use fedbuff")
             aggregator = WEIGHTINGS.get("expected_cohort")(cohort=privacy.sampling.cohort)
+            weighting = "expected_cohort"
             server_transforms = privacy.server_transforms(seed)
     return FedOpt(
         name=cfg.name,
@@ -413,4 +416,5 @@ def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0) -> FedOpt:
         mixing=mixing,
         client_transforms=client_transforms,
         server_transforms=server_transforms,
+        part_names=(weighting, optimizer, cfg.staleness or STRATEGIES.get(cfg.name).options.get("staleness")),
     )
