@@ -162,6 +162,12 @@ class FunctionalClient:
 
     name = "functional"
     server_part: str | None = None
+    # client.optimizer names the local steps accept (None: any torch.optim optimizer). The step
+    # algorithms are defined over plain SGD steps, so they take "sgd" only, and
+    # ``takes_optimizer_options`` False refuses client.momentum / client.optimizer_kwargs they would ignore.
+    optimizers: tuple[str, ...] | None = ("sgd",)
+    takes_optimizer_options = False
+    state_vectors = 0  # model-sized tensors of per-client state the server keeps (SCAFFOLD's c_i: 1)
 
     def num_steps(self, config: dict[str, Any], num_samples: int) -> int:
         return num_local_steps(config, num_samples)

@@ -44,6 +44,7 @@ class FedDyn(FunctionalClient):
     name = "feddyn"
     server_part = "feddyn"
     option_names: tuple[str, ...] = ("lamb",)
+    state_vectors = 1  # h_i (FedSpeed inherits it)
 
     def options(self, config: dict[str, Any]) -> FedDynOptions:
         clip, wd = self.common(config)

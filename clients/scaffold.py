@@ -42,6 +42,7 @@ class Scaffold(FunctionalClient):
     name = "scaffold"
     server_part = "scaffold"
     option_names = ()
+    state_vectors = 1  # c_i
 
     def options(self, config: dict[str, Any]) -> ScaffoldOptions:
         return ScaffoldOptions(*self.common(config))

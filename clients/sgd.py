@@ -104,6 +104,8 @@ class SGDOptions:
 
 class LocalSGD(FunctionalClient):
     name = "sgd"
+    optimizers = None  # any torch.optim optimizer (others than SGD train through ``train``)
+    takes_optimizer_options = True
 
     def options(self, config: dict[str, Any]) -> SGDOptions | None:
         """SGD's options, or None for another torch optimizer (trained by ``train``)."""

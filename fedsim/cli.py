@@ -108,6 +108,8 @@ def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run from RUN_DIR/checkpoint.pt (config from RUN_DIR/config.yaml)")
+    run.add_argument("--force", action="store_true",
+                     help="run even if the memory estimate says the run does not fit this machine")
     run.add_argument("--dry-run", action="store_true", help="print the fully resolved config (YAML) and exit")
     run.add_argument("--seeds", metavar="S1,S2,...", help="run once per seed, e.g. --seeds 0,1,2")
     run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -182,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from fedsim.run import run_experiment  # noqa: PLC0415
 
-    summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]])
+    summary, out = run_experiment(config, overwrite=args.overwrite, argv=["fedsim", *sys.argv[1:]], force=args.force)
     return _report(summary, out)
 
 

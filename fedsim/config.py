@@ -30,6 +30,18 @@ class ConfigError(ValueError):
 
 
 MAX_LOCAL_STEPS = 1_000_000  # per job: the batch schedule of a longer job would not fit in memory
+# Sanity caps on sizes that drive memory or time (each named in its field's error; the README's
+# table of caps explains them). What a run needs in memory as a whole is estimated before it
+# starts (fedsim/resources.py); these only refuse values no machine could run.
+MAX_CLIENTS = 10_000_000  # data.num_clients: O(N) per-client arrays (sizes, speeds, probabilities) of 8 bytes
+MAX_CLIENTS_PER_CALL = 1_000_000  # clients_per_round, buffer_size, concurrency: jobs (and updates) held at once
+MAX_BATCH_SIZE = 1_000_000  # client.batch_size (a batch is never larger than the client's data anyway)
+MAX_LOCAL_EPOCHS = 10_000
+MAX_ROUNDS = 100_000_000  # server updates: time, not memory (metrics.jsonl grows one line per evaluation)
+MAX_EVAL_CLIENTS = 1_000_000  # eval.max_clients: per-client evaluation visits this many clients
+MAX_SHARDS_PER_CLIENT = 10_000  # data.shards_per_client: the shard partition sorts N x this many shards
+MAX_WORKERS = 4096  # executor.workers (Ray actors), executor.threads, executor.chunk_size
+MAX_OVER_SELECTION = 100.0  # scheduler.over_selection: dispatch (1 + x) clients_per_round
 MAX_CONFIG_BYTES = 1_000_000
 RAY_INNERS = ("auto", "vmap", "serial")  # executor.ray_inner: what runs a chunk of jobs inside a Ray actor
 
@@ -68,10 +80,10 @@ class TaskConfig(BaseModel):
 
 
 class DataConfig(_Strict):
-    num_clients: int = Field(100, ge=1)
+    num_clients: int = Field(100, ge=1, le=MAX_CLIENTS)
     partition: str = "auto"  # "auto" = the task's natural split if it has one, else dirichlet
     alpha: float = Field(0.5, gt=0)  # dirichlet concentration
-    shards_per_client: int = Field(2, ge=1)
+    shards_per_client: int = Field(2, ge=1, le=MAX_SHARDS_PER_CLIENT)
     min_samples: int = Field(1, ge=0)
     test_fraction: float = Field(0.2, ge=0, lt=1)
 
@@ -83,7 +95,7 @@ class DataConfig(_Strict):
 
 class PopulationConfig(_Strict):
     participation: str = "uniform"
-    clients_per_round: int = Field(10, ge=1)  # used by "uniform"
+    clients_per_round: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # used by "uniform"
     # heterogeneous models: mean participation probability; null = clients_per_round / num_clients
     # (0.1 for the defaults, as in the FedAU paper), so the expected clients per round, and the
     # cost of a round, do not grow with the population
@@ -105,7 +117,7 @@ class PopulationConfig(_Strict):
     comm_time: float = Field(0.0, ge=0)  # fixed virtual seconds of latency per job
     bandwidth: float | None = Field(None, gt=0)  # Mbit/s per client: adds 2 x model size / bandwidth per job
     extra_delay: float = Field(0.0, ge=0)  # mean of a random exponential extra delay per job (virtual s)
-    dropout_prob: float = Field(0.0, ge=0, le=1)  # probability that a job fails mid-training
+    dropout_prob: float = Field(0.0, ge=0, le=1)  # probability that a job fails mid-training (< 1)
 
     def probability_range(self, num_clients: int) -> tuple[float, float]:
         """(mean_prob, min_prob) with null resolved: clients_per_round / num_clients and mean / 5."""
@@ -122,13 +134,30 @@ class PopulationConfig(_Strict):
     def _known_speed(cls, v: str) -> str:
         return _check_name("speed", v)
 
+    @field_validator("dropout_prob")
+    @classmethod
+    def _someone_finishes(cls, v: float) -> float:
+        if v >= 1:
+            raise ValueError(f"must be < 1, got {v:g}: with 1 every job fails and no client ever finishes")
+        return v
+
+    @field_validator("speed_tiers")
+    @classmethod
+    def _tiers(cls, v: list[list[float]]) -> list[list[float]]:
+        from fedsim.population.simple import speed_tiers_problem  # noqa: PLC0415  (lazy: numpy, scipy)
+
+        problem = speed_tiers_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
 
 class ClientConfig(_Strict):
     algorithm: str = "sgd"
     lr: float = Field(0.05, ge=0)
-    local_epochs: int = Field(1, ge=1, le=10_000)
+    local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
     local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)  # if set, overrides local_epochs
-    batch_size: int = Field(10, ge=1)
+    batch_size: int = Field(10, ge=1, le=MAX_BATCH_SIZE)
     optimizer: str = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -159,6 +188,26 @@ class ClientConfig(_Strict):
         if bad is not None:
             raise ValueError(f"{bad} must be finite (no inf or NaN)")
         return v
+
+
+def _check_local_optimizer(client: ClientConfig) -> None:
+    """An algorithm defined over plain SGD steps refuses another optimizer (and SGD options it would ignore)."""
+    from clients import CLIENTS  # noqa: PLC0415  (lazy: registries import config)
+
+    algorithm = CLIENTS.get(client.algorithm)
+    accepted = getattr(algorithm, "optimizers", None)
+    if accepted is not None and client.optimizer not in accepted:
+        raise ValueError(
+            f"client.optimizer '{client.optimizer}' does not apply to client algorithm '{client.algorithm}', "
+            f"which is defined over plain SGD steps; it accepts: {', '.join(accepted)}"
+        )
+    if not getattr(algorithm, "takes_optimizer_options", True):
+        for key, value in (("momentum", client.momentum), ("optimizer_kwargs", client.optimizer_kwargs)):
+            if value:
+                raise ValueError(
+                    f"client.{key} does not apply to client algorithm '{client.algorithm}', whose local steps "
+                    f"are plain SGD (lr, weight_decay, clip_norm); unset it or use client.algorithm sgd"
+                )
 
 
 def _first_non_finite(value: Any, path: str = "") -> str | None:
@@ -219,19 +268,19 @@ class StrategyConfig(_Strict):
 class AnarchicConfig(_Strict):
     idle_mean: float = Field(1.0, gt=0)  # mean virtual seconds a client waits before joining again
     idle_sigma: float = Field(1.0, ge=0)  # lognormal spread of that mean across clients
-    min_steps: int = Field(1, ge=1)  # local steps a client chooses: uniform in [min_steps, max_steps]
-    max_steps: int = Field(10, ge=1)
+    min_steps: int = Field(1, ge=1, le=MAX_LOCAL_STEPS)  # local steps a client chooses: uniform in [min_steps, max_steps]
+    max_steps: int = Field(10, ge=1, le=MAX_LOCAL_STEPS)
 
 
 class SchedulerConfig(_Strict):
     """When clients train and when the server aggregates (see fedsim/schedulers.py)."""
 
     name: str = "sync"  # sync | buffered | periodic
-    over_selection: float = Field(0.0, ge=0)  # sync + uniform: dispatch (1+x) clients_per_round, keep the first
-    buffer_size: int = Field(10, ge=1)  # buffered: K arrivals per server update
+    over_selection: float = Field(0.0, ge=0, le=MAX_OVER_SELECTION)  # sync + uniform: dispatch (1+x) clients_per_round, keep the first
+    buffer_size: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # buffered: K arrivals per server update
     interval: float | None = Field(None, gt=0)  # periodic: virtual seconds between server updates
     arrivals: str = "concurrency"  # concurrency | rate | anarchic
-    concurrency: int = Field(10, ge=1)  # clients training at once
+    concurrency: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # clients training at once
     arrival_rate: float = Field(1.0, gt=0)  # starts per virtual second
     arrival_process: str = "constant"  # constant | poisson gaps
     max_staleness: int | None = Field(None, ge=0)  # refuse (and count) staler updates
@@ -261,13 +310,13 @@ COMPILE_CHOICES = ("auto", "on", "off")
 
 class ExecutorConfig(_Strict):
     name: str = "auto"  # vmap when the client algorithm and model batch, else serial
-    workers: int | None = Field(None, ge=1)  # ray: actors (default = CPU count)
+    workers: int | None = Field(None, ge=1, le=MAX_WORKERS)  # ray: actors (default = CPU count)
     ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int = Field(1, ge=1)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
+    threads: int = Field(1, ge=1, le=MAX_WORKERS)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
     ray_inner: str = "auto"  # ray: what runs a chunk inside an actor: auto | vmap | serial (auto: vmap when the clients batch)
-    chunk_size: int | None = Field(None, ge=1)  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
+    chunk_size: int | None = Field(None, ge=1, le=MAX_CLIENTS_PER_CALL)  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
     compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
 
     @field_validator("name")
@@ -311,7 +360,7 @@ class EvalConfig(_Strict):
     every_time: float | None = Field(None, gt=0)  # also evaluate every this many virtual seconds
     target_accuracy: float | None = Field(None, gt=0, le=1)  # record time-to-accuracy in summary.json
     per_client: bool = False  # also report mean and worst-10% accuracy over clients
-    max_clients: int = Field(1000, ge=1)  # per-client evaluation looks at most at this many
+    max_clients: int = Field(1000, ge=1, le=MAX_EVAL_CLIENTS)  # per-client evaluation looks at most at this many
 
 
 class StopConfig(_Strict):
@@ -367,7 +416,7 @@ class PrivacyConfig(_Strict):
 class RunConfig(_Strict):
     plugins: list[str] = Field(default_factory=list)  # modules imported before validation (they register names)
     seed: int = 0
-    rounds: int = Field(50, ge=1)  # server updates (= rounds for scheduler sync)
+    rounds: int = Field(50, ge=1, le=MAX_ROUNDS)  # server updates (= rounds for scheduler sync)
     round_deadline: float | None = Field(None, gt=0)  # scheduler sync: virtual seconds; stragglers are dropped
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -422,6 +471,7 @@ class RunConfig(_Strict):
         from strategies import check_pairing  # noqa: PLC0415
 
         check_client_options(self.client.model_dump())
+        _check_local_optimizer(self.client)
         check_pairing(self.strategy, self.client.algorithm)
         return self
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -50,6 +51,7 @@ from fedsim.population import Population, build_population
 from fedsim.population.heterogeneous import correlates_with_data
 from fedsim.privacy import PrivacyAccountant, plan_privacy
 from fedsim.registry import UnknownNameError
+from fedsim.resources import check_resources
 from fedsim.rng import derive_seed
 from fedsim.schedulers import build_scheduler
 from fedsim.state import ClientStateStore
@@ -119,18 +121,22 @@ class Experiment:
             self.engine.client_states.close()  # algos: remove spilled client state
 
 
-def build(config: RunConfig, task: Task | None = None) -> Experiment:
+def build(config: RunConfig, task: Task | None = None, force: bool = False) -> Experiment:
     """Everything a run needs; raises ValueError with a one-line message on bad input.
 
     ``task`` reuses an already built task (it must match ``task_spec(config)``), e.g. to
     compare strategies on the same data without generating it again. Callbacks (e.g. a
-    RunRecorder) are appended to ``experiment.engine.callbacks`` afterwards.
+    RunRecorder) are appended to ``experiment.engine.callbacks`` afterwards. A run whose
+    memory estimate does not fit this machine is refused before the model is allocated
+    (fedsim/resources.py), unless ``force``.
     """
     resolve_device(config.executor.device)
     client_config = config.client.model_dump()
     check_optimizer_options(client_config)
     spec = task_spec(config)
     task = task if task is not None else build_task(spec)
+    algorithm = CLIENTS.get(config.client.algorithm)()
+    check_resources(config, task, algorithm, force=force)
     params = initial_params(task, config.seed)
     population = build_population(config.population, task.data, config.seed,
                                   model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
@@ -140,11 +146,11 @@ def build(config: RunConfig, task: Task | None = None) -> Experiment:
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed)
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
-    algorithm = CLIENTS.get(config.client.algorithm)()
     if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
         raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
                          f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
     _check_local_steps(algorithm, client_config, population)
+    _check_someone_finishes(config, algorithm, client_config, population)
     worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device,
                              threads=config.executor.threads, client_transforms=strategy.client_transforms)
     mean_samples = max(1, int(population.num_samples.mean())) if len(population.num_samples) else 1
@@ -196,6 +202,31 @@ def _clients_per_call(config: RunConfig, num_clients: int) -> float:
     population = config.population
     per_round = population.mean_prob * num_clients if population.mean_prob else population.clients_per_round
     return float(min(per_round, num_clients)) * (1.0 + scheduler.over_selection)
+
+
+def _check_someone_finishes(config: RunConfig, algorithm: Any, client_config: dict[str, Any],
+                            population: Population) -> None:
+    """Refuse a round deadline or a time limit shorter than the fastest job any client could run.
+
+    The fastest job is a lower bound: the fewest local steps (smallest client, or
+    ``scheduler.anarchic.min_steps``) at each client's step time, plus communication.
+    """
+    limits = [(name, value) for name, value in (("round_deadline", config.round_deadline),
+                                                ("scheduler.max_time", config.scheduler.max_time)) if value is not None]
+    if not limits or population.num_clients == 0:
+        return
+    sizes = population.num_samples[population.num_samples > 0]
+    if config.scheduler.arrivals == "anarchic":
+        steps = config.scheduler.anarchic.min_steps
+    else:
+        steps = algorithm.num_steps(client_config, int(sizes.min()) if len(sizes) else 1)
+    ids = np.arange(population.num_clients, dtype=np.int64)
+    fastest = float(population.durations(ids, np.full(len(ids), steps)).min())
+    for name, value in limits:
+        if value < fastest:
+            raise ValueError(f"{name} ({value:g} virtual s) is shorter than the fastest job any client can run "
+                             f"({fastest:.4g} s: {steps} local steps, step time and communication); no client "
+                             f"could ever finish (raise {name} or lower population.step_time)")
 
 
 def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population: Population) -> None:
@@ -417,9 +448,11 @@ def run_experiment(
     task: Task | None = None,
     overwrite: bool = False,
     argv: list[str] | None = None,
+    force: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Build (bad input -> ConfigError before anything is written), then run into a run folder.
 
+    ``force`` runs even when the memory estimate says the run does not fit (``--force``).
     Returns ``(summary, out)``; ``summary["status"]`` says how the run ended (completed,
     diverged, failed, interrupted). A crash (e.g. a bug in client code) writes summary.json
     with status failed and the traceback into log.txt, then raises :class:`RunFailed`.
@@ -428,7 +461,7 @@ def run_experiment(
     _check_out_dir(out, overwrite)  # early, before building: fail fast on a taken folder
     early_logs = LogBuffer()  # notices while building (executor choice, Ray start-up) go to log.txt too
     try:
-        experiment = build(config, task=task)
+        experiment = build(config, task=task, force=force)
     except (ValueError, UnknownNameError, FileNotFoundError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from exc
     except RuntimeError as exc:

@@ -205,6 +205,10 @@ class TraceParticipation:
             raise ValueError(f"population.round_length must be positive, got {round_length}")
         self.trace, self.num_clients, self.round_length = trace, num_clients, round_length
         self.probabilities = self._expand(trace.availability_fraction())
+        if not np.any(self.probabilities > 0):  # nobody could ever train: refuse instead of running empty rounds
+            used = min(num_clients, trace.num_clients)
+            raise ValueError(f"population.trace_path: none of the {used} trace clients this population uses is ever "
+                             "available (no interval of positive length)")
 
     def _expand(self, per_trace_client: np.ndarray) -> np.ndarray:
         k = self.trace.num_clients

@@ -37,6 +37,7 @@ __all__ = [
     "TieredSpeed",
     "DeviceSpeed",
     "load_device_file",
+    "speed_tiers_problem",
 ]
 
 
@@ -92,13 +93,40 @@ class LognormalSpeed:
         return self.seconds * np.exp(self.sigma * z)
 
 
+TIER_SUM_TOLERANCE = 1e-6
+
+
+def speed_tiers_problem(tiers: list[list[float]]) -> str | None:
+    """What is wrong with a ``speed_tiers`` table ([[fraction, slowdown], ...]), or None.
+
+    Fractions are shares of the clients: each in [0, 1], together 1; slowdowns multiply the
+    step time: each > 0. At most MAX_SPEED_TIERS tiers.
+    """
+    if not isinstance(tiers, (list, tuple)) or not tiers or any(
+            not isinstance(t, (list, tuple)) or len(t) != 2 for t in tiers):
+        return "must be a non-empty list of [fraction, slowdown] pairs"
+    if len(tiers) > MAX_SPEED_TIERS:
+        return f"has {len(tiers)} tiers; at most {MAX_SPEED_TIERS}"
+    for k, (fraction, slowdown) in enumerate(tiers):
+        if not 0 <= fraction <= 1:
+            return f"tier {k}: fraction {fraction!r} must lie in [0, 1] (a share of the clients)"
+        if not slowdown > 0:
+            return f"tier {k}: slowdown {slowdown!r} must be > 0 (a step-time multiplier)"
+    total = float(sum(t[0] for t in tiers))
+    if abs(total - 1.0) > TIER_SUM_TOLERANCE:
+        return f"fractions sum to {total:g}; they are shares of the clients and must sum to 1"
+    return None
+
+
+MAX_SPEED_TIERS = 1000
+
+
 class TieredSpeed:
     def __init__(self, step_time: float, tiers: list[list[float]], seed: int):
+        problem = speed_tiers_problem(tiers)
+        if problem is not None:
+            raise ValueError(f"population.speed_tiers {problem}")
         table = np.asarray(tiers, dtype=np.float64)
-        if table.ndim != 2 or table.shape[1] != 2 or len(table) == 0:
-            raise ValueError("population.speed_tiers must be a list of [fraction, slowdown] pairs")
-        if np.any(table[:, 0] < 0) or table[:, 0].sum() <= 0 or np.any(table[:, 1] <= 0):
-            raise ValueError("population.speed_tiers: fractions must be >= 0 (not all 0) and slowdowns > 0")
         self.seconds, self.seed = step_time, seed
         self.cumulative = np.cumsum(table[:, 0]) / table[:, 0].sum()
         self.slowdown = table[:, 1]
