@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from fedsim import __version__
@@ -207,6 +208,9 @@ def _resume(args: argparse.Namespace, overrides: list[str]) -> int:
     given = [flag for flag in ("config", "seeds", "dry_run", "overwrite", "plugins") if getattr(args, flag)]
     if given or args.sweep or args.jobs != 1:
         raise ConfigError(f"--resume takes its config from RUN_DIR/config.yaml; drop --{(given or ['sweep'])[0].replace('_', '-')}")
+    from fedsim.metrics import check_resumable  # noqa: PLC0415
+
+    check_resumable(Path(args.resume).expanduser())  # before building anything (the recorder checks again)
     summary, out = resume_experiment(args.resume, overrides, argv=["fedsim", *sys.argv[1:]])
     return _report(summary, out)
 
