@@ -34,6 +34,8 @@ def _check_out(out: Path) -> Path:
     from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415
 
     formats = FigureCanvasBase.get_supported_filetypes()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'plot.png'}")
     if not out.suffix:
         out = out.with_suffix(".png")  # what matplotlib would write anyway; say so in "wrote ..."
     if out.suffix[1:].lower() not in formats:
