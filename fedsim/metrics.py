@@ -84,8 +84,9 @@ def _kind(path: Path) -> str:
 
 
 def read_jsonl(path: str | Path, complete_only: bool = False) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of a JSON-lines file; ``complete_only``
-    ignores a last line without its newline (a write cut short by a kill).
+    """``(line number, object)`` for each non-blank line of a JSON-lines file. A last line without
+    its newline is a write cut short (a killed or still running run): ignored if it is not valid
+    JSON, always with ``complete_only`` (what a resumed run cuts).
 
     NaN, Infinity and numbers too large for a float read as null, as the recorder writes them.
     A missing file is FileNotFoundError; anything else wrong is a one-line ValueError naming the
@@ -114,6 +115,8 @@ def read_jsonl(path: str | Path, complete_only: bool = False) -> list[tuple[int,
         try:
             row = json.loads(line, parse_float=_finite_or_none, parse_constant=lambda _: None)
         except (ValueError, RecursionError) as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # a last line without its newline: a write cut short (a killed or running run)
             reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
             raise ValueError(f"{path} line {number} is not valid JSON ({reason})") from None
         if not isinstance(row, dict):

@@ -179,6 +179,16 @@ def test_nan_and_infinity_read_as_missing_values(tmp_path, capsys):
     assert "| 1 | 0.5000 | 0.5000 |" in capsys.readouterr().out  # not nan, not inf
 
 
+def test_a_last_line_cut_short_is_ignored_but_not_a_broken_line_before_it(tmp_path, capsys):
+    lines = "".join(json.dumps(row) + "\n" for row in ROWS)
+    run = fake_run(tmp_path / "run", **{"metrics.jsonl": lines + '{"round": 4, "test_accura'})
+    assert main(["table", str(run)]) == 0  # a killed run's last write
+    assert "| 1 | 0.2500 | 0.2500 |" in capsys.readouterr().out
+    (run / "metrics.jsonl").write_text('{"round": 4, "test_accura\n' + lines)
+    assert main(["table", str(run)]) == 2
+    one_error_line(capsys, "metrics.jsonl line 1 is not valid JSON")
+
+
 def test_table_target_must_be_finite(tmp_path, capsys):
     assert main(["table", str(fake_run(tmp_path / "run")), "--target", "nan"]) == 2
     one_error_line(capsys, "--target must be a finite number")
