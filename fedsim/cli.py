@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from fedsim import __version__
@@ -209,8 +210,33 @@ def _resume(args: argparse.Namespace, overrides: list[str]) -> int:
     given = [flag for flag in ("config", "seeds", "dry_run", "overwrite", "plugins") if getattr(args, flag)]
     if given or args.sweep or args.jobs != 1:
         raise ConfigError(f"--resume takes its config from RUN_DIR/config.yaml; drop --{(given or ['sweep'])[0].replace('_', '-')}")
-    summary, out = resume_experiment(args.resume, overrides, argv=["fedsim", *sys.argv[1:]])
+    from fedsim.metrics import check_resumable  # noqa: PLC0415
+
+    run_dir = Path(args.resume).expanduser()
+    check_resumable(run_dir)  # before building anything (the recorder checks again)
+    try:
+        summary, out = resume_experiment(args.resume, overrides, argv=["fedsim", *sys.argv[1:]])
+    except ConfigError:
+        _keep_plugin_traceback(run_dir / "log.txt")
+        raise
     return _report(summary, out)
+
+
+def _keep_plugin_traceback(log_file: Path) -> None:
+    """A plugin (from the run's config.yaml) failed to import: its traceback goes to the run's log.txt."""
+    from fedsim.plugins import take_failure_traceback  # noqa: PLC0415
+
+    text = take_failure_traceback()
+    if text is None or not log_file.parent.is_dir() or (log_file.exists() and not log_file.is_file()):
+        return
+    try:
+        handler = logging.FileHandler(log_file)
+    except OSError:
+        return  # the one-line error is printed all the same
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.handle(logging.makeLogRecord({"name": "fedsim", "levelno": logging.ERROR, "levelname": "ERROR",
+                                          "msg": f"--resume: a plugin failed to import\n{text.rstrip()}"}))
+    handler.close()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@
 ``participants``, ``dropouts`` (this round), ``train_loss`` (this round's participants),
 ``staleness`` (mean over the aggregated updates).
 ``summary.json`` is written at the end.
+
+:func:`read_jsonl` reads these files back (``fedsim table``/``plot``, ``--resume``): a line that is
+not a JSON object is a one-line error naming the file and line, never skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from typing import Any, Mapping
 
 from tqdm import tqdm
 
-__all__ = ["RunRecorder", "TqdmLoggingHandler", "LogBuffer", "flatten", "hparams_of"]
+__all__ = ["RunRecorder", "TqdmLoggingHandler", "LogBuffer", "flatten", "hparams_of", "read_jsonl", "check_resumable"]
+
+RESUMED_FILES = ("metrics.jsonl", "rounds.jsonl")  # a resumed run cuts them to its checkpoint and appends
+REWRITTEN_FILES = ("summary.json", "log.txt")  # a resumed run deletes / appends to them
 
 
 class TqdmLoggingHandler(logging.Handler):
@@ -68,12 +74,95 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _kind(path: Path) -> str:
+    return "a directory" if path.is_dir() else "a broken link" if not path.exists() else "not a regular file"
+
+
+def read_jsonl(path: str | Path, complete_only: bool = False) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file. A last line without
+    its newline is a write cut short (a killed or still running run): ignored if it is not valid
+    JSON, always with ``complete_only`` (what a resumed run cuts).
+
+    NaN, Infinity and numbers too large for a float read as null, as the recorder writes them.
+    A missing file is FileNotFoundError; anything else wrong is a one-line ValueError naming the
+    file (and the line).
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():  # a folder, a FIFO (reading would block), a device, a broken link
+        raise ValueError(f"{path} is {_kind(path)}, not a JSON-lines file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text (binary content)") from None
+    lines = text.split("\n")
+    if complete_only or not lines[-1].strip():
+        lines = lines[:-1]  # after the last newline: nothing, or a line cut short
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_float=_finite_or_none, parse_constant=lambda _: None)
+        except (ValueError, RecursionError) as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # a last line without its newline: a write cut short (a killed or running run)
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+            raise ValueError(f"{path} line {number} is not valid JSON ({reason})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected a JSON object {{...}}, got {type(row).__name__}")
+        rows.append((number, row))
+    return rows
+
+
+def check_resumable(out_dir: str | Path) -> None:
+    """Before ``--resume`` builds anything: the files it will cut, append to or rewrite in ``out_dir``
+    are regular, readable, writable files (or absent) and the JSON-lines files hold JSON objects;
+    a one-line ConfigError naming the file otherwise."""
+    from fedsim.config import ConfigError  # noqa: PLC0415
+
+    out = Path(out_dir)
+    for name in (*RESUMED_FILES, *REWRITTEN_FILES):
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} is {_kind(path)}, not a file; move it away to resume")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"--resume: {path} cannot be read and written (permissions)")
+    tensorboard = out / "tensorboard"
+    if (tensorboard.exists() or tensorboard.is_symlink()) and not tensorboard.is_dir():
+        raise ConfigError(f"--resume: {tensorboard} is not a folder; move it away to resume")
+    for name in RESUMED_FILES:
+        try:
+            read_jsonl(out / name, complete_only=True)
+        except FileNotFoundError:
+            continue  # the checkpoint's line count decides whether that is wrong
+        except ValueError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+
+
 def _truncate_lines(path: Path, keep: int) -> int:
     """Cut ``path`` after its first ``keep`` lines (what a resumed run wrote after its checkpoint goes)."""
-    data = path.read_bytes() if path.exists() else b""
+    from fedsim.config import ConfigError  # noqa: PLC0415
+
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError as exc:
+        raise ConfigError(f"--resume: cannot read {path} ({exc.strerror or exc})") from None
     lines = data.splitlines(keepends=True)
     if len(lines) < keep or (keep and not lines[keep - 1].endswith(b"\n")):
-        raise ValueError(f"{path}: holds {len(lines)} complete lines, the checkpoint counts {keep}")
+        raise ConfigError(f"--resume: {path} holds {len(lines)} complete lines, the checkpoint counts {keep}")
     path.write_bytes(b"".join(lines[:keep]))
     return keep
 
@@ -110,15 +199,16 @@ class RunRecorder:
         """``resume`` (a checkpoint's ``state_dict()``): keep that many lines of metrics/rounds.jsonl, append after them."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lines = {"metrics": 0, "rounds": 0}
+        if resume is not None:  # checked before anything is opened, so a refusal leaves nothing attached
+            check_resumable(self.out_dir)
+            for name in self._lines:
+                self._lines[name] = _truncate_lines(self.out_dir / f"{name}.jsonl", int(resume[f"{name}_lines"]))
         self._file_log = logging.FileHandler(self.out_dir / "log.txt")
         self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         for record in early_logs or []:
             self._file_log.handle(record)
         logging.getLogger("fedsim").addHandler(self._file_log)
-        self._lines = {"metrics": 0, "rounds": 0}
-        if resume is not None:
-            for name in self._lines:
-                self._lines[name] = _truncate_lines(self.out_dir / f"{name}.jsonl", int(resume[f"{name}_lines"]))
         mode = "a" if resume is not None else "w"
         self._metrics = (self.out_dir / "metrics.jsonl").open(mode)
         self._rounds = (self.out_dir / "rounds.jsonl").open(mode)

@@ -9,12 +9,12 @@ differ between seeds), over the range every run of the group covers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from fedsim.metrics import read_jsonl
 from fedsim.table import find_runs, group_label, group_runs, load_run
 
 __all__ = ["read_metrics", "plot_runs", "X_AXES"]
@@ -24,9 +24,30 @@ X_AXES = ("round", "virtual_time", "wall_time")
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl in run folder {run_dir}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(path)]
+
+
+def _check_out(out: Path) -> Path:
+    """The PNG (or other image) path, checked before anything is drawn: a failed plot writes nothing."""
+    from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'plot.png'}")
+    if not out.suffix:
+        out = out.with_suffix(".png")  # what matplotlib would write anyway; say so in "wrote ..."
+    if out.suffix[1:].lower() not in formats:
+        raise ValueError(f"--out {out}: unknown image format {out.suffix!r}; choose one of {', '.join(sorted(formats))}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'plot.png'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    return out
 
 
 def group_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -51,9 +72,12 @@ def plot_runs(
         raise ValueError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
     runs = [load_run(p) for p in find_runs(run_dirs)]
     for run in runs:
-        if not any(row.get(metric) is not None for row in run.evals):
-            available = sorted({k for r in run.evals for k in r})
-            raise ValueError(f"run {run.path} has no metric {metric!r}; available: {', '.join(available)}")
+        if not run.evals:
+            raise ValueError(f"run {run.path} has no evaluation yet (empty metrics.jsonl)")
+        if not any(row.get(metric) is not None and row.get(x) is not None for row in run.evals):
+            available = sorted({k for r in run.evals for k, v in r.items() if v is not None})
+            raise ValueError(f"run {run.path} has no evaluation with both {metric!r} and {x!r}; "
+                             f"available: {', '.join(available)}")
     keys, groups = group_runs(runs)
     if labels and len(labels) != len(groups):
         raise ValueError(
@@ -65,11 +89,14 @@ def plot_runs(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    out = _check_out(Path(out))
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, group in enumerate(groups):
         curves = []
         for run in group:
-            rows = [r for r in run.evals if r.get(metric) is not None and r.get(x) is not None]
+            rows = sorted((r for r in run.evals if r.get(metric) is not None and r.get(x) is not None),
+                          key=lambda r: r[x])  # np.interp needs increasing x
             curves.append((np.array([r[x] for r in rows], dtype=float), np.array([r[metric] for r in rows], dtype=float)))
         gx, mean, std = group_curve(curves)
         if labels:
@@ -91,8 +118,11 @@ def plot_runs(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
     return out

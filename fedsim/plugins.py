@@ -15,6 +15,10 @@ Two ways in:
   Every such module is imported when the CLI starts (an entry point naming a function,
   ``"my_pkg:register"``, has the function called with no arguments).
 
+A plugin that fails to import (an exception, a syntax error, even ``sys.exit()``) is the one-line
+error ``plugin MODULE failed to import: <the error's first line> (<file>:<line>)``, exit status 2;
+its traceback goes to the log at debug level, and into ``log.txt`` when resuming a run folder.
+
 Ray actors import the same modules before building their worker, and modules that are not
 installed in site-packages are shipped to cluster nodes with fedsim's own code.
 """
@@ -23,22 +27,58 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "import_plugins", "load_entry_points", "load_entry_points_once", "loaded_plugins", "check_shadowing"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginError", "import_plugins", "load_entry_points", "load_entry_points_once",
+           "loaded_plugins", "check_shadowing", "take_failure_traceback"]
+
+log = logging.getLogger("fedsim")
 
 ENTRY_POINT_GROUP = "fedsim.plugins"
 SHADOWABLE = ("strategies", "clients")  # fedsim's top-level packages with common names
 
 _loaded: list[str] = []  # module names imported through this module, in order (shipped to Ray actors)
+_failure_traceback: str | None = None  # the last failed plugin import's traceback (for a run folder's log.txt)
 
 
 class PluginError(ValueError):
     """A plugin could not be imported; the message is one line."""
+
+
+def _failed(what: str, exc: BaseException) -> PluginError:
+    """``"<what>: <first line of the error> (<file>:<line>)"`` as a PluginError; the traceback is logged
+    at debug level and kept for :func:`take_failure_traceback`."""
+    global _failure_traceback
+    _failure_traceback = "".join(traceback.format_exception(exc))
+    log.debug("%s; traceback:\n%s", what, _failure_traceback.rstrip())
+    if isinstance(exc, SystemExit):
+        reason = f"it called sys.exit({exc.code!r})"
+    else:
+        text = (exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)).strip()
+        reason = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    where = None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = (exc.filename, exc.lineno)
+    else:  # the innermost frame outside importlib and fedsim: the plugin's own line, not the registry's
+        fedsim_dir = str(Path(__file__).resolve().parent)
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith("<") and not str(Path(f.filename).resolve()).startswith(fedsim_dir)]
+        if frames:
+            where = (frames[-1].filename, frames[-1].lineno)
+    return PluginError(f"{what}: {reason}" + (f" ({where[0]}:{where[1]})" if where else ""))
+
+
+def take_failure_traceback() -> str | None:
+    """The traceback of the last plugin that failed to import (then forgotten), or None."""
+    global _failure_traceback
+    text, _failure_traceback = _failure_traceback, None
+    return text
 
 
 def _ensure_cwd_importable() -> None:
@@ -69,9 +109,9 @@ def import_plugins(names: Iterable[str]) -> list[str]:
                 raise PluginError(
                     f"plugins: no module named {name!r} (looked in the current folder {os.getcwd()} and on sys.path)"
                 ) from None
-            raise PluginError(f"plugins: importing {name!r} failed: {type(exc).__name__}: {exc}") from exc
-        except (ValueError, KeyError) as exc:  # e.g. a name registered twice
-            raise PluginError(f"plugins: importing {name!r} failed: {exc}") from exc
+            raise _failed(f"plugin {name} failed to import", exc) from None
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  (whatever a plugin raises, sys.exit(0) too: one line, exit 2)
+            raise _failed(f"plugin {name} failed to import", exc) from None
         if name not in _loaded:
             _loaded.append(name)
         imported.append(name)
@@ -84,10 +124,10 @@ def load_entry_points() -> list[str]:
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = entry.load()
-        except Exception as exc:  # noqa: BLE001  (a broken third-party plugin: one line, then exit 2)
-            raise PluginError(f"plugin entry point {entry.name!r} ({entry.value}) failed to load: {exc}") from exc
-        if callable(obj) and entry.attr:
-            obj()
+            if callable(obj) and entry.attr:
+                obj()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  (a broken third-party plugin: one line, then exit 2)
+            raise _failed(f"plugin entry point {entry.name!r} ({entry.value}) failed to load", exc) from None
         module = entry.module
         if module not in _loaded:
             _loaded.append(module)

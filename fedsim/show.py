@@ -126,7 +126,8 @@ def describe(name: str) -> str:
             continue
         blocks.append(_show_strategy(name) if kind == "strategy" else _show_part(kind, name))
     if not blocks:
-        close = [n for kind in registries.KINDS for n in registries.get(kind).names() if name.lower() in n.lower()]
+        close = [n for kind in registries.KINDS for n in registries.get(kind).names()
+                 if name.strip() and name.strip().lower() in n.lower()]
         hint = f"; similar: {', '.join(sorted(set(close))[:8])}" if close else "; `fedsim list` shows every name"
         raise UnknownNameError(f"no strategy, weighting, task, participation model, ... is called '{name}'{hint}")
     return "\n\n".join("\n".join(block) for block in blocks)

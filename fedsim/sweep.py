@@ -75,6 +75,8 @@ def parse_axes(seeds: str | None, sweeps: Sequence[str]) -> list[Axis]:
             raise ConfigError(f"--seeds expects integers separated by commas, e.g. 0,1,2; got '{seeds}'")
         axes.append(("seed", values))
     keys = [key for key, _ in axes]
+    if "output.out" in keys:
+        raise ConfigError("--sweep output.out: each run's folder is made under the sweep folder; give --out instead")
     for key in keys:
         if keys.count(key) > 1:
             raise ConfigError(f"--sweep: {key} is swept twice (--seeds sweeps seed)")
@@ -101,6 +103,12 @@ def expand(
         except ConfigError as exc:
             raise ConfigError(f"{label(settings)}: {exc}") from None
         runs.append((settings, config))
+    folders = [label(settings) for settings, _ in runs]
+    for folder in folders:
+        if len(folder.encode()) > 255:  # the usual file-name limit; mkdir would fail after earlier runs ran
+            raise ConfigError(f"--sweep: the run folder name {folder[:60]}... is longer than 255 bytes; sweep fewer keys")
+        if folders.count(folder) > 1:
+            raise ConfigError(f"--sweep: two runs would share the folder {folder} ('/' becomes '_' in folder names)")
     return runs
 
 
@@ -122,8 +130,13 @@ def done_line(summary: dict[str, Any], out: Path | str) -> str:
 def _sweep_dir(out: str | None) -> Path:
     if out:
         path = Path(out)
-        if path.exists() and any(path.iterdir()):
-            raise ConfigError(f"sweep folder {path} already exists and is not empty; choose another --out")
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise ConfigError(f"--out {path} is a file, not a folder; the sweep folder must be new or empty")
+        try:
+            if path.exists() and any(path.iterdir()):
+                raise ConfigError(f"sweep folder {path} already exists and is not empty; choose another --out")
+        except OSError as exc:
+            raise ConfigError(f"--out {path}: cannot read it ({exc.strerror or exc})") from None
         return path
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, k = Path("runs") / f"{stamp}-sweep", 2
@@ -139,7 +152,10 @@ def run_sweep(runs: list[tuple[dict[str, str], RunConfig]], out: str | None = No
     if jobs > 1 and any(config.executor.name == "ray" for _, config in runs):
         raise ConfigError("--jobs runs experiments as Ray tasks; use executor auto, vmap or serial inside them")
     root = _sweep_dir(out)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {root}: cannot create the sweep folder ({exc.strerror or exc})") from None
     planned = []
     for settings, config in runs:
         config.output.out = str(root / label(settings))

@@ -3,7 +3,9 @@
 Runs are read from their folders (``config.yaml``, ``metrics.jsonl``, ``summary.json``); a
 sweep folder (or any folder holding run folders) stands for all its runs. Two runs belong to
 the same group when their resolved configs agree on everything except ``seed`` and ``output.*``;
-the group's columns are the config keys that differ between groups.
+the group's columns are the config keys that differ between groups. A folder with a
+metrics.jsonl but no config.yaml is skipped with a warning; a malformed file (not JSON, a line
+that is not an object, a value that is not a number) is a one-line error naming the file.
 
 Per run: the final and best value of the metric (from the evaluations in metrics.jsonl), the
 first evaluated round and virtual time at which it reached the target (time to accuracy, at the
@@ -16,18 +18,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-from fedsim.metrics import flatten
+from fedsim.config import read_yaml
+from fedsim.metrics import flatten, read_jsonl
 
 __all__ = ["Run", "find_runs", "load_run", "group_runs", "compare_table", "differing_keys"]
 
+log = logging.getLogger("fedsim")
 
 
 @dataclass
@@ -40,28 +43,94 @@ class Run:
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run folders (holding config.yaml and metrics.jsonl) among ``paths`` and below them, in order."""
+    """Run folders (holding config.yaml and metrics.jsonl) among ``paths`` and below them, in order.
+
+    A folder with a metrics.jsonl but no config.yaml is no fedsim run: it is skipped with a
+    warning (one line), and an error if nothing else is left.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"no such run or sweep folder: {raw}")
-        if (path / "metrics.jsonl").is_file():
+        if not path.is_dir():
+            raise ValueError(f"{raw} is a file; give the run folder (or sweep folder) that holds it")
+        if _has(path, "metrics.jsonl"):
             found.append(path)
             continue
         below = sorted(p.parent for p in path.rglob("metrics.jsonl"))
         if not below:
             raise FileNotFoundError(f"{raw} is not a run folder and holds none (no metrics.jsonl below it)")
         found.extend(below)
-    return list(dict.fromkeys(found))
+    found = list(dict.fromkeys(found))
+    skipped = [p for p in found if not _has(p, "config.yaml")]
+    if skipped:
+        log.warning("skipped %d folder%s with a metrics.jsonl but no config.yaml (not fedsim runs): %s",
+                    len(skipped), "s" if len(skipped) > 1 else "", ", ".join(map(str, skipped)))
+    runs = [p for p in found if p not in skipped]
+    if not runs:
+        raise ValueError(f"no fedsim run folder in {', '.join(map(str, paths))} (none has a config.yaml)")
+    return runs
+
+
+def _has(folder: Path, name: str) -> bool:
+    """``folder/name`` is there (a file, a folder, a broken link: load_run says what is wrong with it)."""
+    return (folder / name).exists() or (folder / name).is_symlink()
+
+
+def _number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _check_number(path: Path, where: str, key: str, value: Any) -> None:
+    if value is not None and not _number(value):
+        raise ValueError(f"{path}{where}: {key!r} is {json.dumps(value, default=str)[:60]}, expected a number or null")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path} is {'a directory' if path.is_dir() else 'not a regular file'}, not a JSON file")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=lambda _: None)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text (binary content)") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not valid JSON ({reason})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, got {type(data).__name__}")
+    return data
 
 
 def load_run(path: Path) -> Run:
+    """A run folder's files, checked: anything malformed is a one-line ValueError naming the file."""
+    path = Path(path)
     config_file = path / "config.yaml"
-    config = flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
-    evals = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not config_file.is_file():
+        raise ValueError(f"{config_file} is {'a directory' if config_file.is_dir() else 'not a regular file'}, not a file")
+    config = flatten(read_yaml(config_file))
+    evals = []
+    for number, row in read_jsonl(path / "metrics.jsonl"):
+        if not _number(row.get("round")):
+            raise ValueError(f"{path / 'metrics.jsonl'} line {number}: 'round' is {json.dumps(row.get('round'))[:60]} "
+                             "(missing or not a number: not a fedsim evaluation row)")
+        for key, value in row.items():  # every field the recorder writes is a number or null
+            _check_number(path / "metrics.jsonl", f" line {number}", key, value)
+        evals.append(row)
     summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    summary = None
+    if summary_file.exists() or summary_file.is_symlink():
+        summary = _read_json_object(summary_file)
+        _check_number(summary_file, "", "dropouts", summary.get("dropouts"))
+        if not isinstance(summary.get("status", ""), str):
+            raise ValueError(f"{summary_file}: 'status' is {summary['status']!r}, expected a string")
     return Run(path=path, config=config, evals=evals, summary=summary)
 
 
@@ -71,7 +140,7 @@ def _ignored(key: str) -> bool:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value, default=str)  # default: YAML dates, sets
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
@@ -108,7 +177,7 @@ def group_label(keys: Sequence[str], run: Run) -> str:
 
 
 def _values(run: Run, metric: str) -> list[tuple[dict[str, Any], float]]:
-    return [(row, float(row[metric])) for row in run.evals if isinstance(row.get(metric), (int, float))]
+    return [(row, float(row[metric])) for row in run.evals if row.get(metric) is not None]
 
 
 def run_numbers(run: Run, metric: str, target: float | None, higher_is_better: bool) -> dict[str, float | None]:
@@ -124,7 +193,7 @@ def run_numbers(run: Run, metric: str, target: float | None, higher_is_better: b
         "final": final,
         "best": best,
         "rounds_to_target": float(reached["round"]) if reached else None,
-        "vtime_to_target": float(reached["virtual_time"]) if reached else None,
+        "vtime_to_target": float(reached["virtual_time"]) if reached and reached.get("virtual_time") is not None else None,
         "dropouts": float(dropouts) if dropouts is not None else None,
     }
 
@@ -156,6 +225,8 @@ def compare_table(
     paths: Sequence[str | Path], metric: str = "test_accuracy", target: float | None = None, as_csv: bool = False,
 ) -> str:
     """The comparison table as markdown (or CSV with one column per mean, std and count)."""
+    if target is not None and not math.isfinite(target):
+        raise ValueError(f"--target must be a finite number, got {target}")
     runs = [load_run(p) for p in find_runs(paths)]
     available = sorted({k for r in runs for row in r.evals for k, v in row.items() if isinstance(v, (int, float))})
     if not any(_values(r, metric) for r in runs):

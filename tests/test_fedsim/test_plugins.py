@@ -71,7 +71,7 @@ def test_readme_extending_example_works_verbatim_outside_the_repository(tmp_path
 def test_plugin_errors_are_one_line(tmp_path):
     (tmp_path / "broken_plugin.py").write_text("import does_not_exist_anywhere\n")
     for plugin, needle in [("no_such_plugin", "no module named 'no_such_plugin'"),
-                           ("broken_plugin", "importing 'broken_plugin' failed"),
+                           ("broken_plugin", "plugin broken_plugin failed to import: ModuleNotFoundError"),
                            ("broken_plugin.py", "is a path")]:
         proc = fedsim(["run", "--plugin", plugin, "--dry-run"], tmp_path, timeout=120)
         lines = proc.stderr.strip().splitlines()
