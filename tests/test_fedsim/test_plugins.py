@@ -17,7 +17,7 @@ import yaml
 from fedsim.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
+EXTENDING = (REPO / "docs" / "pages" / "extending.md").read_text()
 
 # a plugin task: the synthetic task with few features (Ray actors must import it to build their data)
 TASK_PLUGIN = textwrap.dedent('''
@@ -41,12 +41,12 @@ def fedsim(args: list[str], cwd: Path, timeout: float = 240, env: dict[str, str]
 
 
 def readme_extending_example() -> tuple[str, str, list[str]]:
-    """(file name, code, commands) of the README's plugin example, verbatim."""
-    section = README.split("## Extending fedsim", 1)[1].split("\n## ", 1)[0]
+    """(file name, code, commands) of the docs' plugin example (docs/pages/extending.md), verbatim."""
+    section = EXTENDING.split("## Plugins", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n# (\S+\.py)[^\n]*\n(.*?)```", section, re.S)
-    assert code, "the README's Extending section lost its python example"
-    commands = re.findall(r"^    (python -m fedsim .*--plugin .*)$", section, re.M)
-    assert commands, "the README's Extending section lost its command"
+    assert code, "docs/pages/extending.md lost its python example"
+    commands = re.findall(r"^(python -m fedsim .*--plugin .*)$", section, re.M)
+    assert commands, "docs/pages/extending.md lost its command"
     return code.group(1), code.group(2), commands
 
 
