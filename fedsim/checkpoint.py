@@ -293,8 +293,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001  (disallowed types: one line)
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable fedsim checkpoint ({text})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        text = lines[0]
+        marks = [i for i, line in enumerate(lines) if "WeightsUnpickler error" in line]
+        if marks:  # torch's weights-only refusal: what it refused follows this marker
+            rest = lines[marks[0]].split("WeightsUnpickler error:", 1)[-1].strip()
+            text = "it holds more than plain data: " + (rest or (lines[marks[0] + 1] if marks[0] + 1 < len(lines) else "?"))
+        raise CheckpointError(f"{path}: not a readable fedsim checkpoint ({text[:200]})") from None
     if type(state) is not dict or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a fedsim checkpoint of format {FORMAT_VERSION}")
     return state
