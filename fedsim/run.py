@@ -9,8 +9,9 @@ refuses a second run into the same folder while the first is alive; ``config.yam
 resolved config (every option as used, plus provenance) with ``output.out`` cleared, so
 running it again makes a new folder; ``summary.json`` always says how the run ended
 (``status``); ``checkpoint.pt`` (every ``output.checkpoint_every`` updates and on SIGINT/SIGTERM)
-lets ``resume_experiment`` continue the run in the same folder; the final model is saved as ``model.pt2`` (``torch.export``) and
-``model_state.pt`` (a plain state dict).
+lets ``resume_experiment`` continue the run in the same folder (only a checkpoint taken in that
+folder, under the same resolved config and data: see ``run_fingerprint``); the final model is
+saved as ``model.pt2`` (``torch.export``) and ``model_state.pt`` (a plain state dict).
 """
 
 from __future__ import annotations
@@ -336,13 +337,13 @@ def check_fingerprint(saved: Any, current: dict[str, Any], path: Path) -> None:
         old, new = saved[part], current[part]
         for key in [*old, *(k for k in new if k not in old)]:
             before, now = old.get(key, "(not set)"), new.get(key, "(not set)")
-            if json.dumps(before, sort_keys=True) != json.dumps(now, sort_keys=True):
+            if json.dumps(before, sort_keys=True, default=repr) != json.dumps(now, sort_keys=True, default=repr):
                 name = key if part == "config" else f"data.{key}"
                 raise CheckpointError(f"{what} ({path.name}): {name} was {_short(before)}, now {_short(now)}")
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
+    text = json.dumps(value, default=repr) if not isinstance(value, str) else value
     return text if len(text) <= 80 else text[:77] + "..."
 
 

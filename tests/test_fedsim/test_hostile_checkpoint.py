@@ -286,6 +286,13 @@ def test_a_checkpoint_without_a_fingerprint_is_refused(run, tmp_path, capsys):
     refused(capsys, tmp_path, run, str(run / CHECKPOINT_NAME), "fingerprint")
 
 
+def test_a_fingerprint_holding_a_tensor_is_refused(run, tmp_path, capsys):
+    fingerprint = load_checkpoint(run / CHECKPOINT_NAME)["fingerprint"]
+    fingerprint["config"]["client.lr"] = torch.ones(2)
+    _tamper(run, fingerprint=fingerprint)
+    refused(capsys, tmp_path, run, "client.lr was tensor(")
+
+
 # --------------------------------------------------------------------------- registering a class
 
 
