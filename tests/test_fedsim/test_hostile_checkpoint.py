@@ -290,7 +290,7 @@ def test_a_fingerprint_holding_a_tensor_is_refused(run, tmp_path, capsys):
     fingerprint = load_checkpoint(run / CHECKPOINT_NAME)["fingerprint"]
     fingerprint["config"]["client.lr"] = torch.ones(2)
     _tamper(run, fingerprint=fingerprint)
-    refused(capsys, tmp_path, run, "client.lr was tensor(")
+    refused(capsys, tmp_path, run, "client.lr was \"tensor(")
 
 
 # --------------------------------------------------------------------------- registering a class
