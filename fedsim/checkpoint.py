@@ -1,68 +1,116 @@
-"""Checkpoints: a run's whole state in one file that ``torch.load(weights_only=True)`` reads.
+"""Checkpoints: a run's whole state in one checksummed file of plain data.
 
 A checkpoint holds the engine's state (clock, event queue with the jobs in flight and their
 computed results, busy clients, dispatch counts, counters, evaluation history), the
 strategy's ``ServerState``, the client state store, the scheduler's and the run guard's
-state, and how many lines of ``metrics.jsonl`` / ``rounds.jsonl`` were written when it was
-taken. Randomness is counter-based (seeds derive from the experiment seed and counters that
-are saved), so there is no RNG state to save.
+state, how many lines of ``metrics.jsonl`` / ``rounds.jsonl`` were written when it was taken
+(and their sha256), and a fingerprint of the run's config and data (``fedsim.run`` checks
+both before resuming). Randomness is counter-based (seeds derive from the experiment seed
+and counters that are saved), so there is no RNG state to save.
 
-Objects become plain containers and tensors (:func:`encode`): a dataclass, NamedTuple or
-plain object becomes ``{"__object__": "module:Class", ...}`` naming its class, and only
-classes defined in fedsim's own packages are rebuilt on load (:func:`decode`). Tensors
-shared between jobs (the model of one version) share storage, so ``torch.save`` writes
-each version's parameters once.
+Objects become plain containers and tensors (:func:`encode`). Only classes registered for
+checkpointing are written and rebuilt; a file never names code to run. Register a state
+class with one decorator line::
 
-Saving is atomic: write ``checkpoint.pt.tmp``, fsync, ``os.replace`` onto ``checkpoint.pt``,
-so a kill during a save leaves the previous checkpoint as it was.
+    from fedsim.checkpoint import checkpointable
+
+    @checkpointable
+    @dataclass(frozen=True)
+    class MyAggregatorState:
+        sums: torch.Tensor
+        count: int
+
+A dataclass is stored field by field and rebuilt by calling the class with exactly its
+fields; a NamedTuple by its values. Any other class must define ``state_dict()`` (plain
+data) and a classmethod ``from_state_dict(state, **context)`` that builds an instance from
+that data alone, without touching files (``context`` holds run settings the caller passes
+to :func:`decode`, e.g. ``spill_dir`` from the run's config). A class is registered under
+``"module:QualName"`` (``@checkpointable(name="...")`` keeps an old name readable after a
+move). :func:`decode` refuses any name not in the table, a registered class given other
+fields than its own, and anything but plain data, with a :class:`CheckpointError`.
+
+File format: one header line ``fedsim-checkpoint <format> <sha256 of the payload>\\n``, then
+the payload, a ``torch.save`` of the state. The digest is checked before the payload is read
+(a truncated, bit-flipped or foreign file is refused; the payload is then read with
+``torch.load(weights_only=True)``). Saving is atomic: write ``checkpoint.pt.tmp``, fsync,
+``os.replace`` onto ``checkpoint.pt``, so a kill during a save leaves the previous
+checkpoint as it was.
 """
 
 from __future__ import annotations
 
-import math
-
-import importlib
+import dataclasses
+import hashlib
+import hmac
+import io
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["encode", "decode", "save_checkpoint", "load_checkpoint", "Checkpointer", "CHECKPOINT_NAME",
-           "CheckpointError"]
+__all__ = ["encode", "decode", "checkpointable", "registered_classes", "save_checkpoint", "load_checkpoint",
+           "Checkpointer", "CHECKPOINT_NAME", "CheckpointError", "FORMAT_VERSION"]
 
 log = logging.getLogger("fedsim")
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
-_TRUSTED_PACKAGES = ("fedsim", "strategies", "clients")
+FORMAT_VERSION = 2  # 1: a bare torch.save (no checksum, no fingerprint), no longer read
+MAGIC = b"fedsim-checkpoint"
+_HEADER_LEN = len(MAGIC) + 1 + 8 + 1 + 64 + 1  # magic, space, 8-digit format, space, sha256 hex, newline
+
+T = TypeVar("T", bound=type)
+
+_CLASSES: dict[str, type] = {}  # registered name -> class
+_NAMES: dict[type, str] = {}  # class -> registered name
+_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the run (one line, names the file)."""
+    """A checkpoint that cannot be read or does not fit the run (one line)."""
 
 
-def _class_name(obj: Any) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}:{cls.__qualname__}"
+# ----------------------------------------------------------------------------- the class table
 
 
-def _trusted_class(name: str) -> type:
-    module_name, _, qualname = name.partition(":")
-    if module_name.split(".")[0] not in _TRUSTED_PACKAGES:
-        raise CheckpointError(f"class {name} is not one of fedsim's own")
-    target: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    if not isinstance(target, type):
-        raise CheckpointError(f"{name} is not a class")
-    return target
+def _kind(cls: type) -> str:
+    if issubclass(cls, tuple) and hasattr(cls, "_fields"):
+        return "values"  # NamedTuple
+    if dataclasses.is_dataclass(cls):
+        return "fields"
+    return "state"
 
 
-def _is_trusted(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] in _TRUSTED_PACKAGES
+def checkpointable(cls: T | None = None, *, name: str | None = None) -> T | Callable[[T], T]:
+    """Class decorator: checkpoints may hold instances of this class (see the module docstring)."""
+
+    def register(cls: T) -> T:
+        key = name or f"{cls.__module__}:{cls.__qualname__}"
+        kind = _kind(cls)
+        if kind == "fields" and not all(f.init for f in dataclasses.fields(cls)):
+            raise TypeError(f"@checkpointable {key}: a dataclass is rebuilt from its fields; every field needs init=True")
+        if kind == "state" and not (callable(getattr(cls, "state_dict", None))
+                                    and callable(getattr(cls, "from_state_dict", None))):
+            raise TypeError(f"@checkpointable {key}: not a dataclass or NamedTuple, so it needs state_dict() and "
+                            "a classmethod from_state_dict(state, **context)")
+        if _CLASSES.get(key, cls) is not cls:
+            raise ValueError(f"@checkpointable: the name {key} is already taken by {_CLASSES[key]!r}")
+        _CLASSES[key] = cls
+        _NAMES[cls] = key
+        return cls
+
+    return register(cls) if cls is not None else register
+
+
+def registered_classes() -> dict[str, type]:
+    """The checkpoint class table: name -> class."""
+    return dict(_CLASSES)
+
+
+# ----------------------------------------------------------------------------- encode / decode
 
 
 def encode(value: Any) -> Any:
@@ -71,9 +119,18 @@ def encode(value: Any) -> Any:
         return value
     if isinstance(value, torch.dtype):
         return {"__dtype__": str(value).removeprefix("torch.")}
-    if hasattr(value, "state_dict") and hasattr(type(value), "from_state_dict") and _is_trusted(value):
-        return {"__object__": _class_name(value), "state": encode(value.state_dict())}  # e.g. ClientStateStore
+    cls = type(value)
+    if cls in _NAMES:
+        kind = _kind(cls)
+        if kind == "values":
+            return {"__object__": _NAMES[cls], "values": [encode(v) for v in value]}
+        if kind == "fields":
+            return {"__object__": _NAMES[cls],
+                    "attrs": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        return {"__object__": _NAMES[cls], "state": encode(value.state_dict())}
     if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError("cannot checkpoint a numpy array of Python objects")
         return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, np.generic):
         return {"__npscalar__": torch.from_numpy(np.asarray(value).copy())}
@@ -81,69 +138,169 @@ def encode(value: Any) -> Any:
         return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
     if isinstance(value, list):
         return [encode(v) for v in value]
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuple
-        return {"__object__": _class_name(value), "values": [encode(v) for v in value]}
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return {"__tuple__": [encode(v) for v in value]}
     if isinstance(value, (set, frozenset)):
         return {"__set__": [encode(v) for v in sorted(value)]}
-    if _is_trusted(value) and hasattr(value, "__dict__"):
-        return {"__object__": _class_name(value), "attrs": {k: encode(v) for k, v in vars(value).items()}}
-    raise TypeError(f"cannot checkpoint a {type(value).__module__}.{type(value).__qualname__}")
+    raise TypeError(f"cannot checkpoint a {cls.__module__}.{cls.__qualname__} "
+                    "(register its class with @fedsim.checkpoint.checkpointable)")
 
 
-def decode(value: Any) -> Any:
-    """Inverse of :func:`encode`."""
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    if not isinstance(value, dict):
+def decode(value: Any, where: str = "checkpoint", **context: Any) -> Any:
+    """Inverse of :func:`encode`; ``context`` goes to registered classes' ``from_state_dict``.
+
+    Raises :class:`CheckpointError` (one line, naming the entry) on anything that is not what
+    :func:`encode` writes: an unregistered class, a registered one given other fields, or
+    values that are not plain data.
+    """
+    try:
+        return _decode(value, where, context)
+    except RecursionError:
+        raise CheckpointError(f"{where}: nested too deeply") from None
+
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _decode(value: Any, where: str, context: Mapping[str, Any]) -> Any:
+    if type(value) in _SCALARS or type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
         return value
-    if "__dict__" in value:
-        return {decode(k): decode(v) for k, v in value["__dict__"]}
-    if "__ndarray__" in value:
-        return value["__ndarray__"].numpy()
-    if "__npscalar__" in value:
-        return value["__npscalar__"].numpy()[()]
-    if "__dtype__" in value:
-        dtype = getattr(torch, value["__dtype__"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise CheckpointError(f"unknown dtype {value['__dtype__']!r}")
+    if type(value) is list:
+        return [_decode(v, f"{where}[{i}]", context) for i, v in enumerate(value)]
+    if type(value) is not dict or len(value) not in (1, 2):
+        raise CheckpointError(f"{where}: unexpected {type(value).__name__} (not plain checkpoint data)")
+    keys = set(value)
+    if keys == {"__dict__"}:
+        pairs = _list_of(value["__dict__"], where)
+        if not all(type(p) is list and len(p) == 2 for p in pairs):
+            raise CheckpointError(f"{where}: a mapping entry is not a [key, value] pair")
+        out = {}
+        for k, v in pairs:
+            key = _decode(k, f"{where}.<key>", context)
+            try:
+                out[key] = _decode(v, f"{where}.{key}", context)
+            except TypeError:  # an unhashable key
+                raise CheckpointError(f"{where}: a mapping key of type {type(key).__name__}") from None
+        return out
+    if keys in ({"__ndarray__"}, {"__npscalar__"}):
+        tensor = value.get("__ndarray__", value.get("__npscalar__"))
+        if type(tensor) is not torch.Tensor or ("__npscalar__" in keys and tensor.dim() != 0):
+            raise CheckpointError(f"{where}: a numpy entry that is not a tensor")
+        array = tensor.numpy()
+        return array if "__ndarray__" in keys else array[()]
+    if keys == {"__dtype__"}:
+        dtype = _DTYPES.get(value["__dtype__"]) if type(value["__dtype__"]) is str else None
+        if dtype is None:
+            raise CheckpointError(f"{where}: unknown dtype {value['__dtype__']!r}")
         return dtype
-    if "__tuple__" in value:
-        return tuple(decode(v) for v in value["__tuple__"])
-    if "__set__" in value:
-        return {decode(v) for v in value["__set__"]}
-    if "__object__" in value:
-        cls = _trusted_class(value["__object__"])
-        if "state" in value:
-            return cls.from_state_dict(decode(value["state"]))
-        if "values" in value:
-            return cls(*[decode(v) for v in value["values"]])
-        obj = cls.__new__(cls)
-        obj.__dict__.update({k: decode(v) for k, v in value["attrs"].items()})  # (frozen dataclasses too)
-        return obj
-    raise CheckpointError(f"unknown entry with keys {sorted(value)[:4]}")
+    if keys == {"__tuple__"}:
+        return tuple(_decode(v, f"{where}[{i}]", context) for i, v in enumerate(_list_of(value["__tuple__"], where)))
+    if keys == {"__set__"}:
+        items = [_decode(v, f"{where}[{i}]", context) for i, v in enumerate(_list_of(value["__set__"], where))]
+        try:
+            return set(items)
+        except TypeError:
+            raise CheckpointError(f"{where}: a set of unhashable items") from None
+    if "__object__" in keys and len(keys) == 2:
+        return _decode_object(value, where, context)
+    raise CheckpointError(f"{where}: unknown entry with keys {sorted(map(str, keys))[:4]}")
+
+
+def _list_of(value: Any, where: str) -> list:
+    if type(value) is not list:
+        raise CheckpointError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _decode_object(value: dict, where: str, context: Mapping[str, Any]) -> Any:
+    name = value["__object__"]
+    cls = _CLASSES.get(name) if type(name) is str else None
+    if cls is None:
+        raise CheckpointError(f"{where}: class {str(name)[:100]!r} is not registered for checkpoints "
+                              "(only plain data and @checkpointable classes are read)")
+    kind = _kind(cls)
+    (payload_key,) = set(value) - {"__object__"}
+    expected = {"values": "values", "fields": "attrs", "state": "state"}[kind]
+    if payload_key != expected:
+        raise CheckpointError(f"{where}: {name} is stored by '{expected}', the file gives '{payload_key}'")
+    payload = value[payload_key]
+    try:
+        if kind == "values":
+            items = _list_of(payload, where)
+            if len(items) != len(cls._fields):
+                raise CheckpointError(f"{where}: {name} has {len(cls._fields)} fields, the file gives {len(items)}")
+            return cls(*[_decode(v, f"{where}.{f}", context) for f, v in zip(cls._fields, items)])
+        if kind == "fields":
+            if type(payload) is not dict or not all(type(k) is str for k in payload):
+                raise CheckpointError(f"{where}: {name} fields are not a mapping of names")
+            names = [f.name for f in dataclasses.fields(cls)]
+            extra, missing = sorted(set(payload) - set(names)), [n for n in names if n not in payload]
+            if extra or missing:
+                raise CheckpointError(f"{where}: {name} takes exactly the fields {', '.join(names)} "
+                                      f"(the file gives {'extra ' + ', '.join(extra[:3]) if extra else ''}"
+                                      f"{'; ' if extra and missing else ''}{'no ' + ', '.join(missing[:3]) if missing else ''})")
+            return cls(**{k: _decode(v, f"{where}.{k}", context) for k, v in payload.items()})
+        return cls.from_state_dict(_decode(payload, f"{where}.state", context), **context)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{where}: cannot rebuild {name} ({text})") from None
+
+
+# ----------------------------------------------------------------------------- the file
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Atomically replace ``path`` with ``state`` (temp file, fsync, rename)."""
+    """Atomically replace ``path`` with ``state`` (header with checksum + torch.save payload; temp file, fsync, rename)."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    payload = buffer.getvalue()
+    header = b"%s %08d %s\n" % (MAGIC, FORMAT_VERSION, hashlib.sha256(payload).hexdigest().encode())
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT_VERSION, **state}, f)
+        f.write(header)
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state a checkpoint file holds, still encoded (see :func:`decode`); CheckpointError names the file."""
+    path = Path(path)
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no checkpoint (was the run started with --checkpoint-every, "
                               "or stopped by SIGINT/SIGTERM?)") from None
-    except Exception as exc:  # noqa: BLE001  (truncated, not a torch file, disallowed types: one line)
-        raise CheckpointError(f"{path}: not a readable fedsim checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    if not data:
+        raise CheckpointError(f"{path}: empty file, not a fedsim checkpoint")
+    header, payload = data[:_HEADER_LEN], data[_HEADER_LEN:]
+    if not header.startswith(MAGIC + b" "):
+        old = data.startswith(b"PK")  # format 1 was a bare torch.save (a zip file)
+        raise CheckpointError(f"{path}: " + ("written by an older fedsim without a checksum; it cannot be resumed, "
+                                             "start the run again" if old else "not a fedsim checkpoint"))
+    fields = header[len(MAGIC) + 1:].split(b" ")
+    if len(header) < _HEADER_LEN or len(fields) != 2 or not fields[0].isdigit() or not header.endswith(b"\n"):
+        raise CheckpointError(f"{path}: truncated or damaged checkpoint header")
+    if int(fields[0]) != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {int(fields[0])}, this fedsim reads format {FORMAT_VERSION}")
+    if not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), fields[1].strip()):
+        raise CheckpointError(f"{path}: checksum mismatch (the file is truncated or corrupt)")
+    try:
+        state = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001  (disallowed types: one line)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        text = lines[0]
+        marks = [i for i, line in enumerate(lines) if "WeightsUnpickler error" in line]
+        if marks:  # torch's weights-only refusal: what it refused follows this marker
+            rest = lines[marks[0]].split("WeightsUnpickler error:", 1)[-1].strip()
+            text = "it holds more than plain data: " + (rest or (lines[marks[0] + 1] if marks[0] + 1 < len(lines) else "?"))
+        raise CheckpointError(f"{path}: not a readable fedsim checkpoint ({text[:200]})") from None
+    if type(state) is not dict or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a fedsim checkpoint of format {FORMAT_VERSION}")
     return state
 

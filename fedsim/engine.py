@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 import numpy as np
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.evaluation import Evaluator
 from fedsim.executors.worker import failed_result
 from fedsim.population import Population
@@ -50,6 +51,7 @@ FINISH, TIMER, DISPATCH, EVAL = "finish", "timer", "dispatch", "eval"
 _PRIORITY = {FINISH: 0, TIMER: 1, DISPATCH: 2, EVAL: 3}
 
 
+@checkpointable
 class Event(NamedTuple):
     """Ordered as a tuple: (time, priority, seq) decide; seq is unique, so kind/payload never compare."""
 

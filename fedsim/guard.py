@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.params import all_finite
 from fedsim.types import ClientJob, ClientResult
 
@@ -33,6 +34,7 @@ __all__ = ["RunGuard", "Failure", "MIN_JOBS_FOR_FRACTION"]
 MIN_JOBS_FOR_FRACTION = 20  # a fraction over fewer jobs is noise (1 of 3 clients failing is not a trend)
 
 
+@checkpointable
 @dataclass(frozen=True)
 class Failure:
     client_id: int

@@ -9,8 +9,9 @@ refuses a second run into the same folder while the first is alive; ``config.yam
 resolved config (every option as used, plus provenance) with ``output.out`` cleared, so
 running it again makes a new folder; ``summary.json`` always says how the run ended
 (``status``); ``checkpoint.pt`` (every ``output.checkpoint_every`` updates and on SIGINT/SIGTERM)
-lets ``resume_experiment`` continue the run in the same folder; the final model is saved as ``model.pt2`` (``torch.export``) and
-``model_state.pt`` (a plain state dict).
+lets ``resume_experiment`` continue the run in the same folder (only a checkpoint taken in that
+folder, under the same resolved config and data: see ``run_fingerprint``); the final model is
+saved as ``model.pt2`` (``torch.export``) and ``model_state.pt`` (a plain state dict).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import inspect
 import json
 import logging
@@ -37,7 +39,8 @@ import torch
 import yaml
 
 from clients import CLIENTS, check_optimizer_options
-from fedsim.checkpoint import CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint
+from fedsim.checkpoint import (CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint,
+                               registered_classes)
 from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig, load_config
 from fedsim.data import PARTITIONERS
 from fedsim.engine import Engine
@@ -45,7 +48,7 @@ from fedsim.evaluation import Evaluator
 from fedsim.errors import RunFailed
 from fedsim.executors import WorkerSpec, build_executor, resolve_device
 from fedsim.guard import RunGuard
-from fedsim.metrics import LogBuffer, RunRecorder, hparams_of
+from fedsim.metrics import LogBuffer, RunRecorder, flatten, hparams_of
 from fedsim.params import ParamLayout, all_finite
 from fedsim.population import Population, build_population
 from fedsim.population.heterogeneous import correlates_with_data
@@ -61,7 +64,8 @@ from strategies.fedopt import resolved_options
 
 __all__ = [
     "Experiment", "build", "run_experiment", "task_spec", "initial_params", "default_out_dir", "resolved_config",
-    "RunFailed", "save_model", "exit_code", "resume_experiment", "snapshot", "restore",
+    "RunFailed", "save_model", "exit_code", "resume_experiment", "snapshot", "restore", "run_fingerprint",
+    "data_fingerprint", "check_fingerprint",
 ]
 
 log = logging.getLogger("fedsim")
@@ -244,30 +248,181 @@ def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population
 # ----------------------------------------------------------------------------- checkpoints
 
 GUARD_STATE = ("jobs", "failed", "failed_since_update", "first_failure")
+HISTORY_FILES = ("metrics", "rounds")  # <name>.jsonl: their lines up to a checkpoint belong to it
 
 
-def snapshot(experiment: Experiment, recorder: RunRecorder | None = None) -> dict[str, Any]:
+def snapshot(experiment: Experiment, recorder: RunRecorder | None = None,
+             fingerprint: dict[str, Any] | None = None, history: "_History | None" = None) -> dict[str, Any]:
     """The run's state between two events, as plain containers and tensors (see fedsim.checkpoint).
 
     The population keeps no state (its randomness is counter-based; the Markov participation
-    chain is a cache it replays), nor do the evaluator and the executor.
+    chain is a cache it replays), nor do the evaluator and the executor. ``fingerprint``
+    (:func:`run_fingerprint`) and ``history`` (sha256 of the metrics/rounds lines written so
+    far) let ``--resume`` refuse a checkpoint that does not belong to the run.
     """
     guard = experiment.guard
+    lines = recorder.state_dict() if recorder is not None else None
     return {
         "engine": encode(experiment.engine.state_dict()),
-        "scheduler": encode(vars(experiment.scheduler)),
+        "scheduler": encode(_parts_state(experiment.scheduler)),
         "guard": encode({name: getattr(guard, name) for name in GUARD_STATE}),
-        "recorder": recorder.state_dict() if recorder is not None else None,
+        "recorder": {**lines, **history.digests()} if lines is not None and history is not None else lines,
+        "fingerprint": fingerprint,
     }
 
 
-def restore(experiment: Experiment, checkpoint: dict[str, Any]) -> None:
-    """Put a freshly built experiment (same config) in the state ``snapshot`` saved."""
-    experiment.engine.load_state_dict(decode(checkpoint["engine"]))
-    for name, value in decode(checkpoint["scheduler"]).items():
-        setattr(experiment.scheduler, name, value)
-    for name, value in decode(checkpoint["guard"]).items():
+def restore(experiment: Experiment, checkpoint: dict[str, Any], spill_dir: str | None = None) -> None:
+    """Put a freshly built experiment (same config) in the state ``snapshot`` saved.
+
+    Raises CheckpointError (one line) when the saved state does not have the shape this
+    run's engine, scheduler and guard have; nothing is changed then.
+    """
+    engine = experiment.engine
+    state = decode(checkpoint.get("engine"), "engine", spill_dir=spill_dir)
+    _check_keys(state, engine.state_dict(), "engine")
+    _check_keys(state["run_state"], vars(engine.run_state), "engine.run_state")
+    server = state["server_state"]
+    if type(server) is not type(engine.state):
+        raise CheckpointError(f"engine.server_state: a {type(server).__name__}, this run's strategy keeps a "
+                              f"{type(engine.state).__name__}")
+    ours = engine.state.params
+    if not isinstance(server.params, torch.Tensor) or server.params.shape != ours.shape or server.params.dtype != ours.dtype:
+        theirs = tuple(server.params.shape) if isinstance(server.params, torch.Tensor) else type(server.params).__name__
+        raise CheckpointError(f"engine.server_state.params: the checkpoint's model has shape {theirs}, this run's "
+                              f"model {tuple(ours.shape)} (was the model changed?)")
+    scheduler = decode(checkpoint.get("scheduler"), "scheduler")
+    _check_parts(experiment.scheduler, scheduler, "scheduler")
+    guard = decode(checkpoint.get("guard"), "guard")
+    _check_keys(guard, dict.fromkeys(GUARD_STATE), "guard")
+    engine.load_state_dict(state)
+    _load_parts(experiment.scheduler, scheduler)
+    for name, value in guard.items():
         setattr(experiment.guard, name, value)
+
+
+def _check_keys(state: Any, expected: Any, where: str) -> None:
+    if type(state) is not dict or set(state) != set(expected):
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{where}: expected the entries {', '.join(map(str, expected))}, got {got}")
+
+
+def _is_part(value: Any) -> bool:
+    """A component object of the scheduler (e.g. its arrival process): restored in place, never rebuilt."""
+    return hasattr(value, "__dict__") and not isinstance(value, type) and type(value) not in registered_classes().values() \
+        and type(value).__module__.split(".")[0] in ("fedsim", "strategies", "clients")
+
+
+def _parts_state(obj: Any) -> dict[str, Any]:
+    """``obj``'s attributes; component objects (the scheduler's arrival process) as nested ``_parts_state``."""
+    attrs = {name: value for name, value in vars(obj).items() if not _is_part(value)}
+    parts = {name: _parts_state(value) for name, value in vars(obj).items() if _is_part(value)}
+    return {"attrs": attrs, "parts": parts}
+
+
+def _check_parts(obj: Any, state: Any, where: str) -> None:
+    expected = _parts_state(obj)
+    _check_keys(state, expected, where)
+    _check_keys(state["attrs"], expected["attrs"], f"{where} ({type(obj).__name__})")
+    _check_keys(state["parts"], expected["parts"], f"{where} ({type(obj).__name__})")
+    for name, part in state["parts"].items():
+        _check_parts(getattr(obj, name), part, f"{where}.{name}")
+
+
+def _load_parts(obj: Any, state: dict[str, Any]) -> None:
+    for name, value in state["attrs"].items():
+        setattr(obj, name, value)
+    for name, part in state["parts"].items():
+        _load_parts(getattr(obj, name), part)
+
+
+def run_fingerprint(config: RunConfig, experiment: Experiment) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the resolved config (every key but output.*
+    and provenance, flattened) and the task's data (client split sizes, labels)."""
+    values = _resolved_values(config, experiment)
+    values.pop("output", None)
+    settings = json.loads(json.dumps(flatten(values)))  # tuples -> lists, as config.yaml reads back
+    return {"config": settings, "data": data_fingerprint(experiment.task.data)}
+
+
+def data_fingerprint(data: Any) -> dict[str, Any]:
+    """Sizes of the clients' train/test splits and a sha256 over them and the labels (features are not read)."""
+    digest = hashlib.sha256()
+    train = np.asarray(data.num_samples, dtype=np.int64)
+    digest.update(train.tobytes())
+    info: dict[str, Any] = {"num_clients": int(data.num_clients), "num_classes": int(data.num_classes),
+                            "train_samples": int(train.sum())}
+    if hasattr(data, "test_offsets"):  # in-memory data: test split sizes and the labels too
+        test = np.diff(np.asarray(data.test_offsets, dtype=np.int64))
+        digest.update(test.tobytes())
+        info["test_samples"] = int(test.sum())
+        for name in ("y_train", "y_test"):
+            labels = getattr(data, name, None)
+            if isinstance(labels, torch.Tensor):
+                digest.update(labels.detach().to("cpu", torch.int64).numpy().tobytes())
+    info["partition_sha256"] = digest.hexdigest()
+    return info
+
+
+def check_fingerprint(saved: Any, current: dict[str, Any], path: Path) -> None:
+    """Refuse (one line, naming the first differing key) a checkpoint taken under another config or other data."""
+    if type(saved) is not dict or type(saved.get("config")) is not dict or type(saved.get("data")) is not dict:
+        raise CheckpointError(f"{path}: holds no run fingerprint")
+    for part, what in (("config", "config.yaml changed since the checkpoint"),
+                       ("data", "the task's data differs from the checkpoint's")):
+        old, new = saved[part], current[part]
+        for key in [*old, *(k for k in new if k not in old)]:
+            before, now = old.get(key, "(not set)"), new.get(key, "(not set)")
+            if json.dumps(before, sort_keys=True, default=repr) != json.dumps(now, sort_keys=True, default=repr):
+                name = key if part == "config" else f"data.{key}"
+                raise CheckpointError(f"{what} ({path.name}): {name} was {_short(before)}, now {_short(now)}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=repr) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _History:
+    """sha256 of the lines of metrics.jsonl / rounds.jsonl written so far, read incrementally at each checkpoint."""
+
+    def __init__(self, out: Path, prefixes: dict[str, bytes] | None = None):
+        self.paths = {name: out / f"{name}.jsonl" for name in HISTORY_FILES}
+        prefixes = prefixes or {}
+        self.hashes = {name: hashlib.sha256(prefixes.get(name, b"")) for name in HISTORY_FILES}
+        self.offsets = {name: len(prefixes.get(name, b"")) for name in HISTORY_FILES}
+
+    def digests(self) -> dict[str, str]:
+        """Call after the recorder flushed: the files then hold exactly the lines it counts."""
+        out = {}
+        for name, path in self.paths.items():
+            with open(path, "rb") as f:
+                f.seek(self.offsets[name])
+                new = f.read()
+            self.hashes[name].update(new)
+            self.offsets[name] += len(new)
+            out[f"{name}_sha256"] = self.hashes[name].hexdigest()
+        return out
+
+    @classmethod
+    def verified(cls, out: Path, recorder_state: Any, path: Path) -> "_History":
+        """The history the checkpoint recorded, checked against the run folder's files (which are not changed)."""
+        keys = {f"{name}_{what}" for name in HISTORY_FILES for what in ("lines", "sha256")}
+        if type(recorder_state) is not dict or set(recorder_state) != keys:
+            raise CheckpointError(f"{path}: holds no record of the run's metrics lines")
+        prefixes = {}
+        for name in HISTORY_FILES:
+            keep, expected = recorder_state[f"{name}_lines"], recorder_state[f"{name}_sha256"]
+            if type(keep) is not int or keep < 0 or type(expected) is not str:
+                raise CheckpointError(f"{path}: a damaged record of {name}.jsonl")
+            file = out / f"{name}.jsonl"
+            lines = file.read_bytes().splitlines(keepends=True) if file.is_file() else []
+            prefix = b"".join(lines[:keep])
+            if len(lines) < keep or (keep and not lines[keep - 1].endswith(b"\n")) \
+                    or hashlib.sha256(prefix).hexdigest() != expected:
+                raise CheckpointError(f"{path} was not taken in this run folder: {file.name} does not hold the "
+                                      f"{keep} lines the checkpoint recorded")
+            prefixes[name] = prefix
+        return cls(out, prefixes)
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -283,14 +438,21 @@ def resolved_config(config: RunConfig, experiment: Experiment, argv: list[str] |
     data.partition: the partition actually used; task: every option (defaults filled in);
     provenance: fedsim's version, the git commit if fedsim runs from a checkout, the command line.
     """
+    values = _resolved_values(config, experiment)
+    values["output"]["out"] = None
+    values["provenance"] = _provenance(argv)
+    values["provenance"]["pipeline"] = experiment.engine.strategy.pipeline()  # the update pipeline as run
+    return values
+
+
+def _resolved_values(config: RunConfig, experiment: Experiment) -> dict[str, Any]:
+    """``resolved_config`` without provenance (and with ``output.out`` as given)."""
     values = config.to_dict()
+    values.pop("provenance", None)
     values["strategy"] = resolved_options(config.strategy)
     values["data"]["partition"] = task_spec(config).partition
     values["population"]["correlate_with_data"] = correlates_with_data(config.population, experiment.task.data)
     values["task"] = {"name": config.task.name, **experiment.task.options}
-    values["output"]["out"] = None
-    values["provenance"] = _provenance(argv)
-    values["provenance"]["pipeline"] = experiment.engine.strategy.pipeline()  # the update pipeline as run
     return values
 
 
@@ -482,9 +644,12 @@ def run_experiment(
 
 
 def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: list[str] | None,
-                   early_logs: list[Any], checkpoint: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+                   early_logs: list[Any], checkpoint: dict[str, Any] | None = None,
+                   history: _History | None = None) -> tuple[dict[str, Any], Path]:
+    """Run into ``out``; ``checkpoint`` (already restored, with its verified ``history``) continues a run there."""
     engine, guard = experiment.engine, experiment.guard
     try:
+        fingerprint = run_fingerprint(config, experiment)
         if checkpoint is None:
             (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(config, experiment, argv), sort_keys=False))
         else:
@@ -492,12 +657,13 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
         recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
                                hparams=hparams_of(config.to_dict()), early_logs=early_logs,
                                resume=checkpoint["recorder"] if checkpoint is not None else None)
+        history = history if history is not None else _History(out)
     except BaseException:
         experiment.executor.close()
         raise
     # the checkpointer goes first: on an interrupted run's end it saves before the recorder closes its files
     engine.callbacks.append(Checkpointer(out / CHECKPOINT_NAME, config.output.checkpoint_every,
-                                         lambda: snapshot(experiment, recorder),
+                                         lambda: snapshot(experiment, recorder, fingerprint, history),
                                          every_time=config.output.checkpoint_every_time))
     engine.callbacks.append(recorder)
     if checkpoint is not None:
@@ -566,8 +732,9 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
         raise ConfigError(f"--resume: cannot write to {out} ({exc.strerror or exc})") from None
     try:
         early_logs = LogBuffer()
+        path = out / CHECKPOINT_NAME
         try:
-            checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
+            checkpoint = load_checkpoint(path)  # the checksum, before anything else is read
             experiment = build(config)
         except CheckpointError as exc:
             raise ConfigError(f"--resume: {exc}") from None
@@ -576,14 +743,17 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
         finally:
             early_logs.close()
         try:
-            restore(experiment, checkpoint)
+            # nothing in the run folder changes until the checkpoint is known to belong to it
+            check_fingerprint(checkpoint.get("fingerprint"), run_fingerprint(config, experiment), path)
+            history = _History.verified(out, checkpoint.get("recorder"), path)
+            restore(experiment, checkpoint, spill_dir=config.client_state.spill_dir)
         except BaseException as exc:
             experiment.executor.close()
-            if isinstance(exc, (CheckpointError, KeyError, TypeError, AttributeError)):
-                raise ConfigError(f"--resume: {out / CHECKPOINT_NAME} does not fit this run's config "
-                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
+            if isinstance(exc, CheckpointError):
+                text = str(exc) if str(path) in str(exc) or path.name in str(exc) else f"{path}: {exc}"
+                raise ConfigError(f"--resume: {text}") from None
             raise
-        return _run_in_folder(config, experiment, out, argv, early_logs.records, checkpoint=checkpoint)
+        return _run_in_folder(config, experiment, out, argv, early_logs.records, checkpoint=checkpoint, history=history)
     finally:
         lock.release()
 

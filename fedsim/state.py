@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
+import operator
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,9 +25,12 @@ from typing import Any, Iterator
 
 import torch
 
+from fedsim.checkpoint import checkpointable
+
 __all__ = ["ClientStateStore"]
 
 
+@checkpointable
 class ClientStateStore:
     def __init__(self, memory_limit: int | None = None, spill_dir: str | Path | None = None) -> None:
         if memory_limit is not None and memory_limit < 0:
@@ -91,10 +95,24 @@ class ClientStateStore:
         return {"memory_limit": self.memory_limit, "states": [[cid, state] for cid, state in self.items()]}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], spill_dir: str | Path | None = None) -> "ClientStateStore":
-        store = cls(state["memory_limit"], spill_dir)
-        for cid, client_state in state["states"]:
-            store.put(cid, client_state)
+    def from_state_dict(cls, state: dict[str, Any], spill_dir: str | Path | None = None, **context: Any) -> "ClientStateStore":
+        """A store holding ``state_dict()``'s states, all in memory: building it touches no file.
+
+        ``spill_dir`` comes from the caller (the run's config), never from ``state``; the
+        memory limit applies from the next ``put`` on.
+        """
+        if type(state) is not dict or set(state) != {"memory_limit", "states"}:
+            raise ValueError(f"a client state store takes exactly memory_limit and states, got {sorted(map(str, state))}"
+                             if isinstance(state, dict) else "a client state store's state is not a mapping")
+        limit, states = state["memory_limit"], state["states"]
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"memory_limit must be None or a non-negative int, got {limit!r}")
+        if type(states) is not list or not all(type(p) is list and len(p) == 2 and _is_index(p[0]) for p in states):
+            raise ValueError("states must be a list of [client id, state] pairs")
+        store = cls(None, spill_dir)
+        for cid, client_state in states:
+            store.put(cid, client_state)  # no limit yet: nothing spills while rebuilding
+        store.memory_limit = limit
         return store
 
     def nbytes(self) -> int:
@@ -154,3 +172,12 @@ def _nbytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_nbytes(v) for v in obj)
     return 0
+
+
+def _is_index(value: Any) -> bool:
+    """An integer client id (a Python or numpy int, not a bool)."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return type(value) is not bool

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.checkpoint import checkpointable
+
 Params = torch.Tensor  # flat float32 vector, layout fixed by fedsim.params.ParamLayout
 ClientId = int
 Version = int
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 
+@checkpointable
 @dataclass(frozen=True)
 class ClientJob:
     """Everything one local training needs; fixed at dispatch so any executor gives the same result."""
@@ -41,6 +44,7 @@ class ClientJob:
     broadcast: Any = None  # per-version server payload (Strategy.broadcast, e.g. SCAFFOLD's c); shared by the version's jobs
 
 
+@checkpointable
 @dataclass
 class ClientResult:
     """One client's contribution. ``delta`` = local model - global model (points downhill)."""
@@ -64,6 +68,7 @@ class ClientResult:
         return self.error is None
 
 
+@checkpointable
 @dataclass(frozen=True)
 class PopulationInfo:
     """What a strategy may know about the population when it is initialised.

@@ -11,11 +11,13 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.types import ClientResult, PopulationInfo
 
 __all__ = ["ServerState", "Strategy", "Aggregator"]
 
 
+@checkpointable
 @dataclass(frozen=True)
 class ServerState:
     params: torch.Tensor  # flat global model

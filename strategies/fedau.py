@@ -26,12 +26,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.types import ClientResult, PopulationInfo
 from strategies.weighting import WEIGHTINGS, weighted_sum
 
 __all__ = ["FedAUWeighting", "FedAUState", "fedau"]
 
 
+@checkpointable
 @dataclass(frozen=True)
 class FedAUState:
     last_close: np.ndarray  # int64[N]: round at which the client's last interval closed (-1 = before round 0)

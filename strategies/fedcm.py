@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.types import ClientResult, PopulationInfo
 from strategies.scaffold import extra_sum
 from strategies.weighting import WEIGHTINGS
@@ -27,6 +28,7 @@ from strategies.weighting import WEIGHTINGS
 __all__ = ["MomentumState", "MomentumAggregator", "fedcm"]
 
 
+@checkpointable
 @dataclass(frozen=True)
 class MomentumState:
     broadcast: dict[str, torch.Tensor]  # {"momentum": m}: one object per version (Ray ships it once)

@@ -23,12 +23,14 @@ from typing import Sequence
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.types import ClientResult, PopulationInfo
 from strategies.weighting import WEIGHTINGS
 
 __all__ = ["FedDynState", "FedDynAggregator", "feddyn"]
 
 
+@checkpointable
 @dataclass(frozen=True)
 class FedDynState:
     h_sum: torch.Tensor  # float64: H = sum over all clients of h_i

@@ -33,6 +33,7 @@ from typing import Sequence
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.state import ClientStateStore
 from fedsim.types import ClientResult, PopulationInfo
 from strategies.weighting import WEIGHTINGS
@@ -40,6 +41,7 @@ from strategies.weighting import WEIGHTINGS
 __all__ = ["MemoryState", "MIFA", "mifa", "store_updates", "latest_per_client"]
 
 
+@checkpointable
 @dataclass(frozen=True)
 class MemoryState:
     stored: ClientStateStore  # client id -> its latest update G_n (float32, shaped like the model)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.types import ClientResult, PopulationInfo
 from strategies.weighting import WEIGHTINGS
 
@@ -37,6 +38,7 @@ def extra_sum(results: Sequence[ClientResult], key: str, like: torch.Tensor, ser
     return total
 
 
+@checkpointable
 @dataclass(frozen=True)
 class ScaffoldState:
     c: torch.Tensor  # server control variate

@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from fedsim.checkpoint import checkpointable
 from fedsim.registry import Registry
 
 __all__ = ["ServerOptimizer", "SERVER_OPTIMIZERS", "sgd", "adagrad", "adam", "yogi"]
@@ -27,6 +28,7 @@ class ServerOptimizer(NamedTuple):
     update: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]  # (U, state) -> (step, state)
 
 
+@checkpointable
 class MomentState(NamedTuple):
     count: int
     m: torch.Tensor
