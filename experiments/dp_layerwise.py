@@ -127,6 +127,19 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
 
 
+def _gap(rows: list[dict[str, Any]], optimizer: str, clipping: str, epsilon: float) -> str:
+    """Final accuracy minus the same seed's non-private run with the same optimizer (seeds differ in data)."""
+    reference = {int(r["seed"]): float(r["final_accuracy"]) for r in rows
+                 if r["optimizer"] == optimizer and r["clipping"] == NON_PRIVATE}
+    gaps = [100 * (float(r["final_accuracy"]) - reference[int(r["seed"])]) for r in rows
+            if r["optimizer"] == optimizer and r["clipping"] == clipping and int(r["seed"]) in reference
+            and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)]
+    if not gaps or clipping == NON_PRIVATE:
+        return "—" if clipping == NON_PRIVATE else ""
+    std = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
+    return f"{statistics.fmean(gaps):+.1f} ± {std:.1f}"
+
+
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     with (out / "results.csv").open("w", newline="") as f:
         fields = ["optimizer", "clipping", "epsilon", "seed", "rounds", "status", "final_accuracy", "best_accuracy",
@@ -134,8 +147,8 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| optimizer | clipping | epsilon | final acc (%) | best acc (%) | epsilon reached | z |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| optimizer | clipping | epsilon | final acc (%) | best acc (%) | gap to non-private (pts) | epsilon reached | z |",
+             "|---|---|---|---|---|---|---|---|"]
     for optimizer in OPTIMIZERS:
         for clipping in (NON_PRIVATE, *CLIPPINGS):
             for epsilon in (math.inf,) if clipping == NON_PRIVATE else EPSILONS:
@@ -148,7 +161,8 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
                 reached_text = "∞" if clipping == NON_PRIVATE or reached[0] in (None, "") else f"{float(reached[0]):.2f}"
                 z = _cells(rows, optimizer, clipping, epsilon, "noise_multiplier")
                 eps_text = "—" if clipping == NON_PRIVATE else ("∞" if math.isinf(epsilon) else f"{epsilon:g}")
-                lines.append(f"| {optimizer} | {clipping} | {eps_text} | {_mean_std(final)} | {_mean_std(best)} | "
+                gap = _gap(rows, optimizer, clipping, epsilon)
+                lines.append(f"| {optimizer} | {clipping} | {eps_text} | {_mean_std(final)} | {_mean_std(best)} | {gap} | "
                              f"{reached_text} | {statistics.fmean(z):.3f} |")
     table = "\n".join(lines)
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -161,7 +175,7 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """The per-run rows of a previous run of this script (results.csv)."""
     with (out / "results.csv").open() as f:
-        return [{**row, "seed": int(row["seed"]), "epsilon": float(row["epsilon"]),
+        return [{**row, "seed": int(row["seed"]), "epsilon": float(row["epsilon"]), "rounds": int(row["rounds"]),
                  "final_accuracy": float(row["final_accuracy"]), "best_accuracy": float(row["best_accuracy"]),
                  "noise_multiplier": float(row["noise_multiplier"])} for row in csv.DictReader(f)]
 
@@ -175,14 +189,15 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(10, 4), sharey=True)
-    positions = {eps: i for i, eps in enumerate(EPSILONS)}
+    epsilons = [eps for eps in EPSILONS if any(r["clipping"] != NON_PRIVATE and float(r["epsilon"]) == eps for r in rows)]
+    positions = {eps: i for i, eps in enumerate(epsilons)}
     for ax, optimizer in zip(axes, OPTIMIZERS):
         reference = _cells(rows, optimizer, NON_PRIVATE, math.inf, "final_accuracy")
         if reference:
             ax.axhline(100 * statistics.fmean(reference), color="k", ls="--", lw=1, label="non-private")
         for offset, clipping in zip((-0.08, 0.0, 0.08), CLIPPINGS):
             xs, means, stds = [], [], []
-            for eps in EPSILONS:
+            for eps in epsilons:
                 acc = [100 * a for a in _cells(rows, optimizer, clipping, eps, "final_accuracy")]
                 if acc:
                     xs.append(positions[eps] + offset)
@@ -190,7 +205,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
                     stds.append(statistics.stdev(acc) if len(acc) > 1 else 0.0)
             if xs:
                 ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=clipping)
-        ax.set_xticks(range(len(EPSILONS)), ["ε=2", "ε=8", "ε=∞ (clip only)"])
+        ax.set_xticks(range(len(epsilons)), ["ε=∞ (clip only)" if math.isinf(e) else f"ε={e:g}" for e in epsilons])
         ax.set_title(optimizer)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("final test accuracy (%)")
