@@ -372,7 +372,8 @@ def _finite_features(file: Path, name: str, x: np.ndarray) -> np.ndarray:
         for count, what in ((int(np.isnan(x).sum()), "NaN"), (int(np.isinf(x).sum()), "infinite")):
             if count:
                 raise DataFileError(f"{file}: {name} has {count} {what} values; features must be finite")
-    x = x.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # counted just below
+        x = x.astype(np.float32, copy=False)
     overflow = int(np.isinf(x).sum())
     if overflow:
         raise DataFileError(f"{file}: {name} has {overflow} values beyond float32's range (+-3.4e38)")
