@@ -24,7 +24,7 @@ import math
 import pickle
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler that maps a short list of data-type names to checked stand-ins and refuses all else."""
 
-    ALLOWED: dict[tuple[str, str], Any] = {
+    ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("collections", "OrderedDict"): OrderedDict,
         ("_codecs", "encode"): _encode,
         ("builtins", "set"): set,

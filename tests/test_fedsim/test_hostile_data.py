@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
-import fedsim.tasks.files as files
+from fedsim.tasks import files
 from fedsim.cli import main
 from fedsim.safe_pickle import DataFileError
 from fedsim.safe_pickle import load as safe_load
@@ -209,7 +209,7 @@ def test_pickles_that_allocate_what_they_say_are_refused(payload, message):
 
 def test_pickled_object_array_cannot_make_numpy_read_past_its_list():
     # numpy's own __setstate__ reads 2*10**7 pointers from a 1-element list here (a segfault)
-    from numpy._core.multiarray import _reconstruct  # noqa: PLC0415
+    from numpy._core.multiarray import _reconstruct
 
     class ShortObjectArray:
         def __reduce__(self):
@@ -230,7 +230,7 @@ def test_forged_dtype_flags_do_not_reach_the_array():
                 def __reduce__(self):
                     return np.dtype, ("V8", False, True), state
 
-            from numpy._core.multiarray import _reconstruct  # noqa: PLC0415
+            from numpy._core.multiarray import _reconstruct
 
             return _reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), Dtype(), False, bytes(8))
 
