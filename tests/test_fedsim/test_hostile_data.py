@@ -13,11 +13,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from fedsim.tasks import files
 from fedsim.cli import main
 from fedsim.safe_pickle import DataFileError
 from fedsim.safe_pickle import load as safe_load
-from fedsim.tasks import TaskSpec, build_task
+from fedsim.tasks import TaskSpec, build_task, files
 
 
 def npy(array=None, *, shape=None, dtype="<f4", data=b"") -> bytes:
