@@ -311,21 +311,21 @@ def test_npz_natural_split_by_client_array_and_held_out_set(tmp_path):
     x = rng.normal(size=(10, 3, 10, 10)).astype(np.float32)
     x[:, 0, 0, 0] = client  # every row carries its client id, to check rows stay with their clients
     y = np.arange(10) % 4
-    x_test, y_test = rng.normal(size=(5, 3, 10, 10)), np.array([0, 1, 2, 3, 4])
+    x_test, y_test = rng.normal(size=(5, 3, 10, 10)), np.array([0, 1, 2, 3, 3])
     np.savez(tmp_path / "d.npz", x=x, y=y, client=client, x_test=x_test, y_test=y_test)
     task = build_task(spec(name="npz", num_clients=3, test_fraction=0.0, path=str(tmp_path / "d.npz")))
     data = task.data
-    assert task.options["model"] == "cnn" and task.input_shape == (3, 10, 10) and task.num_classes == 5
+    assert task.options["model"] == "cnn" and task.input_shape == (3, 10, 10) and task.num_classes == 4
     np.testing.assert_array_equal(data.num_samples, [3, 2, 2])
     for cid in range(3):
         assert torch.all(data.train(cid)[0][:, 0, 0, 0] == cid)
     gx, gy = data.global_test()
-    assert gy.tolist() == [0, 1, 2, 3, 4] and gx.dtype == torch.float32 and gx.shape == (5, 3, 10, 10)
+    assert gy.tolist() == [0, 1, 2, 3, 3] and gx.dtype == torch.float32 and gx.shape == (5, 3, 10, 10)
     torch.testing.assert_close(gx, torch.from_numpy(x_test).float())
     # CNN image data is stored channels-last on CPU (faster conv and max-pool), and minibatches keep it
     assert gx.is_contiguous(memory_format=torch.channels_last)
     assert data.train(0)[0][torch.tensor([1, 0])].is_contiguous(memory_format=torch.channels_last)
-    assert task.build_model()(data.train(0)[0]).shape == (3, 5)
+    assert task.build_model()(data.train(0)[0]).shape == (3, 4)
     with pytest.raises(ValueError, match="holds clients 0..3"):
         build_task(spec(name="npz", num_clients=5, path=str(tmp_path / "d.npz")))
 
@@ -348,8 +348,8 @@ def test_npz_bad_files_say_what_is_wrong(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     np.savez(tmp_path / "no_y.npz", x=np.ones((4, 2)))
     np.savez(tmp_path / "ragged.npz", x=np.ones((4, 2)), y=np.zeros(3, dtype=np.int64))
-    np.savez(tmp_path / "float_labels.npz", x=np.ones((4, 2)), y=np.zeros(4))
+    np.savez(tmp_path / "float_labels.npz", x=np.ones((4, 2)), y=np.array([0, 1, 1.5, 0]))
     for name, message in (("junk", "cannot read"), ("no_y", "missing array 'y'"), ("ragged", "4 rows but y has 3"),
-                          ("float_labels", "one integer label")):
+                          ("float_labels", "1 values with a fraction")):
         with pytest.raises(ValueError, match=message):
             build_task(spec(name="npz", partition="iid", path=str(tmp_path / f"{name}.npz")))
