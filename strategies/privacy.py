@@ -65,7 +65,9 @@ class ExpectedCohort:
             if population.participation_prob is None:
                 raise ValueError("strategy.weighting 'expected_cohort' needs participation probabilities "
                                  "or privacy.mode (which sets the expected cohort size)")
-            cohort = max(float(np.sum(population.participation_prob)), 1e-12)
+            # fsum is correctly rounded: for N equal probabilities q it is exactly the float q * N of the
+            # privacy plan, so a DP run with z = 0 and an unreached clip equals this one bit for bit
+            cohort = max(math.fsum(np.asarray(population.participation_prob, dtype=np.float64).tolist()), 1e-12)
         return {"like": torch.zeros_like(params), "duplicates": 0, "cohort": cohort}
 
     def aggregate(self, state: dict[str, Any], results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, Any]:
