@@ -55,6 +55,7 @@ __all__ = ["Sampling", "PrivacyPlan", "plan_privacy", "sampling_of", "epsilon_fo
 log = logging.getLogger("fedsim")
 
 MAX_NOISE_MULTIPLIER = 1000.0  # calibration searches z in (0, this]; beyond it the model learns nothing
+MIN_NOISE_MULTIPLIER = 1e-3  # ...and no lower than this
 CLIP_TRANSFORMS = {"flat": "clip_global", "per_layer": "clip_per_layer", "per_layer_normalized": "clip_per_layer_normalized"}
 
 
@@ -129,11 +130,24 @@ def calibrate_noise(sampling: Sampling, target_epsilon: float, delta: float, ste
     if epsilon_for(sampling, MAX_NOISE_MULTIPLIER, steps, delta, accountant) > target_epsilon:
         raise ConfigError(f"privacy.target_epsilon: {target_epsilon} is not reached by any noise_multiplier up to "
                           f"{MAX_NOISE_MULTIPLIER:g} in {steps} releases at delta {delta:.3g}; raise it or run fewer rounds")
+    # bracket the root by halving/doubling from z = 1: the search evaluates both ends, and the PLD of a
+    # tiny z (e.g. a fixed lower end of 1e-3) needs tens of GiB
+    z = 1.0
+    if epsilon_for(sampling, z, steps, delta, accountant) > target_epsilon:
+        while epsilon_for(sampling, 2.0 * z, steps, delta, accountant) > target_epsilon:
+            z *= 2.0
+        low, high = z, min(2.0 * z, MAX_NOISE_MULTIPLIER)
+    else:
+        while z / 2.0 >= MIN_NOISE_MULTIPLIER and epsilon_for(sampling, z / 2.0, steps, delta, accountant) <= target_epsilon:
+            z /= 2.0
+        if z / 2.0 < MIN_NOISE_MULTIPLIER:
+            return z  # even less noise would spend no more than the target
+        low, high = z / 2.0, z
     return float(dp_accounting.calibrate_dp_mechanism(
         lambda: _fresh_accountant(sampling, accountant),
         lambda z: _event(sampling, z, steps),
         target_epsilon, delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, MAX_NOISE_MULTIPLIER),
+        bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
         tol=1e-4,
     ))
 

@@ -313,23 +313,31 @@ def test_epsilon_for_is_the_librarys_epsilon():
     assert epsilon_for(poisson, z, 0, delta, "pld") == 0.0
 
 
-@pytest.mark.parametrize("kind", ["poisson", "fixed_size", "none"])
-def test_more_noise_spends_less_epsilon(kind):
+@pytest.mark.parametrize("kind, accountant", [("poisson", "pld"), ("poisson", "rdp"), ("fixed_size", "rdp"),
+                                               ("none", "rdp")])
+def test_more_noise_spends_less_epsilon_and_more_releases_more(kind, accountant):
     sampling = Sampling(kind, 0.05, 400, 20 if kind == "fixed_size" else 0, 20.0)
-    epsilons = [epsilon_for(sampling, z, 20, 1e-4, "pld") for z in (0.6, 1.0, 2.0, 4.0)]
+    epsilons = [epsilon_for(sampling, z, 20, 1e-4, accountant) for z in (1.0, 1.5, 2.0, 4.0)]
     assert all(b < a for a, b in zip(epsilons, epsilons[1:])), epsilons
-    steps = [epsilon_for(sampling, 1.0, t, 1e-4, "pld") for t in (1, 10, 50)]
-    assert all(b > a for a, b in zip(steps, steps[1:]))  # more releases spend more
+    steps = [epsilon_for(sampling, 1.5, t, 1e-4, accountant) for t in (1, 10, 50)]
+    assert all(b > a for a, b in zip(steps, steps[1:])), steps
 
 
-@pytest.mark.parametrize("kind, accountant", [("poisson", "pld"), ("poisson", "rdp"), ("fixed_size", "rdp")])
-def test_calibrated_noise_spends_at_most_the_target_epsilon_and_close_to_it(kind, accountant):
+@pytest.mark.parametrize("kind, accountant, targets", [
+    # PLD: the search used to start at z = 1e-3, where dp-accounting's PLD allocates tens of GiB
+    ("poisson", "pld", (1.0,)),  # (seconds per target)
+    ("poisson", "rdp", (0.5, 8.0)),
+    ("fixed_size", "rdp", (2.0,)),
+    ("none", "rdp", (0.5, 2.0, 8.0)),
+])
+def test_calibrated_noise_spends_at_most_the_target_epsilon_and_close_to_it(kind, accountant, targets):
     sampling = Sampling(kind, 0.05, 400, 20 if kind == "fixed_size" else 0, 20.0)
-    for target in (0.5, 2.0, 8.0):
-        z = calibrate_noise(sampling, target, 1e-4, 25, accountant)
-        spent = epsilon_for(sampling, z, 25, 1e-4, accountant)
-        assert spent <= target and spent >= 0.97 * target, (target, z, spent)
-        assert epsilon_for(sampling, z * 0.97, 25, 1e-4, accountant) > target  # no much smaller z would do
+    steps = 5 if accountant == "pld" else 25
+    for target in targets:
+        z = calibrate_noise(sampling, target, 1e-4, steps, accountant)
+        spent = epsilon_for(sampling, z, steps, 1e-4, accountant)
+        assert 0.97 * target <= spent <= target, (target, z, spent)
+        assert epsilon_for(sampling, z * 0.97, steps, 1e-4, accountant) > target  # no much smaller z would do
 
 
 def test_an_unreachable_target_epsilon_is_one_line_naming_the_field():
