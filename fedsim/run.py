@@ -145,8 +145,6 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     population = build_population(config.population, task.data, config.seed,
                                   model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
     privacy = plan_privacy(config, population.num_clients)  # None unless privacy.mode is set
-    for note in privacy.notes if privacy is not None else ():
-        log.info("%s", note)
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed)
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
@@ -183,6 +181,8 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
     engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)
+    for note in privacy.notes if privacy is not None else ():  # once the run is valid: bad input stays one line
+        log.info("%s", note)
     return Experiment(config, task, population, engine, scheduler, executor, guard)
 
 

@@ -151,6 +151,22 @@ def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_confi
     assert torch.equal(final, params)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_dp_client_transforms_on_ray_are_bit_identical_to_serial(local_ray, small_config):
+    """Clipping (adaptive: the clip norm travels in each job's config) and local noise drawn from each
+    job's seed run inside the actors and give serial's results bit for bit."""
+    privacy = {"clip": 0.05, "clipping": "per_layer", "accountant": "rdp"}
+    for values in ({"strategy": {"name": "dp-fedavg"},
+                    "privacy": {"mode": "central", "adaptive": True, "count_noise": 2.0, **privacy}},
+                   {"privacy": {"mode": "local", "noise_multiplier": 0.5, **privacy}}):
+        reference, params, expected = history(build(small_config(executor={"threads": 1}, **values)))
+        rows, final, summary = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1,
+                                                                    "ray_inner": "serial"}, **values)))
+        assert rows == reference and torch.equal(final, params)
+        assert summary["privacy"] == expected["privacy"]
+
+
 @pytest.mark.timeout(120)
 def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small_config):
     config = small_config()

@@ -77,6 +77,25 @@ def test_every_strategy_gives_fedsims_model(name):
     torch.testing.assert_close(strategy.state.params, expected, rtol=0, atol=1e-6)
 
 
+DP_CASES = {
+    "local": ("fedavg", {"mode": "local", "clip": 0.05, "noise_multiplier": 0.5, "accountant": "rdp"}),
+    "central-adaptive-per-layer": ("dp-fedavg", {"mode": "central", "clip": 0.05, "clipping": "per_layer_normalized",
+                                                 "adaptive": True, "count_noise": 2.0, "accountant": "rdp"}),
+}
+
+
+@pytest.mark.parametrize("case", list(DP_CASES))
+def test_client_transforms_in_the_client_app_give_fedsims_model(case):
+    """The ClientApp clips (to the adaptive clip the job config carries) and adds local noise from the
+    job's seed exactly as fedsim's executors do."""
+    name, privacy = DP_CASES[case]
+    config = config_for(name, privacy=privacy)
+    expected = fedsim_params(config)
+    strategy = run_flower(config, InProcessGrid(make_client_app(task_for(config)), partition_nodes(6)))
+    assert strategy.strategy.client_transforms
+    torch.testing.assert_close(strategy.state.params, expected, rtol=0, atol=1e-6)
+
+
 def test_fedau_absent_and_failing_nodes_count_as_absent():
     """Sampled nodes that send no reply or an error reply are absent, exactly like clients
     that did not participate in fedsim: compare against fedsim with those clients removed."""
