@@ -30,8 +30,8 @@
   staleness weighting and the aggregator. All f attackers of one update send the same vector.
 
 - **f**, the number of attackers per update a robust aggregator assumes, is
-  ``strategy.byzantine_f`` or else ``ceil(fraction * n)`` for the nominal updates per
-  aggregation n (clients per round, the buffer size, ...); 0 without attackers.
+  ``strategy.byzantine_f`` or else ``ceil(a / N * n)``, a the attackers among the N clients and n
+  the nominal updates per aggregation (clients per round, the buffer size, ...); 0 without attackers.
 
 :class:`ByzantineMonitor` (an engine callback) adds ``byzantine`` (attackers in the update) to
 each line of rounds.jsonl and a ``byzantine`` object to summary.json.
@@ -197,6 +197,7 @@ def plan_byzantine(config: Any, num_clients: int) -> ByzantinePlan:
         order = numpy_generator(config.seed, "byzantine").permutation(num_clients)
         attackers = frozenset(int(i) for i in order[:count])
     cohort, source = nominal_cohort(config, num_clients)
+    fraction = len(attackers) / num_clients  # the attackers actually drawn
     f = int(math.ceil(fraction * cohort - 1e-9)) if attackers else 0
     notes = []
     if attackers:
