@@ -14,6 +14,7 @@ from clients.fedprox import FedProx
 from clients.fedsam import FedSAM
 from clients.fedspeed import FedSpeed
 from clients.mofedsam import MoFedSAM
+from clients.polyak import Polyak
 from clients.scaffold import Scaffold
 from clients.sgd import LOCAL_OPTIMIZERS, LocalSGD, check_optimizer_options, make_optimizer
 from fedsim.registry import Registry
@@ -26,9 +27,10 @@ CLIENTS.register("feddyn", "FedDyn: prox + linear correction h_i (Acar et al. 20
 CLIENTS.register("fedsam", "FedSAM: sharpness-aware local gradient (Qu et al. 2022)")(FedSAM)
 CLIENTS.register("fedcm", "FedCM: local gradient mixed with server momentum (Xu et al. 2021)")(FedCM)
 CLIENTS.register("mofedsam", "MoFedSAM: SAM gradient mixed with server momentum (Qu et al. 2022)")(MoFedSAM)
+CLIENTS.register("polyak", "local SGD; sends the Polyak momentum of its updates, beta m + (1 - beta) Delta (MoNNA client)")(Polyak)
 CLIENTS.register("fedspeed", "FedSpeed: FedDyn's prox-correction on a SAM gradient (Sun et al. 2023)")(FedSpeed)
 
-ALGORITHM_OPTIONS = ("mu", "lamb", "rho", "alpha", "sam_alpha")  # client.* options that belong to one algorithm each
+ALGORITHM_OPTIONS = ("mu", "lamb", "rho", "alpha", "sam_alpha", "beta")  # client.* options that belong to one algorithm each
 
 
 def check_client_options(config: dict) -> None:
@@ -51,6 +53,7 @@ __all__ = [
     "FedSAM",
     "FedSpeed",
     "MoFedSAM",
+    "Polyak",
     "Scaffold",
     "check_client_options",
     "LOCAL_OPTIMIZERS",

@@ -118,6 +118,11 @@ class PopulationConfig(_Strict):
     bandwidth: float | None = Field(None, gt=0)  # Mbit/s per client: adds 2 x model size / bandwidth per job
     extra_delay: float = Field(0.0, ge=0)  # mean of a random exponential extra delay per job (virtual s)
     dropout_prob: float = Field(0.0, ge=0, le=1)  # probability that a job fails mid-training (< 1)
+    # Byzantine clients (fedsim/attacks.py): a fraction drawn from the seed, or explicit ids
+    byzantine_fraction: float = Field(0.0, ge=0, lt=1)
+    byzantine_ids: list[int] | None = None  # explicit attackers (wins over byzantine_fraction)
+    byzantine_attack: str = "sign_flip"  # none | sign_flip | scale | gaussian | label_flip | alie | ipm
+    byzantine_options: dict[str, float | None] = Field(default_factory=dict)  # e.g. scale, std, z, eps
 
     def probability_range(self, num_clients: int) -> tuple[float, float]:
         """(mean_prob, min_prob) with null resolved: clients_per_round / num_clients and mean / 5."""
@@ -133,6 +138,11 @@ class PopulationConfig(_Strict):
     @classmethod
     def _known_speed(cls, v: str) -> str:
         return _check_name("speed", v)
+
+    @field_validator("byzantine_attack")
+    @classmethod
+    def _known_attack(cls, v: str) -> str:
+        return _check_name("attack", v)
 
     @field_validator("dropout_prob")
     @classmethod
@@ -169,6 +179,7 @@ class ClientConfig(_Strict):
     lamb: float | None = Field(None, ge=0)  # feddyn alpha / fedspeed beta = 1/lambda: prox + correction coefficient
     rho: float | None = Field(None, ge=0)  # fedsam, mofedsam, fedspeed: SAM perturbation radius
     alpha: float | None = Field(None, ge=0, le=1)  # mofedsam, fedcm: weight of the local gradient vs server momentum
+    beta: float | None = Field(None, ge=0, lt=1)  # polyak (MoNNA client): momentum of the sent update
     sam_alpha: float | None = Field(None, ge=0, le=1)  # fedspeed: g = (1 - sam_alpha) g1 + sam_alpha g2 (1: reference code)
 
     @field_validator("algorithm")
@@ -243,6 +254,12 @@ class StrategyConfig(_Strict):
     staleness: str | None = None  # staleness weighting s(tau): constant | polynomial | hinge
     staleness_a: float | None = Field(None, ge=0)  # polynomial exponent a / hinge slope a
     staleness_b: float | None = Field(None, ge=0)  # hinge: updates up to b versions stale get weight 1
+    # robust aggregators (strategies/robust/)
+    byzantine_f: int | None = Field(None, ge=0)  # attackers per update assumed; None: ceil(byzantine_fraction x n)
+    radius: float | None = Field(None, gt=0)  # centered clipping: clipping radius tau
+    iterations: int | None = Field(None, ge=1)  # centered clipping L / geometric median Weiszfeld steps T
+    selection: int | None = Field(None, ge=1)  # multi-Krum: m updates averaged
+    smoothing: float | None = Field(None, gt=0)  # geometric median: Weiszfeld smoothing nu
 
     @field_validator("name")
     @classmethod

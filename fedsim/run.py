@@ -39,6 +39,7 @@ import torch
 import yaml
 
 from clients import CLIENTS, check_optimizer_options
+from fedsim.attacks import ByzantineMonitor, plan_byzantine
 from fedsim.checkpoint import (CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint,
                                registered_classes)
 from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig, load_config
@@ -145,7 +146,10 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     population = build_population(config.population, task.data, config.seed,
                                   model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
     privacy = plan_privacy(config, population.num_clients)  # None unless privacy.mode is set
-    strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed)
+    byzantine = plan_byzantine(config, population.num_clients)  # attackers, attack, robust aggregators' f
+    for note in byzantine.notes:
+        log.info("%s", note)
+    strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
     if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
@@ -177,7 +181,8 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
         eval_every=config.eval.every,
         eval_every_time=config.eval.every_time,
         target_accuracy=config.eval.target_accuracy,
-        callbacks=[guard] + ([PrivacyAccountant(privacy)] if privacy is not None else []),
+        callbacks=[guard] + ([PrivacyAccountant(privacy)] if privacy is not None else [])
+        + ([ByzantineMonitor(byzantine)] if byzantine.attackers else []),
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
     engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)

@@ -16,6 +16,7 @@ from strategies.staleness import STALENESS
 from strategies import afa as _afa  # noqa: F401  (registers weightings afa_cd, afa_cs)
 from strategies import fedfix as _fedfix  # noqa: F401  (registers weighting fedfix)
 from strategies import privacy as _privacy  # noqa: F401  (registers weighting expected_cohort)
+from strategies import robust as _robust  # noqa: F401  (registers the robust weightings and their presets)
 
 __all__ = [
     "FL_SIMULATOR_CLIENT",

@@ -48,6 +48,11 @@ OPTION_FIELDS: dict[str, str] = {
     "tau": "tau",
     "bias_correction": "bias_correction",
     "cutoff": "cutoff",
+    "byzantine_f": "f",  # robust aggregators (strategies/robust/)
+    "radius": "radius",
+    "iterations": "iterations",
+    "selection": "m",
+    "smoothing": "nu",
 }
 STALENESS_FIELDS: dict[str, str] = {"staleness_a": "a", "staleness_b": "b"}
 
@@ -65,6 +70,8 @@ class FedOpt:
     client_transforms: tuple[ClientTransformSpec, ...] = ()  # (name, options): the executors build and run them
     server_transforms: tuple[AggregateTransform, ...] = ()  # on the aggregate, in order
     part_names: tuple[str, str, str | None] = ("", "", None)  # (weighting, server optimizer, staleness) registry names
+    byzantine: Any = None  # strategies.robust.ByzantineStage: first arrival stage when the run has attackers
+    last_info: dict[str, Any] = field(default_factory=dict)  # what the last update's stages reported (not state)
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> ServerState:
         params = params.detach().clone().float()
@@ -78,7 +85,7 @@ class FedOpt:
 
     def configure(self, state: ServerState, client_id: int, now: float) -> dict[str, Any]:
         """Per-job instructions from the aggregate transforms (e.g. adaptive clipping's clip norm)."""
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = self.byzantine.client_config(client_id) if self.byzantine is not None else {}
         for transform, transform_state in zip(self.server_transforms, state.transforms):
             if hasattr(transform, "client_config"):
                 config |= transform.client_config(transform_state)
@@ -89,12 +96,13 @@ class FedOpt:
         from clients.transforms import describe  # noqa: PLC0415
 
         weighting, optimizer, staleness = self.part_names
-        arrival = [f"staleness {staleness or 'on'}"] if self.staleness is not None else []
+        arrival = [self.byzantine.describe()] if self.byzantine is not None else []
+        arrival += [f"staleness {staleness or 'on'}"] if self.staleness is not None else []
         arrival += ["rebase (FedAsync mixing)"] if self.mixing else []
         return [
             f"client transforms: {', '.join(describe(self.client_transforms)) or '(none)'}",
             f"arrival transforms: {', '.join(arrival) or '(none)'}",
-            f"aggregator: {weighting or type(self.aggregator).__name__}",
+            f"aggregator: {weighting or type(self.aggregator).__name__}{_options(self.aggregator)}",
             f"aggregate transforms: {', '.join(describe_server(t) for t in self.server_transforms) or '(none)'}",
             f"server optimizer: {optimizer or type(self.optimizer).__name__}",
         ]
@@ -105,6 +113,9 @@ class FedOpt:
         return broadcast(state.aggregator) if broadcast is not None else None
 
     def aggregate(self, state: ServerState, results: Sequence[ClientResult], now: float) -> ServerState:
+        self.last_info = {}
+        if self.byzantine is not None:
+            results, self.last_info = self.byzantine.apply(results)
         if self.mixing:
             results = rebase(results, state.params)
         if self.staleness is not None and results:
@@ -128,6 +139,11 @@ class FedOpt:
             aggregator=aggregator_state,
             transforms=transform_states,
         )
+
+
+def _options(part: Any) -> str:
+    options = getattr(part, "options", None)
+    return f"({', '.join(f'{k}={v}' for k, v in options.items())})" if isinstance(options, dict) and options else ""
 
 
 @dataclass(frozen=True)
@@ -382,16 +398,24 @@ def staleness_part(cfg: Any) -> tuple[Callable[[np.ndarray], np.ndarray] | None,
 PLAIN_AVERAGES = ("samples", "uniform")  # preset weightings that DP-FedAvg's fixed denominator replaces
 
 
-def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0) -> FedOpt:
+def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0, byzantine: Any = None) -> FedOpt:
     """The strategy a StrategyConfig names; ``privacy`` (a ``fedsim.privacy.PrivacyPlan``) adds its pieces.
 
     With central DP, a preset whose weighting is a plain average (samples, uniform) gets the
     fixed-denominator weighting ``expected_cohort`` instead; any other weighting (FedAU,
     MIFA, ...) is refused, as is FedAsync's rebase, which undoes the clipping.
+
+    ``byzantine`` (a ``fedsim.attacks.ByzantinePlan``) gives a robust weighting its default f and
+    nominal n (a configuration breaking the rule's assumption is refused) and, when the run has
+    attackers, adds their client transform (after any privacy transform) and the arrival stage.
     """
     weighting, w_kwargs, optimizer, o_kwargs = resolve_parts(cfg)
     staleness, mixing = staleness_part(cfg)
+    if "f" in inspect.signature(WEIGHTINGS.get(weighting)).parameters and w_kwargs.get("f") is None:
+        w_kwargs["f"] = byzantine.f if byzantine is not None else 0
     aggregator = WEIGHTINGS.get(weighting)(**w_kwargs)
+    if byzantine is not None and hasattr(aggregator, "check"):
+        aggregator.check(byzantine.cohort, byzantine.cohort_source)
     client_transforms: tuple[ClientTransformSpec, ...] = ()
     server_transforms: tuple[AggregateTransform, ...] = ()
     if privacy is not None:
@@ -408,6 +432,13 @@ def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0) -> FedOpt:
             aggregator = WEIGHTINGS.get("expected_cohort")(cohort=privacy.sampling.cohort)
             weighting = "expected_cohort"
             server_transforms = privacy.server_transforms(seed)
+    stage = None
+    if byzantine is not None and byzantine.attackers:
+        from strategies.robust.attacks import ByzantineStage  # noqa: PLC0415
+
+        client_transforms += tuple(byzantine.client_transforms())
+        stage = ByzantineStage(byzantine.attackers, byzantine.attack, byzantine.where, byzantine.options,
+                               byzantine.client_config())
     return FedOpt(
         name=cfg.name,
         aggregator=aggregator,
@@ -417,4 +448,5 @@ def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0) -> FedOpt:
         client_transforms=client_transforms,
         server_transforms=server_transforms,
         part_names=(weighting, optimizer, cfg.staleness or STRATEGIES.get(cfg.name).options.get("staleness")),
+        byzantine=stage,
     )

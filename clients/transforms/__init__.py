@@ -100,3 +100,4 @@ def apply_client_transforms(
 # the built-in transforms register themselves
 from clients.transforms import clip as _clip  # noqa: E402,F401
 from clients.transforms import local_noise as _local_noise  # noqa: E402,F401
+from clients.transforms import attacks as _attacks  # noqa: E402,F401

@@ -61,6 +61,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from clients import CLIENTS, local_lr, make_grad_fn
 from clients.transforms import apply_client_transforms, build_client_transforms
+from fedsim.attacks import client_train_data
 from fedsim.data import ArrayFederatedData
 from fedsim.executors.base import EXECUTORS
 from fedsim.executors.serial import SerialExecutor
@@ -280,7 +281,7 @@ class VmapExecutor:
         try:
             options = self._algorithm_options(config)
             if options is not None:
-                x, y = self.task.data.train(job.client_id)
+                x, y = client_train_data(self.task, job)
                 n = len(x)
                 steps = self.algorithm.num_steps(config, n) if n else 0
                 item = _Item(pos=pos, job=job, x=x, y=y, n=n, steps=steps, batch_size=int(config["batch_size"]),

@@ -27,6 +27,7 @@ import torch
 
 from clients import CLIENTS, TrainContext, local_lr, resident_grad_fn, run_client
 from clients.transforms import ClientTransformSpec, apply_client_transforms, build_client_transforms
+from fedsim.attacks import client_train_data
 from fedsim.params import ResidentModel, all_finite
 from fedsim.rng import derive_seed
 from fedsim.tasks import Task, TaskSpec, build_task
@@ -183,7 +184,7 @@ class Worker:
     def run(self, job: ClientJob) -> ClientResult:
         try:
             with torch_threads(self.spec.threads), job_rng(job.seed, self.device):
-                x, y = self.task.data.train(job.client_id)
+                x, y = client_train_data(self.task, job)  # the client's data (a data-side attack may change it)
                 data = (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
                 rng = torch.Generator(device=self.device)
                 rng.manual_seed(job.seed)

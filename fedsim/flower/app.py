@@ -38,6 +38,7 @@ from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
 from fedsim.run import initial_params, task_spec
 from fedsim.tasks import Task, TaskSpec, build_task
+from fedsim.attacks import plan_byzantine
 from fedsim.privacy import plan_privacy
 from strategies import build_strategy
 
@@ -107,8 +108,9 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
         )
     flower = {**FLOWER_DEFAULTS, **(flower or {})}
     privacy = plan_privacy(config, task.data.num_clients)  # client transforms travel in each job's config
+    byzantine = plan_byzantine(config, task.data.num_clients)  # attackers are node indices, as fedsim's client ids
     return FedsimStrategy(
-        build_strategy(config.strategy, privacy=privacy, seed=config.seed),
+        build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine),
         ArrayCodec(task.build_model()),
         make_sampler(config, task),
         config.client.model_dump(),

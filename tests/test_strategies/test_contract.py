@@ -144,6 +144,8 @@ def test_one_client_full_participation_first_round(name):
     _, _, optimizer, _ = resolve_parts(StrategyConfig(name=name))
     # FedDyn / FedSpeed add the mean of every h_i on top: with N = 1, h_0 = delta, so U = 2 delta
     u = 2 * delta if server_part(StrategyConfig(name=name)) == "feddyn" else delta
+    if name == "centered_clipping":  # moves at most its radius tau = 1 from its first center 0 (Karimireddy et al. 2021)
+        u = delta / float(torch.linalg.vector_norm(delta))
     if optimizer == "sgd":
         torch.testing.assert_close(state.params, _x0() + 0.5 * u)
     else:  # adaptive: m = (1 - b1) delta, the step has delta's sign

@@ -28,6 +28,15 @@ def _aggregate(name: str, results, population=POP, dim=2):
     return u
 
 
+def _weiszfeld_numpy(x, steps=3, nu=1e-6):  # smoothed Weiszfeld from the mean, written out in numpy
+    z = x.mean(0)
+    for _ in range(steps):
+        w = 1 / np.maximum(np.linalg.norm(x - z, axis=1), nu)
+        z = (w[:, None] * x).sum(0) / w.sum()
+    return z.tolist()
+
+
+GEOMED = _weiszfeld_numpy(np.array([[2.0, 0.0], [0.0, 4.0], [1.0, 1.0]]))
 # U on RESULTS from a fresh state, for every registered weighting
 HAND_EXPECTED = {
     "samples": [0.1 * 2 + 0.6 * 1, 0.3 * 4 + 0.6 * 1],  # c = m_i / (10 + 30 + 60) = 0.1, 0.3, 0.6
@@ -44,6 +53,15 @@ HAND_EXPECTED = {
     "fedcm": [1.0, 5 / 3],  # U = plain mean of the deltas (momentum from the extras)
     "feddyn": [1.0 + 0.75, 5 / 3 + 1.25],  # mean delta + (1/N) sum of h = the 3 fresh deltas
     "expected_cohort": [3 / 1.85, 5 / 1.85],  # sum of deltas / D, D = sum of p = 1.85 (no privacy plan)
+    # robust rules with f = 0 (no attackers assumed); unweighted
+    "median": [1.0, 1.0],  # per coordinate: median of (2, 0, 1) and of (0, 4, 1)
+    "trimmed_mean": [1.0, 5 / 3],  # f = 0: the mean
+    "krum": [2.0, 0.0],  # 1 neighbour: scores 2 (client 0), 10, 2 (client 2): the tie goes to client 0
+    "multi_krum": [1.0, 5 / 3],  # m = n - f = 3: the mean
+    "bulyan": [1.0, 5 / 3],  # f = 0: theta = beta = n, the mean
+    "geomed": GEOMED,  # 3 smoothed Weiszfeld steps from the mean
+    "centered_clipping": [(1 + 0.5**0.5) / 3] * 2,  # from 0, tau = 1: mean of (1, 0), (0, 1), (1, 1)/sqrt(2)
+    "monna": [1.0, 5 / 3],  # f = 0: every neighbourhood is everyone, then the mean
 }
 for _r in RESULTS:  # what the stateful clients send their server parts
     _r.extras = {"delta_c": torch.zeros(2), "mean_grad": torch.zeros(2)}
