@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from clients.optimizers import reads_flag
 from fedsim.registry import UnknownNameError
 from strategies.server_optimizers import ServerOptimizer
 
@@ -120,14 +121,6 @@ def _resolve(name: str) -> tuple[str, type[torch.optim.Optimizer]]:
     return canonical, cls
 
 
-def _reads_flag(cls: type, key: str) -> bool:
-    """Whether the optimizer's module (or its base class's) reads ``key`` from a param group."""
-    import pytorch_optimizer.base.optimizer as base  # noqa: PLC0415
-
-    quoted = (f"'{key}'", f'"{key}"')
-    return any(q in inspect.getsource(m) for m in (inspect.getmodule(cls), base) if m is not None for q in quoted)
-
-
 def _torch_class(key: str) -> str | None:
     return next((k.removeprefix(TORCH_PREFIX) for k in torch_optimizers() if k.lower() == f"torch.{key}"), None)
 
@@ -168,7 +161,7 @@ class LibraryOptimizer:
         takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
         unknown = sorted(k for k in options if k not in accepted or k == "params")
         if takes_any:  # pytorch-optimizer's **kwargs flags (use_gc, adanorm, cautious, ...): those its code reads
-            unknown = [k for k in unknown if k == "params" or not _reads_flag(self.cls, k)]
+            unknown = [k for k in unknown if k == "params" or not reads_flag(self.cls, k)]
         if unknown:
             valid = ", ".join(k for k, _ in self.option_defaults())
             raise ValueError(f"strategy.server_optimizer_kwargs: {self.name} ({self.cls.__name__}) has no option "
