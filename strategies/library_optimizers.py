@@ -135,7 +135,8 @@ class LibraryOptimizer:
     def __init__(self, name: str, cls: type[torch.optim.Optimizer]):
         self.name = name
         self.cls = cls
-        self.description = f"{cls.__module__.split('.')[0]}.{cls.__name__}: {_summary(cls)}"
+        package = "torch.optim" if cls.__module__.startswith("torch.") else "pytorch_optimizer"
+        self.description = f"{package}.{cls.__name__}: {_summary(cls)}"
         lr = inspect.signature(cls).parameters.get("lr")
         default = lr.default if lr is not None and lr.default is not inspect.Parameter.empty else None
         if isinstance(default, torch.Tensor):

@@ -146,3 +146,16 @@ def test_names_resolve_by_the_documented_scheme():
     # the saved config states the lr the class defaults to, and the options
     resolved = resolved_options(RunConfig(strategy={"server_optimizer": "torch.SGD"}).strategy)
     assert resolved["server_optimizer"] == "torch.SGD" and resolved["server_lr"] == 1e-3
+
+
+def test_fedsim_list_optimizers_and_show_cover_both_sides(capsys):
+    from fedsim.cli import main  # noqa: PLC0415
+
+    assert main(["list", "optimizers"]) == 0
+    out = capsys.readouterr().out
+    assert "local optimizers (client.optimizer)" in out and "server optimizers (strategy.server_optimizer)" in out
+    assert "lion" in out and "[batched]" in out and "torch.AdamW" in out and "adabelief" in out
+    assert main(["show", "adabelief"]) == 0
+    out = capsys.readouterr().out
+    assert "server optimizer adabelief" in out and "strategy.server_optimizer_kwargs.betas" in out
+    assert "local optimizer adabelief" in out and "client.optimizer_kwargs.betas" in out
