@@ -27,7 +27,8 @@ per arm and task is the one with the best mean final accuracy over seeds.
 Tasks (experiments/server_optimizers.yaml): digits CNN, 50 clients, Dirichlet 0.1 label skew,
 10 clients a round, 10 local steps of batch 10 at client lr 0.1; LEAF Synthetic(1, 1) with a one-hidden-layer
 MLP (64), same population. Both are tiny and the run is short (20 rounds, --quick: 6 rounds,
-1 seed, 1 lr) so the whole sweep fits ~30 minutes on 2 cores: conclusions about which
+1 seed, 1 lr). Measured pace: ~16-25 s per digits run with 2 at once, so the full sweep
+(234 runs) takes ~45-50 minutes on 2 cores, not 30; --rounds 12 brings it near 30. Conclusions about which
 optimizer wins in the papers' regimes (hundreds to thousands of rounds, CNNs/Transformers on
 CIFAR/StackOverflow) do not follow from it. Writes (raw run folders under raw/, git-ignored):
 
