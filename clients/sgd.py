@@ -10,7 +10,10 @@ With ``client.optimizer: sgd`` the client is a step function (clients/base.py) t
 executor runs, the vmap executor batched: ``torch.optim.SGD``'s math on a flat vector
 (weight decay added to the clipped gradient, momentum buffer set to the first gradient,
 dampening, nesterov, maximize). Any other torch optimizer trains the worker's resident model
-through ``train`` (serial and Ray only). ``clip_norm`` clips the loss gradient by global
+through ``train`` (serial and Ray only), except the adaptive optimizers of clients/optimizers.py
+(adam, adamw, lion, adan, adabelief, adopt: step functions checked against the libraries),
+which batch too, with their moments in the carry. ``client.optimizer`` names are torch.optim's
+in lower case plus pytorch-optimizer's lion, adan, adabelief and adopt. ``clip_norm`` clips the loss gradient by global
 norm before the optimizer step (FL-Simulator's FedAvg: clip 10, weight decay 1e-3); ``lr``
 decays by ``lr_decay`` per model version in both paths.
 """
@@ -27,15 +30,41 @@ from torch import Tensor
 from clients.base import (
     Batch, Carry, FunctionalClient, GradFn, TrainContext, batch_schedule, clip_by_global_norm, num_local_steps,
 )  # fmt: skip
+from clients.optimizers import BATCHED, LIBRARY, AdaptiveOptions, adaptive_step, batched_options, init_state, reads_flag
 from fedsim.registry import Registry
 from fedsim.types import ClientResult
 
 __all__ = ["LocalSGD", "SGDOptions", "LOCAL_OPTIMIZERS", "make_optimizer", "check_optimizer_options", "batch_schedule"]
 
-LOCAL_OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("local optimizer")
+
+class _Packaged:
+    """A pytorch-optimizer class, imported when first asked for (the package takes ~2 s to import)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+class LocalOptimizerRegistry(Registry):
+    def get(self, name: str) -> type[torch.optim.Optimizer]:
+        obj = super().get(name)
+        if isinstance(obj, _Packaged):
+            import pytorch_optimizer  # noqa: PLC0415
+
+            return pytorch_optimizer.load_optimizer(obj.key)
+        return obj
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(name, description) with the batched ones marked (``fedsim list``)."""
+        return [(name, description + (" [batched]" if name in ("sgd", *BATCHED) else ""))
+                for name, description in self.describe()]
+
+
+LOCAL_OPTIMIZERS: LocalOptimizerRegistry = LocalOptimizerRegistry("local optimizer")
 for _name, _cls in sorted(vars(torch.optim).items()):
     if inspect.isclass(_cls) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer:
         LOCAL_OPTIMIZERS.register(_name.lower(), f"torch.optim.{_name}")(_cls)
+for _key in LIBRARY:
+    LOCAL_OPTIMIZERS.register(_key, f"pytorch_optimizer: {_key}")(_Packaged(_key))
 
 _SGD_MATH = ("lr", "momentum", "weight_decay", "dampening", "nesterov", "maximize")
 _SGD_IGNORED = ("foreach", "fused", "differentiable")  # torch.optim.SGD options that do not change the math
@@ -51,17 +80,21 @@ def _optimizer_kwargs(config: dict[str, Any]) -> tuple[type[torch.optim.Optimize
             kwargs[key] = value
         elif value:
             raise ValueError(
-                f"client.{key} is not accepted by torch.optim.{cls.__name__}; "
+                f"client.{key} is not accepted by {cls.__module__.split('.')[0]}.{cls.__name__}; "
                 f"pass its own options through client.optimizer_kwargs"
             )
     extra = dict(config.get("optimizer_kwargs") or {})
     unknown = sorted(set(extra) - accepted)
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
+        unknown = [key for key in unknown if not reads_flag(cls, key)]  # pytorch-optimizer's **kwargs flags
     if unknown:
-        valid = sorted(accepted - {"params"})
+        valid = sorted(accepted - {"params", "kwargs"})
         raise ValueError(
-            f"client.optimizer_kwargs: torch.optim.{cls.__name__} has no option {unknown[0]!r}; "
+            f"client.optimizer_kwargs: {cls.__module__.split('.')[0]}.{cls.__name__} has no option {unknown[0]!r}; "
             f"valid choices: {', '.join(valid)}"
         )
+    if isinstance(extra.get("betas"), list):  # YAML lists; some optimizers compare betas as tuples
+        extra["betas"] = tuple(extra["betas"])
     return cls, kwargs | extra
 
 
@@ -107,9 +140,15 @@ class LocalSGD(FunctionalClient):
     optimizers = None  # any torch.optim optimizer (others than SGD train through ``train``)
     takes_optimizer_options = True
 
-    def options(self, config: dict[str, Any]) -> SGDOptions | None:
-        """SGD's options, or None for another torch optimizer (trained by ``train``)."""
-        if config.get("optimizer") != "sgd":
+    def options(self, config: dict[str, Any]) -> SGDOptions | AdaptiveOptions | None:
+        """SGD's options, an adaptive step's (clients/optimizers.py), or None for another
+        optimizer or options no step implements (trained by ``train``)."""
+        name = config.get("optimizer")
+        if name in BATCHED:
+            check_optimizer_options(config)
+            cls, kwargs = _optimizer_kwargs(config)
+            return batched_options(name, cls, kwargs, self.common(config)[0])
+        if name != "sgd":
             return None
         check_optimizer_options(config)
         _, kwargs = _optimizer_kwargs(config)
@@ -123,16 +162,22 @@ class LocalSGD(FunctionalClient):
             maximize=bool(kwargs.get("maximize", False)),
         )
 
-    def start(self, options: SGDOptions, params: Tensor, state: Any, broadcast: Any, lr: float) -> Carry:
+    def start(self, options: SGDOptions | AdaptiveOptions, params: Tensor, state: Any, broadcast: Any, lr: float) -> Carry:
         carry = self.base_carry(params, lr)
+        if isinstance(options, AdaptiveOptions):
+            return carry | init_state(options, params)  # fresh moments each job: clients are stateless
         if options.momentum:
             carry["buf"] = torch.zeros_like(params)
         return carry
 
-    def step(self, options: SGDOptions, carry: Carry, batch: Batch, grad: GradFn) -> tuple[Carry, Tensor]:
+    def step(self, options: SGDOptions | AdaptiveOptions, carry: Carry, batch: Batch, grad: GradFn) -> tuple[Carry, Tensor]:
         y = carry["y"]
         loss, g = grad(y, batch)
         g = clip_by_global_norm(g, options.clip_norm)
+        if isinstance(options, AdaptiveOptions):
+            moments = {k: v for k, v in carry.items() if k.startswith("opt_")}
+            y, moments = adaptive_step(options, moments, y, g, carry["lr"], carry["steps"] + 1)
+            return carry | moments | {"y": y, "steps": carry["steps"] + 1}, loss
         if options.maximize:
             g = -g
         if options.weight_decay:
@@ -147,7 +192,7 @@ class LocalSGD(FunctionalClient):
         out["steps"] = carry["steps"] + 1
         return out, loss
 
-    def finish(self, options: SGDOptions, carry: Carry) -> tuple[Tensor, None, None]:
+    def finish(self, options: SGDOptions | AdaptiveOptions, carry: Carry) -> tuple[Tensor, None, None]:
         return carry["y"] - carry["x0"], None, None
 
     def train(

@@ -251,15 +251,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 break
         else:
             raise ConfigError(f"unknown kind '{args.kind}'; valid choices: {', '.join(registries.KINDS)}")
-        kinds = [kind]
+        kinds = ["optimizer", "server_optimizer"] if kind == "optimizer" else [kind]  # `list optimizers`: both sides
     for kind in kinds:
         heading = registries.KINDS[kind][2]
-        if kind == "optimizer":
-            names = registries.get(kind).names()
-            print(f"{heading}:\n  {', '.join(names)}\n")
-            continue
+        registry = registries.get(kind)
         print(f"{heading}:")
-        entries = registries.get(kind).describe()
+        # optimizers list library entries too (registries.get(...).listing(), pytorch-optimizer imported)
+        entries = registry.listing() if hasattr(registry, "listing") else registry.describe()
         width = max(len(name) for name, _ in entries)
         for name, description in entries:
             print(f"  {name:<{width}}  {description}")

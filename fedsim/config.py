@@ -244,6 +244,8 @@ class StrategyConfig(_Strict):
     name: str = "fedavg"
     weighting: str | None = None
     server_optimizer: str | None = None
+    # options of a library server optimizer (torch.AdamW, adabelief, ...) besides lr, checked by its constructor
+    server_optimizer_kwargs: dict[str, Any] | None = None
     server_lr: float | None = Field(None, ge=0)
     momentum: float | None = Field(None, ge=0, lt=1)
     beta1: float | None = Field(None, ge=0, lt=1)
@@ -275,6 +277,14 @@ class StrategyConfig(_Strict):
     @classmethod
     def _known_optimizer(cls, v: str | None) -> str | None:
         return v if v is None else _check_name("server_optimizer", v)
+
+    @field_validator("server_optimizer_kwargs")
+    @classmethod
+    def _finite_server_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        bad = _first_non_finite(v)
+        if bad is not None:
+            raise ValueError(f"{bad} must be finite (no inf or NaN)")
+        return v or None  # {} = unset
 
     @field_validator("staleness")
     @classmethod

@@ -88,7 +88,10 @@ def _show_part(kind: str, name: str) -> list[str]:
     registry = registries.get(kind)
     lines = [f"{NOUNS.get(kind, kind.replace('_', ' '))} {name}: {registry.description(name)}"]
     factory = registry.get(name)
-    if kind in ("weighting", "server_optimizer"):
+    if kind == "server_optimizer" and hasattr(factory, "option_defaults"):  # a library optimizer
+        lines += _lines([("strategy.server_lr", factory.__signature__.parameters["lr"].default)]
+                        + [(f"strategy.server_optimizer_kwargs.{k}", v) for k, v in factory.option_defaults()])
+    elif kind in ("weighting", "server_optimizer"):
         lines += _lines(_part_options(factory, {}))
     elif kind == "partitioner":
         lines += _lines([(f"data.{arg}", _config_value(f"data.{arg}")) for arg, _ in _signature_defaults(factory, skip=3)
@@ -96,6 +99,8 @@ def _show_part(kind: str, name: str) -> list[str]:
     elif kind == "optimizer":
         pairs = []
         for arg, default in _signature_defaults(factory, skip=1):
+            if arg == "kwargs":
+                continue
             if arg in ("lr", "momentum", "weight_decay"):
                 pairs.append((f"client.{arg}", _config_value(f"client.{arg}")))
             elif arg not in ("foreach", "fused", "differentiable", "capturable"):  # speed/autograd switches

@@ -53,6 +53,7 @@ OPTION_FIELDS: dict[str, str] = {
     "iterations": "iterations",
     "selection": "m",
     "smoothing": "nu",
+    "server_optimizer_kwargs": "options",  # library server optimizers' own options (strategies/library_optimizers.py)
 }
 STALENESS_FIELDS: dict[str, str] = {"staleness_a": "a", "staleness_b": "b"}
 
@@ -131,9 +132,13 @@ class FedOpt:
                 ctx.info.update(metrics)
                 new_states.append(transform_state)
             transform_states = tuple(new_states)
-        step, optimizer_state = self.optimizer.update(u, state.optimizer)
+        if self.optimizer.apply is not None:
+            params, optimizer_state = self.optimizer.apply(u, state.optimizer, state.params)
+        else:
+            step, optimizer_state = self.optimizer.update(u, state.optimizer)
+            params = state.params + step
         return state.replace(
-            params=state.params + step,
+            params=params,
             version=state.version + 1,
             optimizer=optimizer_state,
             aggregator=aggregator_state,

@@ -9,6 +9,25 @@ scales lr by sqrt(1 - beta2^t) / (1 - beta1^t) with t = 1, 2, ... server steps;
 Flower's FedAdam uses t + 1 instead.
 
 FedAvgM (Hsu et al. 2019, arXiv 1909.06335) is ``sgd`` with momentum: m = beta m + U.
+
+How ``adam`` differs from ``torch.optim.Adam`` (``torch.Adam`` as a server optimizer, see
+strategies/library_optimizers.py), for the same U (torch's gradient is -U):
+
+* tau sits outside any bias correction: step = lr * m / (sqrt(v) + tau). torch divides by
+  sqrt(v / (1 - beta2^t)) + eps, i.e. its eps is scaled by sqrt(1 - beta2^t) relative to tau;
+* no bias correction by default (torch always corrects: lr * m / (1 - beta1^t) / ...);
+* defaults tau = 1e-3, beta2 = 0.99 (Reddi et al.'s grid) against torch's eps = 1e-8,
+  beta2 = 0.999; a tau that large makes the step near-SGD for small |U| (tau bounds the
+  adaptivity), which is the paper's point.
+
+With bias_correction on and tau = eps * sqrt(1 - beta2^t) both agree, but that tau changes
+with t, so no fixed setting of one reproduces the other; ``yogi`` and ``adagrad`` differ from
+pytorch-optimizer's Yogi and torch's Adagrad in the same ways (and Adagrad's v has no
+initial value or lr decay here).
+
+Besides these names the registry resolves library optimizers on demand (``torch.AdamW``,
+``adabelief``, ...; see strategies/library_optimizers.py); ``names()`` lists the hand-written
+ones only.
 """
 
 from __future__ import annotations
@@ -18,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from fedsim.checkpoint import checkpointable
-from fedsim.registry import Registry
+from fedsim.registry import Registry, UnknownNameError
 
 __all__ = ["ServerOptimizer", "SERVER_OPTIMIZERS", "sgd", "adagrad", "adam", "yogi"]
 
@@ -26,6 +45,9 @@ __all__ = ["ServerOptimizer", "SERVER_OPTIMIZERS", "sgd", "adagrad", "adam", "yo
 class ServerOptimizer(NamedTuple):
     init: Callable[[torch.Tensor], Any]
     update: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]  # (U, state) -> (step, state)
+    # (U, state, params) -> (new params, state): optimizers that step the model themselves
+    # (library optimizers: weight decay, trust ratios, ... read x); FedOpt uses it when set
+    apply: Callable[[torch.Tensor, Any, torch.Tensor], tuple[torch.Tensor, Any]] | None = None
 
 
 @checkpointable
@@ -35,7 +57,37 @@ class MomentState(NamedTuple):
     v: torch.Tensor
 
 
-SERVER_OPTIMIZERS: Registry[Callable[..., ServerOptimizer]] = Registry("server optimizer")
+class ServerOptimizerRegistry(Registry):
+    """The hand-written optimizers by name; ``get`` also resolves library names (torch.AdamW, lion, ...)."""
+
+    def get(self, name: str) -> Callable[..., ServerOptimizer]:
+        if name in self._entries:
+            return super().get(name)
+        from strategies.library_optimizers import library_factory  # noqa: PLC0415  (lazy: cycle, import cost)
+
+        return library_factory(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            self.get(name)
+        except UnknownNameError:
+            return False
+        return True
+
+    def description(self, name: str) -> str:
+        factory = self.get(name)
+        return super().description(name) if name in self._entries else factory.description
+
+    def listing(self) -> list[tuple[str, str]]:
+        """Every name ``get`` takes, described (``fedsim list``): hand-written, then library ones."""
+        from strategies.library_optimizers import listing  # noqa: PLC0415
+
+        return self.describe() + listing()
+
+
+SERVER_OPTIMIZERS: ServerOptimizerRegistry = ServerOptimizerRegistry("server optimizer")
 
 
 def _check_lr(lr: float) -> None:

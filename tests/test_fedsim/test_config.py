@@ -63,7 +63,7 @@ def test_unknown_strategy_lists_choices():
         ("population.participation=sometimes", "population.participation"),
         ("executor.name=spark", "executor.name"),
         ("client.optimizer=sgdx", "client.optimizer"),
-        ("strategy.server_optimizer=lion", "strategy.server_optimizer"),
+        ("strategy.server_optimizer=lionx", "strategy.server_optimizer"),  # lion is pytorch-optimizer's
     ],
 )
 def test_unknown_names_list_valid_choices(override, field):
