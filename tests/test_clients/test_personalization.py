@@ -307,3 +307,22 @@ def test_personal_state_survives_a_checkpoint(small_config, tmp_path, algorithm)
     resumed = torch.load(out / "model_state.pt", weights_only=True)
     reference = torch.load(io.BytesIO(final), weights_only=True)
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_personalization_experiment_quick_mode_writes_table_and_plot(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "personalization.py"
+    spec = importlib.util.spec_from_file_location("personalization_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--rounds", "2", "--jobs", "1", "--methods", "FedAvg", "APFL (adaptive alpha)", "FedPer",
+                 "--partitions", "2 classes/client", "--out", str(tmp_path)])
+    rows = module.read_rows(tmp_path)
+    assert [r["method"] for r in rows] == ["FedAvg", "APFL (adaptive alpha)", "FedPer"]
+    assert all(0 <= r["client_accuracy_mean"] <= 1 for r in rows)
+    fedavg = rows[0]
+    assert fedavg["client_accuracy_mean"] == fedavg["global_client_accuracy_mean"]  # no personal model
+    assert "FedPer" in (tmp_path / "results.md").read_text() and (tmp_path / "results.png").stat().st_size > 0
+    assert len(list((tmp_path / "raw").iterdir())) == 3
