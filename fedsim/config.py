@@ -181,6 +181,9 @@ class ClientConfig(_Strict):
     alpha: float | None = Field(None, ge=0, le=1)  # mofedsam, fedcm: weight of the local gradient vs server momentum
     beta: float | None = Field(None, ge=0, lt=1)  # polyak (MoNNA client): momentum of the sent update
     sam_alpha: float | None = Field(None, ge=0, le=1)  # fedspeed: g = (1 - sam_alpha) g1 + sam_alpha g2 (1: reference code)
+    alpha_lr: float | None = Field(None, ge=0)  # apfl: step size of the adaptive mixing weight (None: alpha fixed)
+    personal_layers: list[str] | int | None = None  # fedper, fedrep: the personal head, parameter-name prefixes or a count of final layers (default 1)
+    head_steps: int | None = Field(None, ge=0, le=MAX_LOCAL_STEPS)  # fedrep: head-only local steps before the body's (default 10)
 
     @field_validator("algorithm")
     @classmethod
@@ -191,6 +194,13 @@ class ClientConfig(_Strict):
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
         return _check_name("optimizer", v)
+
+    @field_validator("personal_layers")
+    @classmethod
+    def _personal_layers(cls, v: list[str] | int | None) -> list[str] | int | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"must be a count of final layers >= 0 or a list of parameter names, got {v}")
+        return v
 
     @field_validator("optimizer_kwargs")
     @classmethod
@@ -388,6 +398,13 @@ class EvalConfig(_Strict):
     target_accuracy: float | None = Field(None, gt=0, le=1)  # record time-to-accuracy in summary.json
     per_client: bool = False  # also report mean and worst-10% accuracy over clients
     max_clients: int = Field(1000, ge=1, le=MAX_EVAL_CLIENTS)  # per-client evaluation looks at most at this many
+    finetune_steps: int = Field(0, ge=0, le=MAX_LOCAL_STEPS)  # per-client evaluation: SGD steps on the client's train data before testing
+
+    @model_validator(mode="after")
+    def _finetune_needs_per_client(self) -> "EvalConfig":
+        if self.finetune_steps and not self.per_client:
+            raise ValueError("eval.finetune_steps needs eval.per_client: true (it fine-tunes each evaluated client's model)")
+        return self
 
 
 class StopConfig(_Strict):

@@ -384,7 +384,7 @@ class Engine:
             self.stop()
 
     def evaluate(self) -> dict[str, Any]:
-        metrics = self.evaluator.evaluate(self.state.params)
+        metrics = self.evaluator.evaluate(self.state.params, self.client_states)  # personal models from client state
         record = {
             "round": self.state.version,
             "virtual_time": self.now,

@@ -228,7 +228,7 @@ class RunRecorder:
             "virtual_time": engine.now,
             "wall_time": 0.0,
             "train_loss": None,
-            **engine.evaluator.evaluate(engine.state.params),
+            **engine.evaluator.evaluate(engine.state.params, engine.client_states),
             "participants": 0,
             "updates": 0,
             "dropouts": 0,
@@ -252,6 +252,8 @@ class RunRecorder:
         if record.get("test_accuracy") is not None:
             # the bar always shows the latest evaluation, and at which round it was taken
             self._postfix["acc"] = f"{record['test_accuracy']:.3f}@{record['round']}"
+            if record.get("global_client_accuracy_mean") is not None:  # personalization: the clients' own models
+                self._postfix["pacc"] = f"{record['client_accuracy_mean']:.3f}"
             self._bar.set_postfix(self._postfix, refresh=True)
         if self._tb is not None:
             for key, value in record.items():

@@ -39,6 +39,7 @@ import torch
 import yaml
 
 from clients import CLIENTS, check_optimizer_options
+from clients.personal import bind_client_config
 from fedsim.attacks import ByzantineMonitor, plan_byzantine
 from fedsim.checkpoint import (CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint,
                                registered_classes)
@@ -141,6 +142,7 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     spec = task_spec(config)
     task = task if task is not None else build_task(spec)
     algorithm = CLIENTS.get(config.client.algorithm)()
+    client_config = bind_client_config(algorithm, client_config, task.build_model)  # FedPer/FedRep: the head's spans
     check_resources(config, task, algorithm, force=force)
     params = initial_params(task, config.seed)
     population = build_population(config.population, task.data, config.seed,
@@ -163,7 +165,8 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     planned_steps = config.rounds * algorithm.num_steps(client_config, mean_samples)  # for executor.compile=auto
     executor = build_executor(config.executor, worker_spec, task, client_config, planned_steps,
                               _clients_per_call(config, population.num_clients))  # resolves "auto"
-    evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed)
+    evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed,
+                          algorithm=algorithm, client_config=client_config, finetune_steps=config.eval.finetune_steps)
     initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
     guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)
     engine = Engine(

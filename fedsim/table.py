@@ -9,7 +9,9 @@ that is not an object, a value that is not a number) is a one-line error naming 
 
 Per run: the final and best value of the metric (from the evaluations in metrics.jsonl), the
 first evaluated round and virtual time at which it reached the target (time to accuracy, at the
-resolution of ``eval.every``), and the number of dropouts. Per group: mean ± sample std over
+resolution of ``eval.every``), and the number of dropouts; with personalization (runs that report
+``global_client_accuracy_mean``), also the final personalized client accuracies (mean, worst 10%),
+the global model's client mean beside them, and the clients never seen. Per group: mean ± sample std over
 its runs (no ± with one run).
 """
 
@@ -198,6 +200,14 @@ def run_numbers(run: Run, metric: str, target: float | None, higher_is_better: b
     }
 
 
+PERSONAL_KEYS = ("client_accuracy_mean", "client_accuracy_worst10", "global_client_accuracy_mean", "clients_unseen")
+
+
+def _final(run: Run, metric: str) -> float | None:
+    values = _values(run, metric)
+    return values[-1][1] if values else None
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
     """(mean, sample std or None for a single value, count) over the values that are not None."""
     present = [v for v in values if v is not None and math.isfinite(v)]
@@ -238,9 +248,13 @@ def compare_table(
     columns = [("final", f"final {metric}"), ("best", f"best {metric}"),
                ("rounds_to_target", f"rounds to {target:g}"), ("vtime_to_target", f"virtual s to {target:g}"),
                ("dropouts", "dropouts")]
+    # personalization: the clients' own models beside the global model's (final values)
+    personal = [key for key in PERSONAL_KEYS if key != metric and any(_values(r, key) for r in runs)]
+    columns += [(key, f"final {key}") for key in personal]
     rows = []
     for group in groups:
-        numbers = [run_numbers(r, metric, target, higher_is_better) for r in group]
+        numbers = [run_numbers(r, metric, target, higher_is_better) | {key: _final(r, key) for key in personal}
+                   for r in group]
         stats = {col: mean_std([n[col] for n in numbers]) for col, _ in columns}
         rows.append((group, stats))
     if as_csv:
@@ -251,7 +265,8 @@ def compare_table(
 def _fmt(col: str, mean: float | None, std: float | None, count: int, total: int) -> str:
     if mean is None:
         return "-" if col.endswith("target") else "n/a"
-    digits = {"final": 4, "best": 4, "rounds_to_target": 1, "vtime_to_target": 1, "dropouts": 1}[col]
+    digits = {"final": 4, "best": 4, "rounds_to_target": 1, "vtime_to_target": 1, "dropouts": 1,
+              "clients_unseen": 1}.get(col, 4)
     if std is None and col in ("rounds_to_target", "dropouts"):
         digits = 0  # a single run's count
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")

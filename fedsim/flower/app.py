@@ -29,6 +29,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from clients import CLIENTS
+from clients.personal import bind_client_config
 from fedsim.config import ConfigError, RunConfig, load_config, set_dotted
 from fedsim.flower.arrays import ArrayCodec
 from fedsim.flower.client import make_client_app
@@ -113,7 +115,7 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
         build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine),
         ArrayCodec(task.build_model()),
         make_sampler(config, task),
-        config.client.model_dump(),
+        bind_client_config(CLIENTS.get(config.client.algorithm)(), config.client.model_dump(), task.build_model),
         config.seed,
         fraction_evaluate=float(flower["fraction_evaluate"]),
         min_nodes=int(flower["min_nodes"]),

@@ -141,6 +141,22 @@ def test_stateful_algorithms_on_ray_are_bit_identical_to_serial(local_ray, small
     assert experiment.executor.broadcast_puts == (3 if strategy == "scaffold" else 0)  # once per version
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("algorithm", ["apfl", "fedrep"])
+def test_personal_state_on_ray_is_bit_identical_to_serial(local_ray, small_config, algorithm):
+    """Personal models (APFL's v and alpha, FedRep's head) travel per job; per-client evaluation agrees."""
+    values = {"client": {"algorithm": algorithm}, "eval": {"per_client": True}, "data": {"num_clients": 10},
+              "population": {"participation": "uniform", "clients_per_round": 8}, "executor": {"threads": 1}}
+    rows_ref, params_ref, _ = history(reference := build(small_config(**values)))
+    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1,
+                                                              "ray_inner": "serial"}})))
+    rows, params, summary = history(experiment)
+    assert rows == rows_ref and torch.equal(params, params_ref) and summary["dropouts"] == 0
+    assert "client_accuracy_mean" in rows[-1]
+    for cid, state in reference.engine.client_states.items():
+        assert all(torch.equal(experiment.engine.client_states.get(cid)[k], v) for k, v in state.items())
+
+
 def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_config):
     # jobs of several model versions in flight at once; inputs fixed at dispatch
     values = {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}}

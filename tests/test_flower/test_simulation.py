@@ -1,7 +1,8 @@
 """Side by side: the same task, seed, client data and strategy through fedsim and through
 Flower's simulation runtime (``flwr.simulation.run_simulation``, Ray backend) give the same
-final model, for FedAvg (uniform sampling), FedAU (Bernoulli participation) and SCAFFOLD
-(client state kept by each node between rounds, the server's control variate broadcast)."""
+final model, for FedAvg (uniform sampling), FedAU (Bernoulli participation), SCAFFOLD
+(client state kept by each node between rounds, the server's control variate broadcast) and
+FedRep (each node keeps its personal head between rounds)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def config_for(strategy: str, population: dict):
 
 
 CONFIGS = {
+    # personal state in each node's Context: FedRep's head (first: the nodes' Context is shared by the
+    # runs below, and SCAFFOLD reads a missing c_i as zeros, as on its first round)
+    "fedrep": load_config(values=small_values(seed=3, rounds=4, data={"num_clients": NUM_CLIENTS, "partition": "natural"},
+                                              population={"participation": "uniform", "clients_per_round": 3},
+                                              client={"algorithm": "fedrep", "head_steps": 2})),
     "fedavg": config_for("fedavg", {"participation": "uniform", "clients_per_round": 3}),
     "fedau": config_for("fedau", {"participation": "bernoulli", "mean_prob": 0.4, "min_prob": 0.1}),
     # stateful on both sides: the server's c travels as the broadcast, each node keeps its c_i
@@ -43,13 +49,16 @@ def test_fedsim_and_flower_simulation_give_the_same_model():
     task = task_for(CONFIGS["fedavg"])
     assert all(task_for(c) is task for c in CONFIGS.values())  # one task, one data split for both
 
-    expected, scaffold_engine = {}, None
+    expected, scaffold_engine, fedrep_engine = {}, None, None
     for name, config in CONFIGS.items():
         experiment = build(config, task=task)
         experiment.run()
         expected[name] = (experiment.engine.state.params, [h["participants"] for h in experiment.engine.history])
         if name == "scaffold":
             scaffold_engine = experiment.engine
+        if name == "fedrep":
+            fedrep_engine = experiment.engine
+    assert max(fedrep_engine.run_state.dispatch_counts.values()) >= 2  # a stored head is used
     # the SCAFFOLD case only tests client state if some node trains twice (its stored c_i is used)
     assert max(scaffold_engine.run_state.dispatch_counts.values()) >= 2
 
