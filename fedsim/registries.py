@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "scheduler": ("fedsim.schedulers", "SCHEDULERS", "schedulers (scheduler.name)"),
     "arrivals": ("fedsim.schedulers", "ARRIVALS", "arrival processes (scheduler.arrivals)"),
     "staleness": ("strategies", "STALENESS", "staleness weightings (strategy.staleness)"),
+    "compressor": ("clients.transforms.compress", "COMPRESSORS", "update compressors (communication.compressor)"),
 }
 
 
