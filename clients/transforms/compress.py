@@ -396,7 +396,7 @@ class LGreCo(_LowRank):
             total, kept = sq.sum(dim=1, keepdim=True), torch.cumsum(sq, dim=1)
             return torch.clamp(total - kept[:, [k - 1 for k in levels]], min=0.0)
         n0, m = _matrix(shape)
-        sv = torch.linalg.svdvals(x.double().reshape(-1, n0, m)) ** 2
+        sv = torch.linalg.svdvals(x.reshape(-1, n0, m)).double() ** 2
         tail = torch.flip(torch.cumsum(torch.flip(sv, [1]), 1), [1])  # tail[:, i] = sum_{j >= i} s_j^2
         return torch.stack([tail[:, r] if r < sv.shape[1] else torch.zeros_like(tail[:, 0]) for r in levels], dim=1)
 
