@@ -136,7 +136,7 @@ def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="plot a metric for runs (mean ± std band over seeds per group) into a PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or folders holding runs")
     plot.add_argument("--metric", default="test_accuracy", help="default test_accuracy")
-    plot.add_argument("--x", default="round", help="round | virtual_time | wall_time (default round)")
+    plot.add_argument("--x", default="round", help="round | virtual_time | wall_time | bytes_up | bytes_down (default round)")
     plot.add_argument("--out", default="plot.png", help="PNG path (default plot.png)")
     plot.add_argument("--label", action="append", metavar="TEXT",
                       help="legend label per group, in the order the groups are listed (repeatable)")

@@ -457,6 +457,45 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class CommunicationConfig(_Strict):
+    """Compressed uploads, links with bandwidth and latency, noisy uplinks (fedsim/communication.py)."""
+
+    compressor: str = "none"  # none | a registered compressor: topk, randomk, qsgd, sign, powersgd, lgreco
+    ratio: float = Field(0.01, gt=0, le=1)  # topk / randomk / lgreco(topk): fraction of entries kept per tensor
+    levels: int = Field(16, ge=1, le=2**24)  # qsgd: s quantization levels
+    rank: int = Field(1, ge=1, le=4096)  # powersgd / lgreco(powersgd): rank r
+    error_feedback: bool | None = None  # null: the compressor's default (on for powersgd and lgreco)
+    per_layer: bool = True  # compress each tensor of the model (false: the flat vector)
+    lgreco_base: Literal["powersgd", "topk"] = "powersgd"  # lgreco: what it chooses levels of
+    error_budget: float = Field(1.0, gt=0)  # lgreco: alpha, total error <= alpha x error at the default level
+    link: Literal["off", "constant", "lognormal", "tiers", "trace"] = "off"  # per-client bandwidth model
+    up_mbps: float = Field(10.0, gt=0)  # uplink Mbit/s (lognormal: median)
+    asymmetry: float = Field(1.0, gt=0)  # downlink bandwidth / uplink bandwidth
+    bandwidth_sigma: float = Field(1.0, ge=0, le=10)  # lognormal: sd of log bandwidth
+    bandwidth_tiers: list[list[float]] = Field(default_factory=lambda: [[0.5, 1.0], [0.3, 10.0], [0.2, 100.0]])
+    bandwidth_trace: str | None = None  # trace: CSV of time,mbps or client,time,mbps
+    latency: float = Field(0.0, ge=0)  # virtual seconds per transfer (one down, one up per job)
+    uplink_snr_db: float | None = Field(None, ge=-100, le=300)  # additive Gaussian noise on uploads at this SNR
+
+    @field_validator("compressor")
+    @classmethod
+    def _known_compressor(cls, v: str) -> str:
+        return v if v == "none" else _check_name("compressor", v)
+
+    @field_validator("bandwidth_tiers")
+    @classmethod
+    def _tiers(cls, v: list[list[float]]) -> list[list[float]]:
+        if not v or any(len(t) != 2 or not t[0] > 0 or not t[1] > 0 for t in v):
+            raise ValueError("must be a non-empty list of [fraction > 0, uplink Mbit/s > 0] pairs")
+        return v
+
+    @model_validator(mode="after")
+    def _trace_path(self) -> "CommunicationConfig":
+        if self.link == "trace" and not self.bandwidth_trace:
+            raise ValueError("communication.link trace needs communication.bandwidth_trace (a CSV path)")
+        return self
+
+
 class RunConfig(_Strict):
     plugins: list[str] = Field(default_factory=list)  # modules imported before validation (they register names)
     seed: int = 0
@@ -474,6 +513,7 @@ class RunConfig(_Strict):
     stop: StopConfig = Field(default_factory=StopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    communication: CommunicationConfig = Field(default_factory=CommunicationConfig)
     provenance: dict[str, Any] = Field(default_factory=dict)  # written into a run's config.yaml; ignored on load
 
     @model_validator(mode="after")

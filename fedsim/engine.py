@@ -82,6 +82,8 @@ class RunState:
     stale_refused: int = 0  # results older than max_staleness
     executor_calls: int = 0
     executor_jobs: int = 0
+    bytes_up: float = 0.0  # uploaded so far (results that arrived)
+    bytes_down: float = 0.0  # downloaded so far (every dispatched job)
     stopped: bool = False
 
 
@@ -120,6 +122,7 @@ class Engine:
         eval_every_time: float | None = None,
         target_accuracy: float | None = None,
         callbacks: Sequence[Callback] = (),
+        payload: Any = None,
     ):
         self.strategy = strategy
         self.algorithm = algorithm
@@ -135,6 +138,8 @@ class Engine:
         self.eval_every_time = eval_every_time
         self.target_accuracy = target_accuracy
         self.callbacks = list(callbacks)
+        # bytes each job moves, known at dispatch (fedsim.communication.Payload): dense fp32 by default
+        self.payload = payload if payload is not None else _DensePayload(params.numel())
         self.state = strategy.init(params, population.info())
         self.client_states = ClientStateStore()
         self.run_state = RunState()
@@ -214,7 +219,10 @@ class Engine:
             jobs.append(job)
             counts.append(count)
             steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
-        timing = self.population.timing(ids, steps, counts)
+        up = np.array([self.payload.up_bytes(job) for job in jobs], dtype=np.float64)
+        down = np.array([self.payload.down_bytes(job) for job in jobs], dtype=np.float64)
+        rs.bytes_down += float(down.sum())
+        timing = self.population.timing(ids, steps, counts, up_bits=8.0 * up, down_bits=8.0 * down, now=rs.now)
         for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
             rs.jobs[job.job_id] = job
             rs.durations[job.job_id] = duration
@@ -286,6 +294,10 @@ class Engine:
         result.duration = duration
         result.staleness = self.state.version - job.version
         result.base_params = job.params
+        if result.ok:  # it was uploaded (even if refused as too stale below)
+            result.metrics["bytes_up"] = self.payload.up_bytes(job)
+            result.metrics["bytes_down"] = self.payload.down_bytes(job)
+            rs.bytes_up += result.metrics["bytes_up"]
         if not result.ok:
             rs.dropouts += 1
             level = logging.INFO if reason is not None else logging.WARNING  # simulated dropouts are expected
@@ -373,6 +385,8 @@ class Engine:
             "dropouts": len(results) - len(ok) + dropped,
             "train_loss": _weighted_train_loss(ok),
             "staleness": float(np.mean([r.staleness for r in ok])) if ok else None,
+            "bytes_up": self.run_state.bytes_up,
+            "bytes_down": self.run_state.bytes_down,
         }
         for cb in self.callbacks:
             cb.on_round(self, record)
@@ -394,6 +408,8 @@ class Engine:
             "participants": self._last_participants,
             "updates": len(self._since_eval),
             "dropouts": self.run_state.dropouts,
+            "bytes_up": self.run_state.bytes_up,
+            "bytes_down": self.run_state.bytes_down,
         }
         self._since_eval = []
         self._last_eval_version = self.state.version
@@ -425,6 +441,8 @@ class Engine:
             "dropouts": rs.dropouts,
             "stale_refused": rs.stale_refused,
             "jobs_dispatched": rs.next_job_id,
+            "bytes_up": rs.bytes_up,
+            "bytes_down": rs.bytes_down,
             "executor_batch_mean": rs.executor_jobs / rs.executor_calls if rs.executor_calls else None,
             # one-off executor costs (torch.compile, Ray start-up), apart from the time per round
             "executor_timings": _executor_timings(self.executor),
@@ -440,6 +458,19 @@ class Engine:
 def _executor_timings(executor: Any) -> dict[str, float]:
     timings = getattr(executor, "timings", None)
     return {k: round(v, 3) for k, v in timings().items()} if timings is not None else {}
+
+
+class _DensePayload:
+    """Every job downloads and uploads the dense fp32 model."""
+
+    def __init__(self, numel: int):
+        self.bytes = 4.0 * numel
+
+    def up_bytes(self, job: Any) -> float:
+        return self.bytes
+
+    def down_bytes(self, job: Any) -> float:
+        return self.bytes
 
 
 def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload

@@ -14,6 +14,8 @@
 ``rounds.jsonl``: one JSON object per server update: ``round``, ``virtual_time``,
 ``participants``, ``dropouts`` (this round), ``train_loss`` (this round's participants),
 ``staleness`` (mean over the aggregated updates).
+Both files and ``summary.json`` also carry ``bytes_up`` / ``bytes_down``: the run's bytes
+uploaded (results that arrived) and downloaded (jobs dispatched) so far (fedsim/communication.py).
 ``summary.json`` is written at the end.
 
 :func:`read_jsonl` reads these files back (``fedsim table``/``plot``, ``--resume``): a line that is

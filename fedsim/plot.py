@@ -19,7 +19,7 @@ from fedsim.table import find_runs, group_label, group_runs, load_run
 
 __all__ = ["read_metrics", "plot_runs", "X_AXES"]
 
-X_AXES = ("round", "virtual_time", "wall_time")
+X_AXES = ("round", "virtual_time", "wall_time", "bytes_up", "bytes_down")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -110,7 +110,8 @@ def plot_runs(
         line, = ax.plot(gx, mean, marker="o", markersize=2.5, label=label)
         if std is not None:
             ax.fill_between(gx, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel(x.replace("_", " ") + (" (s)" if x.endswith("time") else ""))
+    unit = " (s)" if x.endswith("time") else " (bytes, run total)" if x.startswith("bytes") else ""
+    ax.set_xlabel(x.replace("_", " ") + unit)
     ylabel = metric.replace("_", " ")
     ax.set_ylabel(ylabel + (" (mean ± std over seeds)" if any(len(g) > 1 for g in groups) else ""))
     if title:

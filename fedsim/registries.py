@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "arrivals": ("fedsim.schedulers", "ARRIVALS", "arrival processes (scheduler.arrivals)"),
     "staleness": ("strategies", "STALENESS", "staleness weightings (strategy.staleness)"),
     "attack": ("fedsim.attacks", "ATTACKS", "Byzantine attacks (population.byzantine_attack)"),
+    "compressor": ("clients.transforms.compress", "COMPRESSORS", "update compressors (communication.compressor)"),
 }
 
 

@@ -41,6 +41,7 @@ import yaml
 from clients import CLIENTS, check_optimizer_options
 from clients.personal import bind_client_config
 from fedsim.attacks import ByzantineMonitor, plan_byzantine
+from fedsim.communication import plan_communication
 from fedsim.checkpoint import (CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint,
                                registered_classes)
 from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig, load_config
@@ -152,6 +153,9 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     for note in byzantine.notes:
         log.info("%s", note)
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
+    communication = plan_communication(config, ParamLayout.of(task.build_model()), population.num_clients)
+    payload = communication.attach(strategy)  # compression after privacy's transforms; bytes known at dispatch
+    population.link = communication.link
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
     if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
@@ -186,6 +190,7 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
         target_accuracy=config.eval.target_accuracy,
         callbacks=[guard] + ([PrivacyAccountant(privacy)] if privacy is not None else [])
         + ([ByzantineMonitor(byzantine)] if byzantine.attackers else []),
+        payload=payload,
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
     engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)

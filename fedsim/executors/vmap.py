@@ -60,7 +60,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
 from clients import CLIENTS, local_lr, make_grad_fn
-from clients.transforms import apply_client_transforms, build_client_transforms
+from clients.transforms import algorithm_state, apply_client_transforms, build_client_transforms
 from fedsim.attacks import client_train_data
 from fedsim.data import ArrayFederatedData
 from fedsim.executors.base import EXECUTORS
@@ -431,7 +431,7 @@ class VmapExecutor:
 
         carries = []
         for it in items:
-            state = it.job.state
+            state = algorithm_state(it.job.state)  # without the client transforms' keys
             if state is not None:
                 state = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in state.items()}
             carries.append(self.algorithm.start(it.options, to_device(it.job.params), state,

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import torch
 
 from clients import CLIENTS, TrainContext, local_lr, resident_grad_fn, run_client
-from clients.transforms import ClientTransformSpec, apply_client_transforms, build_client_transforms
+from clients.transforms import ClientTransformSpec, algorithm_state, apply_client_transforms, build_client_transforms
 from fedsim.attacks import client_train_data
 from fedsim.params import ResidentModel, all_finite
 from fedsim.rng import derive_seed
@@ -189,7 +189,7 @@ class Worker:
                 rng = torch.Generator(device=self.device)
                 rng.manual_seed(job.seed)
                 params = job.params.to(self.device, non_blocking=True)
-                result = train_one(self.algorithm, self.context, params, data, job.config, job.state, job.broadcast,
+                result = train_one(self.algorithm, self.context, params, data, job.config, algorithm_state(job.state), job.broadcast,
                                    rng, job.version, self.grad)
         except CLIENT_BUG_ERRORS:
             raise  # a bug in the client code, not a dropout

@@ -31,12 +31,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients import CLIENTS
 from clients.personal import bind_client_config
+from fedsim.communication import plan_communication
 from fedsim.config import ConfigError, RunConfig, load_config, set_dotted
 from fedsim.flower.arrays import ArrayCodec
 from fedsim.flower.client import make_client_app
 from fedsim.flower.sampling import AllConnected, ParticipationSampler, Sampler, UniformSampler
 from fedsim.flower.strategy import FedsimStrategy
-from fedsim.params import ResidentModel
+from fedsim.params import ParamLayout, ResidentModel
 from fedsim.population import PARTICIPATION
 from fedsim.run import initial_params, task_spec
 from fedsim.tasks import Task, TaskSpec, build_task
@@ -111,8 +112,10 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
     flower = {**FLOWER_DEFAULTS, **(flower or {})}
     privacy = plan_privacy(config, task.data.num_clients)  # client transforms travel in each job's config
     byzantine = plan_byzantine(config, task.data.num_clients)  # attackers are node indices, as fedsim's client ids
+    strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
+    plan_communication(config, ParamLayout.of(task.build_model()), task.data.num_clients).attach(strategy)  # compression
     return FedsimStrategy(
-        build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine),
+        strategy,
         ArrayCodec(task.build_model()),
         make_sampler(config, task),
         bind_client_config(CLIENTS.get(config.client.algorithm)(), config.client.model_dump(), task.build_model),

@@ -12,7 +12,8 @@ Its ``probabilities`` are the true long-run participation probabilities (known t
 simulator, hidden from strategies except oracle baselines).
 
 A speed model gives each client's virtual seconds per local step; :class:`Population` adds
-communication (model size / bandwidth, down and up), random extra delays, and mid-training
+communication (the job's download and upload bits / bandwidth, or a per-client ``link`` from
+fedsim/communication.py with latency and asymmetry), random extra delays, and mid-training
 dropouts, all drawn from counter-based streams keyed by (client, that client's dispatch
 count), so a job's timing never depends on which other clients ran. Per-client bookkeeping
 is O(1) numbers, so populations of 10^6 clients work; sampling k idle available clients
@@ -73,6 +74,7 @@ class Population:
     bandwidth: Callable[[np.ndarray], np.ndarray] | None = None  # bits/s per client; None = infinite
     extra_delay: float = 0.0  # mean of an exponential random extra delay per job (0 = none)
     dropout_prob: float = 0.0  # probability that a job fails mid-training
+    link: Any = None  # per-client link (fedsim.communication.Link): replaces bandwidth when set
 
     @property
     def num_clients(self) -> int:
@@ -147,21 +149,30 @@ class Population:
     # ------------------------------------------------------------------ job timing
 
     def timing(self, client_ids: np.ndarray, steps: np.ndarray, dispatch_counts: np.ndarray,
-               dropouts: bool = True) -> JobTiming:
+               dropouts: bool = True, up_bits: np.ndarray | None = None, down_bits: np.ndarray | None = None,
+               now: float = 0.0) -> JobTiming:
         """Virtual seconds each job takes: local steps x step time + communication + random delay.
 
-        A dropped job ends at a uniformly drawn fraction of its duration. Draws are keyed by
-        (client, the client's dispatch count).
+        Communication moves ``down_bits`` then ``up_bits`` per job (default: the dense model each
+        way) over the client's link (or ``bandwidth``) when one is set. A dropped job ends at a
+        uniformly drawn fraction of its duration. Draws are keyed by (client, the client's
+        dispatch count).
         """
         ids = np.asarray(client_ids, dtype=np.int64)
-        plain = self.extra_delay == 0 and (self.dropout_prob == 0 or not dropouts) and self.bandwidth is None
+        plain = self.extra_delay == 0 and (self.dropout_prob == 0 or not dropouts) and self.bandwidth is None \
+            and self.link is None
         if plain and len(ids) == 1:  # the common asynchronous refill: skip array arithmetic
             duration = float(steps[0]) * float(self.step_times[ids[0]]) + self.comm_time
             return JobTiming(np.array([duration]), np.zeros(1, dtype=bool))
         counts = np.asarray(dispatch_counts, dtype=np.int64)
         durations = np.asarray(steps, dtype=np.float64) * self.step_times[ids] + self.comm_time
-        if self.bandwidth is not None and self.model_bits > 0:
-            durations = durations + 2.0 * self.model_bits / self.bandwidth(ids)
+        if self.link is not None or (self.bandwidth is not None and self.model_bits > 0):
+            up = np.full(len(ids), self.model_bits) if up_bits is None else np.asarray(up_bits, dtype=np.float64)
+            down = np.full(len(ids), self.model_bits) if down_bits is None else np.asarray(down_bits, dtype=np.float64)
+            if self.link is not None:
+                durations = durations + self.link.seconds(ids, up, down, now, durations)
+            else:
+                durations = durations + (down + up) / self.bandwidth(ids)
         if self.extra_delay > 0:
             u = uniform_per_client(self.seed, "extra-delay", ids, counts)
             durations = durations - self.extra_delay * np.log1p(-u)  # Exp(mean extra_delay)

@@ -28,6 +28,7 @@ PAGE_OF_KIND = {
     "arrivals": "async-anarchic.md",
     "staleness": "async-anarchic.md",
     "speed": "async-anarchic.md",
+    "compressor": "communication.md",
 }
 
 
