@@ -228,7 +228,7 @@ def _remote_run(config: dict[str, Any], cwd: str, sys_paths: list[str]) -> dict[
 def _run_on_ray(planned: list[tuple[dict[str, str], RunConfig]], jobs: int) -> list[str]:
     import ray  # noqa: PLC0415
 
-    from fedsim.executors.ray_executor import init_local_ray  # noqa: PLC0415
+    from fedsim.executors.ray import init_local_ray  # noqa: PLC0415
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
