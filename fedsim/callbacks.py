@@ -18,7 +18,8 @@ Built in, first in every engine's list: :class:`Evaluation` (what an evaluation 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsim.evaluation import Evaluator
 from fedsim.types import ClientResult
@@ -116,8 +117,10 @@ class History:
 
     def summary(self) -> dict[str, Any]:
         accuracies = [h["test_accuracy"] for h in self.records if "test_accuracy" in h]
-        return {"final": self.records[-1] if self.records else {},
-                "best_test_accuracy": max(accuracies) if accuracies else None}
+        return {
+            "final": self.records[-1] if self.records else {},
+            "best_test_accuracy": max(accuracies) if accuracies else None,
+        }
 
 
 class TimeToAccuracy:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -92,11 +93,11 @@ class RunState:
 
 
 class Scheduler(Protocol):
-    def start(self, engine: "Engine") -> None: ...
+    def start(self, engine: Engine) -> None: ...
 
-    def on_event(self, engine: "Engine", event: Event) -> None: ...  # TIMER and DISPATCH events
+    def on_event(self, engine: Engine, event: Event) -> None: ...  # TIMER and DISPATCH events
 
-    def on_result(self, engine: "Engine", job: ClientJob, result: ClientResult) -> None: ...
+    def on_result(self, engine: Engine, job: ClientJob, result: ClientResult) -> None: ...
 
 
 class Engine:
@@ -228,7 +229,7 @@ class Engine:
             jobs.append(job)
             counts.append(count)
             steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
-        timing = self.population.timing(ids, steps, counts)
+        timing = self.population.timing(ids, np.asarray(steps), np.asarray(counts))
         for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
             rs.jobs[job.job_id] = job
             rs.durations[job.job_id] = duration
@@ -271,7 +272,7 @@ class Engine:
                 self._deliver(scheduler, event.payload)
             elif event.kind == EVAL:
                 self.evaluate()
-                if rs.queue:  # only while something else can still happen
+                if rs.queue and self.eval_every_time:  # only while something else can still happen
                     self.schedule(self.eval_every_time, EVAL)
             else:
                 scheduler.on_event(self, event)

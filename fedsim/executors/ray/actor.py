@@ -8,7 +8,8 @@ import importlib
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,6 @@ def _warm_up() -> None:
     p = torch.zeros(1, requires_grad=True)
     p.sum().backward()
     torch.optim.SGD([p], lr=0.0).step()
-
 
 
 class ActorBody:
@@ -63,9 +63,17 @@ class ActorBody:
     def stats(self) -> dict[str, Any]:
         vmap = self._inners.get("vmap")
         compile_s = vmap.timings().get("compile_s", 0.0) if vmap is not None else 0.0
-        return {"fetches": self.fetches, "calls": self.calls, "jobs": self.jobs, "pid": os.getpid(),
-                "busy_s": self.busy_s, "cpu_s": self.cpu_s, "node_id": self._node_id(), "data": self.data_source,
-                "compile_s": compile_s}
+        return {
+            "fetches": self.fetches,
+            "calls": self.calls,
+            "jobs": self.jobs,
+            "pid": os.getpid(),
+            "busy_s": self.busy_s,
+            "cpu_s": self.cpu_s,
+            "node_id": self._node_id(),
+            "data": self.data_source,
+            "compile_s": compile_s,
+        }
 
     def _node_id(self) -> str:
         import ray  # noqa: PLC0415
@@ -85,8 +93,13 @@ class ActorBody:
         if self.task is None:
             self.task, self.data_source = build_task(self.spec.task), "rebuilt"
         ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "py_modules": list(ctx.runtime_env.get("py_modules") or []), "data": self.data_source}
+        return {
+            "node_id": ctx.get_node_id(),
+            "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
+            "py_modules": list(ctx.runtime_env.get("py_modules") or []),
+            "data": self.data_source,
+        }
 
     def _inner(self, name: str) -> Any:
         if name not in self._inners:
@@ -136,9 +149,12 @@ class ActorBody:
         resolve them per call, so each version is fetched once per actor.
         """
         wall, cpu = time.perf_counter(), time.process_time()
-        jobs = [dataclasses.replace(job, params=self._fetch(box[0]), broadcast=self._fetch_broadcast(box[1]),
-                                    state=from_wire(job.state))
-                for job, box in zip(jobs, boxes)]
+        jobs = [
+            dataclasses.replace(
+                job, params=self._fetch(box[0]), broadcast=self._fetch_broadcast(box[1]), state=from_wire(job.state)
+            )
+            for job, box in zip(jobs, boxes)
+        ]
         results = self._inner(inner).run(jobs)
         for result in results:
             result.delta = result.delta.numpy()

@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -124,8 +125,11 @@ class RayExecutor:
                 raise ValueError(f"executor.device={spec.device} but the Ray cluster has no GPUs")
             n = workers or max(1, int(cluster_cpus // threads))
             gpus = min(1.0, cluster_gpus / n)
-            log.info("ray: executor.device=%s -> %.3g GPU per actor (set executor.gpus_per_client to choose)",
-                     spec.device, gpus)
+            log.info(
+                "ray: executor.device=%s -> %.3g GPU per actor (set executor.gpus_per_client to choose)",
+                spec.device,
+                gpus,
+            )
         if gpus > 0:
             if cluster_gpus == 0:
                 raise ValueError(f"executor.gpus_per_client={gpus:g} but the Ray cluster has no GPUs")
@@ -154,14 +158,18 @@ class RayExecutor:
         }
         shared = self._shared = share_task(ray, self._task)  # kept alive while actors may still be loading it
         actor_class = ray.remote(ActorBody)
-        self._actors[:] = [actor_class.options(**options).remote(actor_spec, plugins, sys_paths, self.compile)
-                           for _ in range(workers)]
+        self._actors[:] = [
+            actor_class.options(**options).remote(actor_spec, plugins, sys_paths, self.compile) for _ in range(workers)
+        ]
         if shared is not None:
             for actor in self._actors:  # runs before ready(): an actor runs one caller's calls in order
                 actor.load_task.remote(shared)
 
-        log.info("ray: starting %d workers (each imports torch and %s)...", workers,
-                 "maps the task's data from the object store" if shared is not None else "builds the task")
+        log.info(
+            "ray: starting %d workers (each imports torch and %s)...",
+            workers,
+            "maps the task's data from the object store" if shared is not None else "builds the task",
+        )
         started = time.monotonic()
         pending = {actor.ready.remote(): i for i, actor in enumerate(self._actors)}
         info: dict[int, dict[str, Any]] = {}
@@ -184,8 +192,14 @@ class RayExecutor:
         self.actor_pids = [info[i]["pid"] for i in range(workers)]
         self.actor_py_modules = [info[i]["py_modules"] for i in range(workers)]  # code shipped to each actor
         self.actor_data = [info[i]["data"] for i in range(workers)]  # "shared" (object store) or "rebuilt"
-        log.info("ray executor: %d workers on %d node(s), %d thread(s) each%s, ready in %.1f s", workers,
-                 len(set(self.actor_nodes)), threads, f", {gpus:g} GPU each" if gpus else "", time.monotonic() - started)
+        log.info(
+            "ray executor: %d workers on %d node(s), %d thread(s) each%s, ready in %.1f s",
+            workers,
+            len(set(self.actor_nodes)),
+            threads,
+            f", {gpus:g} GPU each" if gpus else "",
+            time.monotonic() - started,
+        )
 
     def timings(self) -> dict[str, float]:
         """One-off costs apart from the rounds (the engine's summary lists them as executor_timings):
@@ -226,8 +240,12 @@ class RayExecutor:
         spec = dataclasses.replace(self._spec, device=self._actor_device)
         reason = why_serial(spec, self._task, jobs[0].config, per_chunk, self.compile)
         if reason is None:
-            log.info("ray executor: actors run chunks of ~%g jobs batched with vmap (client '%s' with this model "
-                     "batches; executor.ray_inner=serial to run them one by one)", per_chunk, self._spec.client)
+            log.info(
+                "ray executor: actors run chunks of ~%g jobs batched with vmap (client '%s' with this model "
+                "batches; executor.ray_inner=serial to run them one by one)",
+                per_chunk,
+                self._spec.client,
+            )
             return "vmap"
         log.info("ray executor: actors run jobs one by one on a serial worker (%s)", reason)
         return "serial"
@@ -257,9 +275,13 @@ class RayExecutor:
         if self.inner is None:
             self.inner = self._choose_inner(jobs)
         light = [light_job(job) for job in jobs]
-        boxes = [[self._params_refs.ref(job.version, job.params),
-                  None if job.broadcast is None else self._broadcast_refs.ref(job.version, job.broadcast)]
-                 for job in jobs]
+        boxes = [
+            [
+                self._params_refs.ref(job.version, job.params),
+                None if job.broadcast is None else self._broadcast_refs.ref(job.version, job.broadcast),
+            ]
+            for job in jobs
+        ]
         return ChunkRun(self, jobs, light, boxes).run()
 
     # ------------------------------------------------------------------ close

@@ -7,7 +7,8 @@ import collections
 import dataclasses
 import logging
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,12 @@ from fedsim.types import ClientJob, ClientResult
 log = logging.getLogger("fedsim")
 
 PARAMS_CACHE = 8  # ObjectRefs of this many recent versions are kept (async modes reuse versions)
-SHARED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")  # an ArrayFederatedData's tensors, shared via the object store
+SHARED_ARRAYS = (
+    "x_train",
+    "y_train",
+    "x_test",
+    "y_test",
+)  # an ArrayFederatedData's tensors, shared via the object store
 
 
 class Wire:
@@ -33,17 +39,29 @@ class Wire:
         self.array = array
 
 
-_WIRE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
-                torch.uint8, torch.bool)
+_WIRE_DTYPES = (
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+)
 
 
 def to_wire(tensors: Any) -> Any:
     """A state/extras dict with its CPU tensors as :class:`Wire` (anything else unchanged)."""
     if not isinstance(tensors, dict):
         return tensors
-    return {k: Wire(v.detach().contiguous().numpy())
-            if isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.dtype in _WIRE_DTYPES else v
-            for k, v in tensors.items()}
+    return {
+        k: Wire(v.detach().contiguous().numpy())
+        if isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.dtype in _WIRE_DTYPES
+        else v
+        for k, v in tensors.items()
+    }
 
 
 def from_wire(tensors: Any) -> Any:
@@ -99,7 +117,7 @@ def broadcast_payload(broadcast: dict[str, torch.Tensor]) -> dict[str, np.ndarra
 
 def light_job(job: ClientJob) -> ClientJob:
     """A job as it travels to an actor: no params or broadcast (those go by ref), state as numpy."""
-    return dataclasses.replace(job, params=None, broadcast=None, state=to_wire(job.state))
+    return dataclasses.replace(job, params=None, broadcast=None, state=to_wire(job.state))  # type: ignore[arg-type]
 
 
 def share_task(ray: Any, task: Task) -> list[Any] | None:
@@ -110,13 +128,12 @@ def share_task(ray: Any, task: Task) -> list[Any] | None:
     if not isinstance(data, ArrayFederatedData) or data.x_train.device.type != "cpu":
         return None
     try:
-        shell = ray.put(dataclasses.replace(task, data=None))
+        shell = ray.put(dataclasses.replace(task, data=None))  # type: ignore[arg-type]  # the data goes apart
     except Exception as exc:  # noqa: BLE001  (e.g. a plugin task whose model factory does not pickle)
         log.info("ray: workers build the task themselves (it does not pickle: %s)", first_line(exc))
         return None
     arrays = {name: getattr(data, name).contiguous().numpy() for name in SHARED_ARRAYS}
-    arrays |= {"train_offsets": data.train_offsets, "test_offsets": data.test_offsets,
-               "num_classes": data.num_classes}
+    arrays |= {"train_offsets": data.train_offsets, "test_offsets": data.test_offsets, "num_classes": data.num_classes}
     return [shell, ray.put(arrays)]
 
 
@@ -125,6 +142,13 @@ def shared_task(shell: Task, arrays: dict[str, Any]) -> Task:
     with warnings.catch_warnings():  # the views are read-only; training never writes its data
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {name: torch.from_numpy(arrays[name]) for name in SHARED_ARRAYS}
-    data = ArrayFederatedData(tensors["x_train"], tensors["y_train"], arrays["train_offsets"], tensors["x_test"],
-                              tensors["y_test"], arrays["test_offsets"], arrays["num_classes"])
+    data = ArrayFederatedData(
+        tensors["x_train"],
+        tensors["y_train"],
+        arrays["train_offsets"],
+        tensors["x_test"],
+        tensors["y_test"],
+        arrays["test_offsets"],
+        arrays["num_classes"],
+    )
     return dataclasses.replace(shell, data=data)

@@ -115,8 +115,10 @@ class ChunkRun:
         restarting = self.restarts.restarting()
         self.alive = {i for i, actor in enumerate(executor._actors) if actor is not None and i not in restarting}
         size = executor._chunk_length(len(jobs), len(self.alive))
-        self.queue = collections.deque(list(range(start, min(start + size, len(jobs))))  # chunks of job indices
-                                       for start in range(0, len(jobs), size))
+        self.queue = collections.deque(
+            list(range(start, min(start + size, len(jobs))))  # chunks of job indices
+            for start in range(0, len(jobs), size)
+        )
         self.inflight: dict[Any, tuple[int, list[int]]] = {}  # call ref -> (actor index, job indices)
         self.per_actor: dict[int, list[Any]] = {i: [] for i in range(len(executor._actors))}  # in submission order
 
@@ -155,8 +157,9 @@ class ChunkRun:
                 if per_actor[i] and (self._alone(chunk) or self._alone(self.inflight[per_actor[i][0]][1])):
                     continue  # a job retried after a death runs alone: a second death is its own
                 self.queue.popleft()
-                call = ex._actors[i].run_chunk.remote(ex.inner, [self.light[j] for j in chunk],
-                                                      [self.boxes[j] for j in chunk])
+                call = ex._actors[i].run_chunk.remote(
+                    ex.inner, [self.light[j] for j in chunk], [self.boxes[j] for j in chunk]
+                )
                 ex.calls += 1
                 ex.jobs_sent += len(chunk)
                 self.inflight[call] = (i, chunk)
@@ -214,15 +217,23 @@ class ChunkRun:
             job = jobs[j]
             if self.attempts[j] >= 2:
                 self.results[j] = failed_result(job, f"its ray worker process died twice running this client ({cause})")
-                log.warning("ray worker process died (%s) again running client %d (version %d) alone; counting it as "
-                            "a dropout", cause, job.client_id, job.version)
+                log.warning(
+                    "ray worker process died (%s) again running client %d (version %d) alone; counting it as a dropout",
+                    cause,
+                    job.client_id,
+                    job.version,
+                )
             else:
                 retry.append(j)
         if retry:
             self.ex.retries += len(retry)
             self.solo.update(retry)
             clients = ", ".join(f"{jobs[j].client_id} (version {jobs[j].version})" for j in retry)
-            log.warning("ray worker process died (%s) with client(s) %s in flight; restarting it and retrying each "
-                        "of these jobs once, alone on a worker", cause, clients)
+            log.warning(
+                "ray worker process died (%s) with client(s) %s in flight; restarting it and retrying each "
+                "of these jobs once, alone on a worker",
+                cause,
+                clients,
+            )
         self.queue.extendleft([j] for j in reversed(retry))
         self.restarts.start(i)
