@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
