@@ -335,6 +335,9 @@ class OutputConfig(_Strict):
     progress: bool = True
     checkpoint_every: int | None = Field(None, ge=1)  # server updates between checkpoints (checkpoint.pt); None: only on SIGINT/SIGTERM
     checkpoint_every_time: float | None = Field(None, gt=0)  # virtual seconds between checkpoints (time-driven modes)
+    # wall seconds: at the first server update after this long without a checkpoint, save one, so a
+    # killed (kill -9, OOM) run can --resume; costs one save a minute; null: off
+    checkpoint_every_wall: float | None = Field(60.0, gt=0)
 
 
 PRIVACY_MODES = ("off", "central", "local")

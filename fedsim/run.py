@@ -491,9 +491,11 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if not contents:
         return
     if not overwrite:
+        resumable = (out / CHECKPOINT_NAME).is_file() and not (out / "summary.json").is_file()
         raise ConfigError(
-            f"output.out: {out} already holds a run; pick another --out, pass --overwrite to replace it, "
-            f"or --resume {out} to continue it"
+            f"output.out: {out} already holds a run; pick another --out"
+            + (f", pass --overwrite to replace it, or --resume {out} to continue it" if resumable
+               else " or pass --overwrite to replace it")
         )
     if not any((out / marker).exists() for marker in RUN_FOLDER_MARKERS):
         raise ConfigError(f"output.out: {out} is not empty and is not a fedsim run folder; --overwrite refuses to delete it")
@@ -664,7 +666,8 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     # the checkpointer goes first: on an interrupted run's end it saves before the recorder closes its files
     engine.callbacks.append(Checkpointer(out / CHECKPOINT_NAME, config.output.checkpoint_every,
                                          lambda: snapshot(experiment, recorder, fingerprint, history),
-                                         every_time=config.output.checkpoint_every_time))
+                                         every_time=config.output.checkpoint_every_time,
+                                         every_wall=config.output.checkpoint_every_wall))
     engine.callbacks.append(recorder)
     if checkpoint is not None:
         log.info("resumed at update %d (virtual time %.1f s) from %s", engine.state.version, engine.now,
