@@ -672,6 +672,9 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     if checkpoint is not None:
         log.info("resumed at update %d (virtual time %.1f s) from %s", engine.state.version, engine.now,
                  out / CHECKPOINT_NAME)
+    if config.eval.every is not None and config.rounds < config.eval.every:
+        log.warning("rounds=%d is smaller than eval.every=%d: the model is evaluated only before the first and "
+                    "after the last update (set eval.every to see a curve)", config.rounds, config.eval.every)
     probs = experiment.population.participation.probabilities
     if probs is not None:
         log.info("participation: %s, mean probability %.3g (min %.3g, max %.3g)",

@@ -1,0 +1,55 @@
+"""fedsim table / plot: which settings name a group, the automatic target, the plot's colours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedsim.plot import COLOURS
+from fedsim.table import Run, default_target, group_label, group_runs, shown_keys
+
+
+def _run(name: str, strategy: str, weighting: str, accuracies: list[float], alpha: float = 0.5) -> Run:
+    config = {"strategy.name": strategy, "strategy.weighting": weighting, "data.alpha": alpha, "seed": 0}
+    evals = [{"round": i, "virtual_time": float(i), "test_accuracy": a} for i, a in enumerate(accuracies)]
+    return Run(path=Path(name), config=config, evals=evals, summary=None)
+
+
+def test_a_setting_that_follows_from_the_strategy_is_not_a_column_or_a_label():
+    runs = [_run("a", "fedau", "fedau", [0.1, 0.5]), _run("b", "fedavg", "samples", [0.1, 0.6])]
+    keys, groups = group_runs(runs)
+    assert keys == ["strategy.name", "strategy.weighting"]
+    shown = shown_keys(keys, runs)
+    assert shown == ["strategy.name"]
+    assert [group_label(shown, g[0]) for g in groups] == ["fedau", "fedavg"]
+
+
+def test_independent_settings_stay_and_label_as_key_value_pairs():
+    runs = [_run("a", "fedau", "fedau", [0.1, 0.5], alpha=0.1), _run("b", "fedau", "fedau", [0.1, 0.5], alpha=1.0),
+            _run("c", "fedavg", "samples", [0.1, 0.6], alpha=0.1), _run("d", "fedavg", "samples", [0.1, 0.6], alpha=1.0)]
+    keys, groups = group_runs(runs)
+    shown = shown_keys(keys, runs)
+    assert shown == ["data.alpha", "strategy.name"]
+    assert group_label(shown, groups[0][0]) == "alpha=0.1, strategy=fedau"
+
+
+def test_automatic_target_is_above_the_initial_accuracy():
+    runs = [_run("a", "fedau", "fedau", [0.09, 0.09, 0.09]), _run("b", "fedavg", "samples", [0.09, 0.5, 0.7])]
+    target = default_target(runs, "test_accuracy", higher_is_better=True)
+    assert target == 0.1  # not 0.09, which every run "reaches" at round 0
+    improving = [_run("a", "fedau", "fedau", [0.09, 0.4]), _run("b", "fedavg", "samples", [0.09, 0.7])]
+    assert default_target(improving, "test_accuracy", higher_is_better=True) == 0.4
+
+
+def test_plot_colours_are_okabe_ito():
+    assert COLOURS[:3] == ("#0072B2", "#E69F00", "#009E73") and len(set(COLOURS)) == len(COLOURS)
+
+
+def test_a_notice_when_rounds_is_smaller_than_eval_every(small_config, tmp_path, caplog):
+    import logging  # noqa: PLC0415
+
+    from fedsim.run import run_experiment  # noqa: PLC0415
+
+    config = small_config(rounds=2, eval={"every": 5}, output={"progress": False, "tensorboard": False})
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        run_experiment(config, out_dir=tmp_path / "run")
+    assert "rounds=2 is smaller than eval.every=5" in caplog.text
