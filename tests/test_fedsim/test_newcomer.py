@@ -1,4 +1,4 @@
-"""fedsim table / plot: which settings name a group, the automatic target, the plot's colours."""
+"""Newcomer-facing output: table and plot labels, the automatic target, notices, a sweep's console."""
 
 from __future__ import annotations
 
@@ -53,3 +53,23 @@ def test_a_notice_when_rounds_is_smaller_than_eval_every(small_config, tmp_path,
     with caplog.at_level(logging.WARNING, logger="fedsim"):
         run_experiment(config, out_dir=tmp_path / "run")
     assert "rounds=2 is smaller than eval.every=5" in caplog.text
+
+
+def test_a_sweeps_console_shows_its_lines_without_info_or_bars(tmp_path, capsys):
+    import logging  # noqa: PLC0415
+
+    from fedsim.cli import main  # noqa: PLC0415
+
+    logger = logging.getLogger("fedsim")
+    before = list(logger.handlers)
+    try:
+        assert main(["run", "--sweep", "seed=1,2", "--rounds", "1", "--set", "data.num_clients=6", "--set", "population.clients_per_round=3",
+                     "--set", "eval.every=1", "--out", str(tmp_path / "sweep")]) == 0
+    finally:
+        for handler in logger.handlers[len(before):]:
+            logger.removeHandler(handler)
+    captured = capsys.readouterr()
+    console = captured.out + captured.err
+    assert "[1/2] seed=1" in console and "[2/2] seed=2" in console
+    assert "INFO" not in console and "it/s" not in console and "\r" not in console
+    assert "INFO" in (tmp_path / "sweep" / "seed=1" / "log.txt").read_text()  # the run's own log keeps them
