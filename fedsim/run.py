@@ -97,9 +97,26 @@ def initial_params(task: Task, seed: int) -> torch.Tensor:
         return ParamLayout.of(model).flatten(model)
 
 
+def run_name(config: RunConfig) -> str:
+    """What was run, for the folder name: the strategy, or the plugin parts it was run with
+    (``fedavg`` with a plugin weighting ``myweight`` is ``myweight``, not ``fedavg``)."""
+    from fedsim import registries  # noqa: PLC0415
+
+    parts = (("strategy", config.strategy.name), ("weighting", config.strategy.weighting),
+             ("server_optimizer", config.strategy.server_optimizer), ("client", config.client.algorithm))
+    plugins = []
+    for kind, name in parts:
+        if name is None or name not in registries.get(kind):
+            continue
+        module = getattr(registries.get(kind).get(name), "__module__", "") or ""
+        if module.split(".")[0] not in ("fedsim", "strategies", "clients") and name not in plugins:
+            plugins.append(name)
+    return "+".join(plugins) if plugins else config.strategy.name
+
+
 def default_out_dir(config: RunConfig, root: str = "runs") -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{config.strategy.name}"
+    base = Path(root) / f"{stamp}-{run_name(config)}"
     path, k = base, 2
     while path.exists():
         path = Path(f"{base}-{k}")

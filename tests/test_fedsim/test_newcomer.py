@@ -73,3 +73,18 @@ def test_a_sweeps_console_shows_its_lines_without_info_or_bars(tmp_path, capsys)
     assert "[1/2] seed=1" in console and "[2/2] seed=2" in console
     assert "INFO" not in console and "it/s" not in console and "\r" not in console
     assert "INFO" in (tmp_path / "sweep" / "seed=1" / "log.txt").read_text()  # the run's own log keeps them
+
+
+def test_a_plugin_runs_folder_is_named_after_the_plugin_part(small_config):
+    from fedsim import registries  # noqa: PLC0415
+    from fedsim.run import default_out_dir, run_name  # noqa: PLC0415
+
+    weightings = registries.get("weighting")
+    weightings.register("test_newcomer_weighting", "test only")(lambda *a, **k: None)  # this module: a plugin
+    try:
+        assert run_name(small_config()) == "fedavg"  # built-in parts: the strategy
+        config = small_config(strategy={"name": "fedavg", "weighting": "test_newcomer_weighting"})
+        assert run_name(config) == "test_newcomer_weighting"
+        assert default_out_dir(config, root="/nonexistent").name.endswith("-test_newcomer_weighting")
+    finally:
+        weightings._entries.pop("test_newcomer_weighting")
