@@ -116,7 +116,7 @@ def batch_schedule(num_samples: int, batch_size: int, num_steps: int, rng: torch
     batches: list[Tensor] = []
     while len(batches) < num_steps:
         order = torch.randperm(num_samples, generator=rng, device=rng.device)
-        batches.extend(order.split(batch_size))
+        batches.extend(order.split(batch_size))  # type: ignore[no-untyped-call]  # untyped in torch
     return batches[:num_steps]
 
 

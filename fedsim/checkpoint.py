@@ -46,6 +46,7 @@ import io
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -314,10 +315,13 @@ class Checkpointer:
     it), so a checkpoint is always a state the loop can continue from.
     """
 
-    def __init__(self, path: Path, every: int | None, snapshot: Any, every_time: float | None = None):
+    def __init__(self, path: Path, every: int | None, snapshot: Any, every_time: float | None = None,
+                 every_wall: float | None = None):
         self.path = Path(path)
         self.every = every
         self.every_time = every_time
+        self.every_wall = every_wall  # wall seconds: the first update after this long without a save is saved
+        self._last_wall = time.monotonic()
         self.snapshot = snapshot  # () -> dict: the run's state now
         self._due = False
         self._next_time: float | None = None  # next multiple of every_time; recomputed from the clock on resume
@@ -325,6 +329,8 @@ class Checkpointer:
 
     def on_round(self, engine: Any, record: dict[str, Any]) -> None:
         if self.every and engine.state.version % self.every == 0:
+            self._due = True
+        if self.every_wall and time.monotonic() - self._last_wall >= self.every_wall:
             self._due = True
 
     def on_eval(self, engine: Any, record: dict[str, Any]) -> None:
@@ -342,6 +348,7 @@ class Checkpointer:
 
     def save(self, engine: Any) -> None:
         self._due = False
+        self._last_wall = time.monotonic()
         save_checkpoint(self.snapshot(), self.path)
         self.saved_version = engine.state.version
         log.debug("checkpoint at update %d -> %s", engine.state.version, self.path)

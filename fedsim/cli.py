@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from fedsim import __version__
 from fedsim.config import ConfigError, load_config
 from fedsim.errors import RunFailed
-from fedsim.registry import UnknownNameError
+from fedsim.registry import UnknownNameError, unknown_name_message
 
 __all__ = ["main"]
 
@@ -250,7 +250,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 kind = singular
                 break
         else:
-            raise ConfigError(f"unknown kind '{args.kind}'; valid choices: {', '.join(registries.KINDS)}")
+            raise ConfigError(unknown_name_message("kind", args.kind, registries.KINDS))
         kinds = ["optimizer", "server_optimizer"] if kind == "optimizer" else [kind]  # `list optimizers`: both sides
     for kind in kinds:
         heading = registries.KINDS[kind][2]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -63,16 +63,23 @@ def _check_name(kind_registry: str, value: str) -> str:
     return value
 
 
+def RegistryName(kind: str, *, also: tuple[str, ...] = ()) -> AfterValidator:  # noqa: N802  (reads as a type)
+    """``Annotated[str, RegistryName("strategy")]``: a name registered in that registry (or one of
+    ``also``, e.g. "auto"); None passes (an optional field left unset). Unknown names fail with the
+    registry's one-line error: the valid choices and the close ones."""
+
+    def check(value: str | None) -> str | None:
+        return value if value is None or value in also else _check_name(kind, value)
+
+    return AfterValidator(check)
+
+
 class TaskConfig(BaseModel):
     """Which task; extra keys are task options (e.g. ``alpha``, ``model``), checked by the task."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
-    name: str = "synthetic"
+    name: Annotated[str, RegistryName("task")] = "synthetic"
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name("task", v)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -81,20 +88,16 @@ class TaskConfig(BaseModel):
 
 class DataConfig(_Strict):
     num_clients: int = Field(100, ge=1, le=MAX_CLIENTS)
-    partition: str = "auto"  # "auto" = the task's natural split if it has one, else dirichlet
+    partition: Annotated[str, RegistryName("partitioner", also=("auto",))] = "auto"  # "auto" = the task's natural split if it has one, else dirichlet
     alpha: float = Field(0.5, gt=0)  # dirichlet concentration
     shards_per_client: int = Field(2, ge=1, le=MAX_SHARDS_PER_CLIENT)
     min_samples: int = Field(1, ge=0)
     test_fraction: float = Field(0.2, ge=0, lt=1)
 
-    @field_validator("partition")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return v if v == "auto" else _check_name("partitioner", v)
 
 
 class PopulationConfig(_Strict):
-    participation: str = "uniform"
+    participation: Annotated[str, RegistryName("participation")] = "uniform"
     clients_per_round: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # used by "uniform"
     # heterogeneous models: mean participation probability; null = clients_per_round / num_clients
     # (0.1 for the defaults, as in the FedAU paper), so the expected clients per round, and the
@@ -109,7 +112,7 @@ class PopulationConfig(_Strict):
     cyclic_period: int = Field(100, ge=2)
     trace_path: str | None = None
     round_length: float = Field(60.0, gt=0)  # virtual seconds per round, for mapping traces to rounds
-    speed: str = "constant"
+    speed: Annotated[str, RegistryName("speed")] = "constant"
     step_time: float = Field(0.01, gt=0)  # virtual seconds per local step (median client)
     speed_sigma: float = Field(0.5, ge=0)  # lognormal spread of per-client step times
     speed_tiers: list[list[float]] = Field(default_factory=lambda: [[0.5, 1.0], [0.3, 2.0], [0.2, 5.0]])  # "tiered": [fraction, slowdown]
@@ -129,15 +132,7 @@ class PopulationConfig(_Strict):
         mean = self.mean_prob if self.mean_prob is not None else min(1.0, self.clients_per_round / num_clients)
         return mean, (self.min_prob if self.min_prob is not None else mean / 5)
 
-    @field_validator("participation")
-    @classmethod
-    def _known_participation(cls, v: str) -> str:
-        return _check_name("participation", v)
 
-    @field_validator("speed")
-    @classmethod
-    def _known_speed(cls, v: str) -> str:
-        return _check_name("speed", v)
 
     @field_validator("byzantine_attack")
     @classmethod
@@ -163,12 +158,12 @@ class PopulationConfig(_Strict):
 
 
 class ClientConfig(_Strict):
-    algorithm: str = "sgd"
+    algorithm: Annotated[str, RegistryName("client")] = "sgd"
     lr: float = Field(0.05, ge=0)
     local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
     local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)  # if set, overrides local_epochs
     batch_size: int = Field(10, ge=1, le=MAX_BATCH_SIZE)
-    optimizer: str = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
+    optimizer: Annotated[str, RegistryName("optimizer")] = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     optimizer_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -185,15 +180,7 @@ class ClientConfig(_Strict):
     personal_layers: list[str] | int | None = None  # fedper, fedrep: the personal head, parameter-name prefixes or a count of final layers (default 1)
     head_steps: int | None = Field(None, ge=0, le=MAX_LOCAL_STEPS)  # fedrep: head-only local steps before the body's (default 10)
 
-    @field_validator("algorithm")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name("client", v)
 
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, v: str) -> str:
-        return _check_name("optimizer", v)
 
     @field_validator("personal_layers")
     @classmethod
@@ -251,9 +238,9 @@ def _first_non_finite(value: Any, path: str = "") -> str | None:
 class StrategyConfig(_Strict):
     """A preset name plus optional overrides of its parts; ``None`` means the preset's value."""
 
-    name: str = "fedavg"
-    weighting: str | None = None
-    server_optimizer: str | None = None
+    name: Annotated[str, RegistryName("strategy")] = "fedavg"
+    weighting: Annotated[str | None, RegistryName("weighting")] = None
+    server_optimizer: Annotated[str | None, RegistryName("server_optimizer")] = None
     # options of a library server optimizer (torch.AdamW, adabelief, ...) besides lr, checked by its constructor
     server_optimizer_kwargs: dict[str, Any] | None = None
     server_lr: float | None = Field(None, ge=0)
@@ -263,7 +250,7 @@ class StrategyConfig(_Strict):
     tau: float | None = Field(None, gt=0)
     bias_correction: bool | None = None
     cutoff: int | None = Field(None, ge=1)  # FedAU's K; None = no cutoff (K -> infinity)
-    staleness: str | None = None  # staleness weighting s(tau): constant | polynomial | hinge
+    staleness: Annotated[str | None, RegistryName("staleness")] = None  # staleness weighting s(tau): constant | polynomial | hinge
     staleness_a: float | None = Field(None, ge=0)  # polynomial exponent a / hinge slope a
     staleness_b: float | None = Field(None, ge=0)  # hinge: updates up to b versions stale get weight 1
     # robust aggregators (strategies/robust/)
@@ -273,20 +260,8 @@ class StrategyConfig(_Strict):
     selection: int | None = Field(None, ge=1)  # multi-Krum: m updates averaged
     smoothing: float | None = Field(None, gt=0)  # geometric median: Weiszfeld smoothing nu
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name("strategy", v)
 
-    @field_validator("weighting")
-    @classmethod
-    def _known_weighting(cls, v: str | None) -> str | None:
-        return v if v is None else _check_name("weighting", v)
 
-    @field_validator("server_optimizer")
-    @classmethod
-    def _known_optimizer(cls, v: str | None) -> str | None:
-        return v if v is None else _check_name("server_optimizer", v)
 
     @field_validator("server_optimizer_kwargs")
     @classmethod
@@ -296,10 +271,6 @@ class StrategyConfig(_Strict):
             raise ValueError(f"{bad} must be finite (no inf or NaN)")
         return v or None  # {} = unset
 
-    @field_validator("staleness")
-    @classmethod
-    def _known_staleness(cls, v: str | None) -> str | None:
-        return v if v is None else _check_name("staleness", v)
 
 
 class AnarchicConfig(_Strict):
@@ -312,11 +283,11 @@ class AnarchicConfig(_Strict):
 class SchedulerConfig(_Strict):
     """When clients train and when the server aggregates (see fedsim/schedulers.py)."""
 
-    name: str = "sync"  # sync | buffered | periodic
+    name: Annotated[str, RegistryName("scheduler")] = "sync"  # sync | buffered | periodic
     over_selection: float = Field(0.0, ge=0, le=MAX_OVER_SELECTION)  # sync + uniform: dispatch (1+x) clients_per_round, keep the first
     buffer_size: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # buffered: K arrivals per server update
     interval: float | None = Field(None, gt=0)  # periodic: virtual seconds between server updates
-    arrivals: str = "concurrency"  # concurrency | rate | anarchic
+    arrivals: Annotated[str, RegistryName("arrivals")] = "concurrency"  # concurrency | rate | anarchic
     concurrency: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # clients training at once
     arrival_rate: float = Field(1.0, gt=0)  # starts per virtual second
     arrival_process: str = "constant"  # constant | poisson gaps
@@ -324,15 +295,7 @@ class SchedulerConfig(_Strict):
     max_time: float | None = Field(None, gt=0)  # stop at this virtual time, whatever the updates
     anarchic: AnarchicConfig = Field(default_factory=AnarchicConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name("scheduler", v)
 
-    @field_validator("arrivals")
-    @classmethod
-    def _known_arrivals(cls, v: str) -> str:
-        return _check_name("arrivals", v)
 
     @field_validator("arrival_process")
     @classmethod
@@ -346,7 +309,7 @@ COMPILE_CHOICES = ("auto", "on", "off")
 
 
 class ExecutorConfig(_Strict):
-    name: str = "auto"  # vmap when the client algorithm and model batch, else serial
+    name: Annotated[str, RegistryName("executor")] = "auto"  # vmap when the client algorithm and model batch, else serial
     workers: int | None = Field(None, ge=1, le=MAX_WORKERS)  # ray: actors (default = CPU count)
     ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
@@ -356,10 +319,6 @@ class ExecutorConfig(_Strict):
     chunk_size: int | None = Field(None, ge=1, le=MAX_CLIENTS_PER_CALL)  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
     compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name("executor", v)
 
     @field_validator("device")
     @classmethod
@@ -420,6 +379,9 @@ class OutputConfig(_Strict):
     progress: bool = True
     checkpoint_every: int | None = Field(None, ge=1)  # server updates between checkpoints (checkpoint.pt); None: only on SIGINT/SIGTERM
     checkpoint_every_time: float | None = Field(None, gt=0)  # virtual seconds between checkpoints (time-driven modes)
+    # wall seconds: at the first server update after this long without a checkpoint, save one, so a
+    # killed (kill -9, OOM) run can --resume; costs one save a minute; null: off
+    checkpoint_every_wall: float | None = Field(60.0, gt=0)
 
 
 PRIVACY_MODES = ("off", "central", "local")

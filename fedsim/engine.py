@@ -18,6 +18,11 @@ is counted in it, and clients restarted at that instant get the new model (as in
   is stored, and the scheduler decides what to do with it. Schedulers
   (:mod:`fedsim.schedulers`) decide when to dispatch and when the strategy aggregates.
 
+The engine is the loop only: what a run measures or guards (evaluation records, history,
+time to accuracy, the divergence guard, checkpoints, the privacy accountant, the recorder)
+are callbacks (:mod:`fedsim.callbacks`) that return ``(stop, metrics)`` after each server
+update and each evaluation.
+
 Run state lives in three explicit places: :class:`RunState` (clock, event queue with the
 jobs in flight, counters), the strategy's ``ServerState`` and the client state store; the
 scheduler keeps its own small state. Each holds plain data, so a run can be snapshotted.
@@ -28,12 +33,14 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from fedsim.callbacks import Callback, Evaluation, History, TimeToAccuracy, notify, weighted_train_loss
 from fedsim.checkpoint import checkpointable
 from fedsim.evaluation import Evaluator
 from fedsim.executors.worker import failed_result
@@ -88,19 +95,11 @@ class RunState:
 
 
 class Scheduler(Protocol):
-    def start(self, engine: "Engine") -> None: ...
+    def start(self, engine: Engine) -> None: ...
 
-    def on_event(self, engine: "Engine", event: Event) -> None: ...  # TIMER and DISPATCH events
+    def on_event(self, engine: Engine, event: Event) -> None: ...  # TIMER and DISPATCH events
 
-    def on_result(self, engine: "Engine", job: ClientJob, result: ClientResult) -> None: ...
-
-
-class Callback(Protocol):
-    def on_round(self, engine: "Engine", record: dict[str, Any]) -> None: ...
-
-    def on_eval(self, engine: "Engine", record: dict[str, Any]) -> None: ...
-
-    def on_end(self, engine: "Engine", summary: dict[str, Any]) -> None: ...
+    def on_result(self, engine: Engine, job: ClientJob, result: ClientResult) -> None: ...
 
 
 class Engine:
@@ -129,7 +128,6 @@ class Engine:
         self.client_config = dict(client_config)
         self.population = population
         self.executor = executor
-        self.evaluator = evaluator
         self.seed = seed
         self.max_updates = max_updates
         self.max_time = max_time
@@ -137,19 +135,19 @@ class Engine:
         self.eval_every = eval_every
         self.eval_every_time = eval_every_time
         self.target_accuracy = target_accuracy
-        self.callbacks = list(callbacks)
         # bytes each job moves, known at dispatch (fedsim.communication.Payload): dense fp32 by default
         self.payload = payload if payload is not None else _DensePayload(params.numel())
+        # built-in measurements first: an evaluation record is in the history before the guard,
+        # the accountant or the recorder see it
+        self.evaluation = Evaluation(evaluator)
+        self._history = History()
+        self._time_to_accuracy = TimeToAccuracy(target_accuracy)
+        self.callbacks: list[Any] = [self.evaluation, self._history, self._time_to_accuracy, *callbacks]
         self.state = strategy.init(params, population.info())
         self.client_states = ClientStateStore()
         self.run_state = RunState()
         self.status = "running"  # -> completed | diverged | failed | interrupted (the first stop() wins)
-        # metrics bookkeeping
-        self.history: list[dict[str, Any]] = []
-        self.time_to_accuracy: dict[str, Any] | None = None
-        self._since_eval: list[ClientResult] = []
-        self._last_eval_version = -1
-        self._last_participants = 0
+        self.last_results: list[ClientResult] = []  # the successful results of the last server update
         self._start_wall = 0.0
         self._wall_before = 0.0  # wall seconds spent before a resume
         self._resumed = False
@@ -172,6 +170,23 @@ class Engine:
     @property
     def dropouts(self) -> int:
         return self.run_state.dropouts
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return self.evaluation.evaluator
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The evaluation records so far (the :class:`~fedsim.callbacks.History` callback's)."""
+        return self._history.records
+
+    @property
+    def time_to_accuracy(self) -> dict[str, Any] | None:
+        return self._time_to_accuracy.reached
+
+    def elapsed(self) -> float:
+        """Wall seconds of this run so far (those before a resume included)."""
+        return time.perf_counter() - self._start_wall
 
     # ------------------------------------------------------------------ scheduling
 
@@ -265,7 +280,7 @@ class Engine:
                 self._deliver(scheduler, event.payload)
             elif event.kind == EVAL:
                 self.evaluate()
-                if rs.queue:  # only while something else can still happen
+                if rs.queue and self.eval_every_time:  # only while something else can still happen
                     self.schedule(self.eval_every_time, EVAL)
             else:
                 scheduler.on_event(self, event)
@@ -273,7 +288,7 @@ class Engine:
                 hook(self)
         if self.status == "running":
             self.status = "completed"
-        if self.status == "completed" and (self._last_eval_version != self.state.version or not self.history):
+        if self.status == "completed" and (self.evaluation.last_version != self.state.version or not self.history):
             self.evaluate()
         summary = self.summary()
         for cb in self.callbacks:
@@ -347,10 +362,10 @@ class Engine:
             "client_states": dict(self.client_states.items()),
             "history": self.history,
             "time_to_accuracy": self.time_to_accuracy,
-            "since_eval": self._since_eval,
-            "last_eval_version": self._last_eval_version,
-            "last_participants": self._last_participants,
-            "wall_time": time.perf_counter() - self._start_wall,
+            "since_eval": self.evaluation.since_eval,
+            "last_eval_version": self.evaluation.last_version,
+            "last_participants": self.evaluation.last_participants,
+            "wall_time": self.elapsed(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -359,11 +374,11 @@ class Engine:
         self.state = state["server_state"]
         for cid, client_state in state["client_states"].items():  # into the store build() configured (spilling)
             self.client_states.put(cid, client_state)
-        self.history = list(state["history"])
-        self.time_to_accuracy = state["time_to_accuracy"]
-        self._since_eval = list(state["since_eval"])
-        self._last_eval_version = state["last_eval_version"]
-        self._last_participants = state["last_participants"]
+        self._history.records = list(state["history"])
+        self._time_to_accuracy.reached = state["time_to_accuracy"]
+        self.evaluation.since_eval = list(state["since_eval"])
+        self.evaluation.last_version = state["last_eval_version"]
+        self.evaluation.last_participants = state["last_participants"]
         self._wall_before = state["wall_time"]
         self._resumed = True
 
@@ -376,20 +391,19 @@ class Engine:
             self.run_state.dropouts += dropped
             log.info("version %d: %d straggler(s) missed the deadline and were dropped", self.state.version, dropped)
         self.state = self.strategy.aggregate(self.state, ok, self.now)
-        self._since_eval.extend(ok)
-        self._last_participants = len(ok)
+        self.last_results = ok
         record = {
             "round": self.state.version,
             "virtual_time": self.now,
             "participants": len(ok),
             "dropouts": len(results) - len(ok) + dropped,
-            "train_loss": _weighted_train_loss(ok),
+            "train_loss": weighted_train_loss(ok),
             "staleness": float(np.mean([r.staleness for r in ok])) if ok else None,
             "bytes_up": self.run_state.bytes_up,
             "bytes_down": self.run_state.bytes_down,
         }
-        for cb in self.callbacks:
-            cb.on_round(self, record)
+        if notify(self.callbacks, "on_round", self, record):
+            self.stop()
         if self.status in ("running", "interrupted") and self.eval_every and self.state.version % self.eval_every == 0:
             # not after a stop callback ended the run (e.g. on a non-finite model); a signal's stop lets the
             # step finish, so the state a checkpoint saves then is the one an uninterrupted run passes through
@@ -398,46 +412,22 @@ class Engine:
             self.stop()
 
     def evaluate(self) -> dict[str, Any]:
-        metrics = self.evaluator.evaluate(self.state.params, self.client_states)  # personal models from client state
-        record = {
-            "round": self.state.version,
-            "virtual_time": self.now,
-            "wall_time": time.perf_counter() - self._start_wall,
-            "train_loss": _weighted_train_loss(self._since_eval),
-            **metrics,
-            "participants": self._last_participants,
-            "updates": len(self._since_eval),
-            "dropouts": self.run_state.dropouts,
-            "bytes_up": self.run_state.bytes_up,
-            "bytes_down": self.run_state.bytes_down,
-        }
-        self._since_eval = []
-        self._last_eval_version = self.state.version
-        self.history.append(record)
-        accuracy = record.get("test_accuracy")
-        if self.target_accuracy is not None and self.time_to_accuracy is None and accuracy is not None \
-                and accuracy >= self.target_accuracy:
-            self.time_to_accuracy = {
-                "target": self.target_accuracy,
-                "virtual_time": self.now,
-                "server_updates": self.state.version,
-                "wall_time": record["wall_time"],
-            }
-        for cb in self.callbacks:
-            cb.on_eval(self, record)
+        """Evaluate the global model now and hand the record to the callbacks."""
+        record = self.evaluation.record(self)
+        if notify(self.callbacks, "on_eval", self, record):
+            self.stop()
         return record
 
     def summary(self) -> dict[str, Any]:
         rs = self.run_state
-        last = self.history[-1] if self.history else {}
-        accuracies = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
+        history = self._history.summary()
         return {
             "status": self.status,
             "rounds": self.state.version,
             "virtual_time": self.now,
-            "wall_time": time.perf_counter() - self._start_wall,
-            "final": last,
-            "best_test_accuracy": max(accuracies) if accuracies else None,
+            "wall_time": self.elapsed(),
+            "final": history["final"],
+            "best_test_accuracy": history["best_test_accuracy"],
             "dropouts": rs.dropouts,
             "stale_refused": rs.stale_refused,
             "jobs_dispatched": rs.next_job_id,
@@ -446,13 +436,8 @@ class Engine:
             "executor_batch_mean": rs.executor_jobs / rs.executor_calls if rs.executor_calls else None,
             # one-off executor costs (torch.compile, Ray start-up), apart from the time per round
             "executor_timings": _executor_timings(self.executor),
-            "time_to_accuracy": self._time_to_accuracy_summary(),
+            "time_to_accuracy": self._time_to_accuracy.summary(),
         }
-
-    def _time_to_accuracy_summary(self) -> dict[str, Any] | None:
-        if self.target_accuracy is None:
-            return None
-        return self.time_to_accuracy or {"target": self.target_accuracy, "virtual_time": None, "server_updates": None}
 
 
 def _executor_timings(executor: Any) -> dict[str, float]:
@@ -475,11 +460,3 @@ class _DensePayload:
 
 def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload
     return None
-
-
-def _weighted_train_loss(results: Sequence[ClientResult]) -> float | None:
-    pairs = [(r.metrics["train_loss"], r.num_samples) for r in results if "train_loss" in r.metrics]
-    total = sum(n for _, n in pairs)
-    if not pairs or total == 0:
-        return None
-    return sum(loss * n for loss, n in pairs) / total

@@ -15,11 +15,14 @@ from typing import Sequence
 import numpy as np
 
 from fedsim.metrics import read_jsonl
-from fedsim.table import find_runs, group_label, group_runs, load_run
+from fedsim.table import find_runs, group_label, group_runs, load_run, shown_keys
 
 __all__ = ["read_metrics", "plot_runs", "X_AXES"]
 
 X_AXES = ("round", "virtual_time", "wall_time", "bytes_up", "bytes_down")
+# Okabe & Ito's colour-blind-safe palette (black last), cycled; bands use the line's colour, faintly
+COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+BAND_ALPHA = 0.12
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -79,6 +82,7 @@ def plot_runs(
             raise ValueError(f"run {run.path} has no evaluation with both {metric!r} and {x!r}; "
                              f"available: {', '.join(available)}")
     keys, groups = group_runs(runs)
+    keys = shown_keys(keys, runs)  # labels name only what is not implied by another setting
     if labels and len(labels) != len(groups):
         raise ValueError(
             f"--label given {len(labels)} times for {len(groups)} groups: "
@@ -107,9 +111,10 @@ def plot_runs(
             label = group[0].path.name if len(group) == 1 else "all runs"
         if len(group) > 1:
             label += f" (n={len(group)})"
-        line, = ax.plot(gx, mean, marker="o", markersize=2.5, label=label)
+        colour = COLOURS[i % len(COLOURS)]
+        ax.plot(gx, mean, marker="o", markersize=2.5, label=label, color=colour, zorder=3)
         if std is not None:
-            ax.fill_between(gx, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(gx, mean - std, mean + std, color=colour, alpha=BAND_ALPHA, linewidth=0, zorder=2)
     unit = " (s)" if x.endswith("time") else " (bytes, run total)" if x.startswith("bytes") else ""
     ax.set_xlabel(x.replace("_", " ") + unit)
     ylabel = metric.replace("_", " ")

@@ -252,8 +252,8 @@ class PrivacyAccountant:
     def on_round(self, engine: Any, record: dict[str, Any]) -> None:
         pass
 
-    def on_eval(self, engine: Any, record: dict[str, Any]) -> None:
-        record["epsilon"] = _finite_or_none(self.epsilon(engine))
+    def on_eval(self, engine: Any, record: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        return False, {"epsilon": _finite_or_none(self.epsilon(engine))}  # (stop, metrics for the record)
 
     def clip_norm(self, engine: Any) -> float:
         for transform, state in zip(getattr(engine.strategy, "server_transforms", ()), engine.state.transforms):

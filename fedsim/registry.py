@@ -6,9 +6,10 @@ errors can list the valid choices.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+import difflib
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Registry", "UnknownNameError", "unknown_name_message"]
 
 T = TypeVar("T")
 
@@ -22,6 +23,14 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes
         return self.message
+
+
+def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
+    """"unknown KIND 'NAME' (did you mean 'X'?); valid choices: ..." -- the hint only when a choice is close."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; valid choices: {', '.join(choices)}"
 
 
 class Registry(Generic[T]):
@@ -60,8 +69,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name][0]
         except KeyError:
-            choices = ", ".join(self.names())
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid choices: {choices}") from None
+            raise UnknownNameError(unknown_name_message(self.kind, name, self.names())) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

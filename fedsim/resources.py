@@ -40,7 +40,7 @@ MEMORY_FRACTION = 0.8  # of the memory available when the run starts
 BYTES_PER_FLOAT = 4
 WORKING_VECTORS = 6  # per training client: local model + start point (carry) + 4 step temporaries (gradients)
 VMAP_BUDGET = 1 << 30  # the vmap executor sizes its calls to this working memory (executors/vmap.py DEFAULT_CPU_BUDGET)
-RAY_ACTOR_CACHE = 4  # model versions a Ray actor keeps (executors/ray_executor.py _ACTOR_CACHE)
+RAY_ACTOR_CACHE = 4  # model versions a Ray actor keeps (executors/ray/actor.py ACTOR_CACHE)
 STORING_WEIGHTINGS = ("mifa", "fedvarp")  # keep every client's latest update: one model per client seen (+ a float64 sum)
 MOMENT_OPTIMIZERS = ("adam", "adagrad", "yogi")  # server optimizers with two moment vectors
 

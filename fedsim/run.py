@@ -100,9 +100,26 @@ def initial_params(task: Task, seed: int) -> torch.Tensor:
         return ParamLayout.of(model).flatten(model)
 
 
+def run_name(config: RunConfig) -> str:
+    """What was run, for the folder name: the strategy, or the plugin parts it was run with
+    (``fedavg`` with a plugin weighting ``myweight`` is ``myweight``, not ``fedavg``)."""
+    from fedsim import registries  # noqa: PLC0415
+
+    parts = (("strategy", config.strategy.name), ("weighting", config.strategy.weighting),
+             ("server_optimizer", config.strategy.server_optimizer), ("client", config.client.algorithm))
+    plugins = []
+    for kind, name in parts:
+        if name is None or name not in registries.get(kind):
+            continue
+        module = getattr(registries.get(kind).get(name), "__module__", "") or ""
+        if module.split(".")[0] not in ("fedsim", "strategies", "clients") and name not in plugins:
+            plugins.append(name)
+    return "+".join(plugins) if plugins else config.strategy.name
+
+
 def default_out_dir(config: RunConfig, root: str = "runs") -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{config.strategy.name}"
+    base = Path(root) / f"{stamp}-{run_name(config)}"
     path, k = base, 2
     while path.exists():
         path = Path(f"{base}-{k}")
@@ -504,9 +521,11 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if not contents:
         return
     if not overwrite:
+        resumable = (out / CHECKPOINT_NAME).is_file() and not (out / "summary.json").is_file()
         raise ConfigError(
-            f"output.out: {out} already holds a run; pick another --out, pass --overwrite to replace it, "
-            f"or --resume {out} to continue it"
+            f"output.out: {out} already holds a run; pick another --out"
+            + (f", pass --overwrite to replace it, or --resume {out} to continue it" if resumable
+               else " or pass --overwrite to replace it")
         )
     if not any((out / marker).exists() for marker in RUN_FOLDER_MARKERS):
         raise ConfigError(f"output.out: {out} is not empty and is not a fedsim run folder; --overwrite refuses to delete it")
@@ -677,11 +696,15 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     # the checkpointer goes first: on an interrupted run's end it saves before the recorder closes its files
     engine.callbacks.append(Checkpointer(out / CHECKPOINT_NAME, config.output.checkpoint_every,
                                          lambda: snapshot(experiment, recorder, fingerprint, history),
-                                         every_time=config.output.checkpoint_every_time))
+                                         every_time=config.output.checkpoint_every_time,
+                                         every_wall=config.output.checkpoint_every_wall))
     engine.callbacks.append(recorder)
     if checkpoint is not None:
         log.info("resumed at update %d (virtual time %.1f s) from %s", engine.state.version, engine.now,
                  out / CHECKPOINT_NAME)
+    if config.eval.every is not None and config.rounds < config.eval.every:
+        log.warning("rounds=%d is smaller than eval.every=%d: the model is evaluated only before the first and "
+                    "after the last update (set eval.every to see a curve)", config.rounds, config.eval.every)
     probs = experiment.population.participation.probabilities
     if probs is not None:
         log.info("participation: %s, mean probability %.3g (min %.3g, max %.3g)",

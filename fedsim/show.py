@@ -9,6 +9,7 @@ optimizer, partitioner or local optimizer its arguments. A name registered in se
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable
 
@@ -131,8 +132,9 @@ def describe(name: str) -> str:
             continue
         blocks.append(_show_strategy(name) if kind == "strategy" else _show_part(kind, name))
     if not blocks:
-        close = [n for kind in registries.KINDS for n in registries.get(kind).names()
-                 if name.strip() and name.strip().lower() in n.lower()]
+        names = {n for kind in registries.KINDS for n in registries.get(kind).names()}
+        close = [n for n in names if name.strip() and name.strip().lower() in n.lower()]
+        close += difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.75)  # typos: fedavgg -> fedavg
         hint = f"; similar: {', '.join(sorted(set(close))[:8])}" if close else "; `fedsim list` shows every name"
         raise UnknownNameError(f"no strategy, weighting, task, participation model, ... is called '{name}'{hint}")
     return "\n\n".join("\n".join(block) for block in blocks)

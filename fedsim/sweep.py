@@ -16,6 +16,7 @@ go on (exit status 1 at the end). ``fedsim table SWEEP`` and ``fedsim plot SWEEP
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -23,7 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
@@ -159,8 +160,7 @@ def run_sweep(runs: list[tuple[dict[str, str], RunConfig]], out: str | None = No
     planned = []
     for settings, config in runs:
         config.output.out = str(root / label(settings))
-        if jobs > 1:
-            config.output.progress = False  # bars from concurrent tasks would interleave
+        config.output.progress = False  # the console shows one [i/N] line per run, no bars between them
         planned.append((settings, config))
     axes: dict[str, list[str]] = {}
     for settings, _ in planned:
@@ -175,9 +175,25 @@ def run_sweep(runs: list[tuple[dict[str, str], RunConfig]], out: str | None = No
     shape = " x ".join(f"{key}: {len(v)}" for key, v in axes.items())
     how = "one after another" if jobs == 1 else f"{jobs} at a time on Ray"
     print(f"sweep: {len(planned)} runs ({shape}) into {root}, {how}", file=sys.stderr, flush=True)
-    if jobs == 1:
-        return _run_sequential(planned)
-    return _run_on_ray(planned, jobs)
+    with _console_quiet():
+        if jobs == 1:
+            return _run_sequential(planned)
+        return _run_on_ray(planned, jobs)
+
+
+@contextlib.contextmanager
+def _console_quiet() -> Iterator[None]:
+    """Warnings and errors only on the console while a sweep runs: its output is the [i/N] lines.
+    Each run's log.txt still gets its INFO lines (its file handler has its own level)."""
+    consoles = [h for h in logging.getLogger("fedsim").handlers if not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in consoles]
+    for handler in consoles:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)
 
 
 def _progress(i: int, n: int, settings: dict[str, str], summary: dict[str, Any] | None, error: str | None) -> None:
@@ -228,7 +244,7 @@ def _remote_run(config: dict[str, Any], cwd: str, sys_paths: list[str]) -> dict[
 def _run_on_ray(planned: list[tuple[dict[str, str], RunConfig]], jobs: int) -> list[str]:
     import ray  # noqa: PLC0415
 
-    from fedsim.executors.ray_executor import init_local_ray  # noqa: PLC0415
+    from fedsim.executors.ray import init_local_ray  # noqa: PLC0415
 
     owns_ray = not ray.is_initialized()
     if owns_ray:

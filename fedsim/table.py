@@ -161,6 +161,28 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[str], list[list[Run]]]:
     return keys, list(groups.values())
 
 
+def shown_keys(keys: Sequence[str], runs: Sequence[Run]) -> list[str]:
+    """The differing keys worth a column or a label: a key whose value follows from a key already
+    shown (``strategy.weighting`` from ``strategy.name`` when each preset resolves its own) is
+    dropped. ``*.name`` keys are considered first, then the rest in order."""
+    ordered = sorted(keys, key=lambda k: (not k.endswith(".name"), list(keys).index(k)))
+    shown: list[str] = []
+    for key in ordered:
+        if not any(_determines(other, key, runs) for other in shown):
+            shown.append(key)
+    return [k for k in keys if k in shown]
+
+
+def _determines(a: str, b: str, runs: Sequence[Run]) -> bool:
+    """Whether the value of key ``a`` fixes the value of key ``b`` in every run."""
+    seen: dict[str, str] = {}
+    for run in runs:
+        va, vb = _text(run.config.get(a)), _text(run.config.get(b))
+        if seen.setdefault(va, vb) != vb:
+            return False
+    return True
+
+
 def short_keys(keys: Sequence[str]) -> list[str]:
     """``data.alpha`` -> ``alpha``, ``strategy.name`` -> ``strategy``, where that is unique among ``keys``."""
     def short(key: str) -> str:
@@ -172,6 +194,9 @@ def short_keys(keys: Sequence[str]) -> list[str]:
 
 
 def group_label(keys: Sequence[str], run: Run) -> str:
+    """``fedau`` for one key, ``strategy=fedau, alpha=0.1`` for several."""
+    if len(keys) == 1:
+        return _text(run.settings[keys[0]])
     return ", ".join(f"{short}={_text(run.settings[key])}" for key, short in zip(keys, short_keys(keys))) or "all runs"
 
 
@@ -221,14 +246,23 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 
 def default_target(runs: Sequence[Run], metric: str, higher_is_better: bool) -> float | None:
-    """The best value every run reached, rounded towards "easier" to 0.01 (so every run reaches it)."""
+    """The best value every run reached, rounded towards "easier" to 0.01 (so every run reaches it),
+    but always past the untrained model's value (round 0): reaching what the run started from is no
+    result, so a run that never improved shows "-" instead of "0 rounds"."""
     bests = [run_numbers(r, metric, None, higher_is_better)["best"] for r in runs]
     bests = [b for b in bests if b is not None]
     if not bests:
         return None
+    initial = [v for r in runs for row, v in _values(r, metric) if row.get("round") == 0]
     if higher_is_better:
-        return math.floor(min(bests) * 100 + 1e-9) / 100
-    return math.ceil(max(bests) * 100 - 1e-9) / 100
+        target = math.floor(min(bests) * 100 + 1e-9) / 100
+        if initial and target <= max(initial):
+            target = math.floor(max(initial) * 100 + 1e-9) / 100 + 0.01
+        return round(target, 2)
+    target = math.ceil(max(bests) * 100 - 1e-9) / 100
+    if initial and target >= min(initial):
+        target = math.ceil(min(initial) * 100 - 1e-9) / 100 - 0.01
+    return round(target, 2)
 
 
 def compare_table(
@@ -259,7 +293,7 @@ def compare_table(
         rows.append((group, stats))
     if as_csv:
         return _csv(keys, columns, rows, target)
-    return _markdown(keys, columns, rows, runs)
+    return _markdown(shown_keys(keys, runs), columns, rows, runs)
 
 
 def _fmt(col: str, mean: float | None, std: float | None, count: int, total: int) -> str:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 2:
         parser.error("--rounds must be >= 2 (round 1 is warm-up)")
 
-    from fedsim.executors.ray_executor import init_local_ray  # noqa: PLC0415
+    from fedsim.executors.ray import init_local_ray  # noqa: PLC0415
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     start = time.perf_counter()

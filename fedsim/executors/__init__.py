@@ -1,7 +1,7 @@
 """Executors compute client jobs: serial (this process), vmap (batched clients), ray (actors)."""
 
 from fedsim.executors import serial as _serial  # noqa: F401  (registers "serial")
-from fedsim.executors import ray_executor as _ray_executor  # noqa: F401  (registers "ray"; imports ray lazily)
+from fedsim.executors import ray as _ray  # noqa: F401  (registers "ray"; imports ray lazily)
 from fedsim.executors import vmap as _vmap  # noqa: F401  (registers "vmap")
 from fedsim.executors import auto as _auto  # noqa: F401  (registers "auto")
 from fedsim.executors.auto import build_executor

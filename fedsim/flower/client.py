@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -41,7 +41,7 @@ __all__ = ["make_client_app", "partition_of", "STATE_KEY"]
 STATE_KEY = "fedsim.client-state"  # the algorithm's client state in Context.state
 
 T = TypeVar("T")
-PerNode = Union[T, Callable[[Context], T]]  # a value, or a function of the node's Context giving it
+PerNode = T | Callable[[Context], T]  # a value, or a function of the node's Context giving it
 
 
 def _resolve(value: Any, context: Context) -> Any:

@@ -19,7 +19,7 @@ FAST = ["--rounds", "2", "--quiet", "--set", "data.num_clients=20", "--set", "po
 def test_list_shows_every_registry_with_descriptions(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for kind, (_, _, heading) in registries.KINDS.items():
+    for _, _, heading in registries.KINDS.values():
         assert heading in out
     assert "fedavg" in out and "FedAvg" in out and "synthetic" in out and "dirichlet" in out and "serial" in out
 

@@ -170,3 +170,44 @@ def test_all_finite_agrees_with_isfinite_including_sums_that_overflow():
              torch.tensor([float("-inf"), 1.0]), torch.zeros(0), torch.arange(5)]
     for t in cases:
         assert all_finite(t) == bool(torch.isfinite(t).all()), t
+
+
+class _StopAt:
+    """A callback in the (stop, metrics) protocol: adds a metric to every record, stops at a version."""
+
+    def __init__(self, version):
+        self.version, self.ended = version, None
+
+    def on_round(self, engine, record):
+        return record["round"] >= self.version, {"marker": record["round"] * 10}
+
+    def on_eval(self, engine, record):
+        return False, {"eval_marker": record["round"]}
+
+    def on_end(self, engine, summary):
+        self.ended = summary["rounds"]
+
+
+def test_callbacks_return_stop_and_metrics_merged_into_the_record(small_config):
+    experiment = build(small_config(rounds=5))
+    spy = _StopAt(2)
+    rounds = []
+    experiment.engine.callbacks += [spy, type("Spy", (), {
+        "on_round": lambda self, engine, record: rounds.append(dict(record)),
+        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})()]
+    summary = experiment.run()
+    assert summary["status"] == "completed" and summary["rounds"] == 2 and spy.ended == 2
+    assert [r["marker"] for r in rounds] == [10, 20]  # later callbacks see the merged metrics
+    assert [h["eval_marker"] for h in experiment.engine.history] == [1, 2]  # and so does the history
+
+
+def test_evaluation_history_and_time_to_accuracy_are_callbacks(small_config):
+    from fedsim.callbacks import Evaluation, History, TimeToAccuracy  # noqa: PLC0415
+
+    experiment = build(small_config(rounds=2, eval={"every": 1, "target_accuracy": 0.01}))
+    engine = experiment.engine
+    assert [type(cb) for cb in engine.callbacks[:3]] == [Evaluation, History, TimeToAccuracy]
+    summary = experiment.run()
+    assert engine.history is engine.callbacks[1].records and len(engine.history) == 2
+    assert summary["final"] == engine.history[-1]
+    assert summary["time_to_accuracy"] == engine.callbacks[2].reached and summary["time_to_accuracy"]["server_updates"] == 1

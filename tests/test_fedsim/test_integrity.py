@@ -225,7 +225,7 @@ def test_existing_run_folder_is_refused_then_overwritten_on_request(tmp_path, ca
     first = (out / "metrics.jsonl").read_text()
     code, err = run_cli(capsys, *base)
     line = one_line_error(err)
-    assert code == 2 and "--overwrite" in line and "--resume" in line
+    assert code == 2 and "--overwrite" in line and "--resume" not in line  # completed: nothing to resume
     assert (out / "metrics.jsonl").read_text() == first  # untouched
     (out / "stale.txt").write_text("from the old run")
     assert run_cli(capsys, *base, "--overwrite")[0] == 0

@@ -277,3 +277,44 @@ def test_checkpoints_every_virtual_seconds_and_a_buffered_run_resumes_from_one(s
     assert summary["status"] == "completed" and summary["rounds"] == 12
     for name in ("metrics.jsonl", "rounds.jsonl"):
         assert _rows(tmp_path / "run" / name) == _rows(tmp_path / "reference" / name), name
+
+
+def test_default_wall_clock_checkpoints_make_a_killed_run_resumable(small_config, tmp_path, monkeypatch):
+    """output.checkpoint_every_wall (on by default, 60 s) saves at the first update after that long;
+    a run killed after such a checkpoint resumes to the uninterrupted run's metrics."""
+    from fedsim.checkpoint import Checkpointer  # noqa: PLC0415
+    from fedsim.config import OutputConfig  # noqa: PLC0415
+
+    assert OutputConfig().checkpoint_every_wall == 60.0 and OutputConfig().checkpoint_every is None
+    config = small_config(rounds=5, eval={"every": 1},
+                          output={"checkpoint_every_wall": 1e-9, "progress": False, "tensorboard": False})
+    real_save, saves = Checkpointer.save, []
+
+    def save_then_die_at_the_third(self, engine):
+        real_save(self, engine)
+        saves.append(engine.state.version)
+        if len(saves) == 3:
+            raise _Killed("kill -9 after the third checkpoint")
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die_at_the_third)
+    with pytest.raises(_Killed):
+        run_experiment(config, out_dir=tmp_path / "run")
+    monkeypatch.undo()
+    assert saves == [1, 2, 3]  # one per update: the interval is tiny here
+    summary, _ = run_experiment_resumed(tmp_path / "run")
+    assert summary["status"] == "completed" and summary["rounds"] == 5
+    run_experiment(config, out_dir=tmp_path / "reference")
+    assert _rows(tmp_path / "run" / "metrics.jsonl") == _rows(tmp_path / "reference" / "metrics.jsonl")
+
+
+def test_a_used_folder_suggests_resume_only_when_there_is_a_checkpoint(small_config, tmp_path):
+    config = small_config(rounds=1, output={"progress": False, "tensorboard": False})
+    out = tmp_path / "run"
+    run_experiment(config, out_dir=out)  # completed: summary.json, no checkpoint to go on from
+    with pytest.raises(ConfigError) as err:
+        run_experiment(config, out_dir=out)
+    assert "--overwrite" in str(err.value) and "--resume" not in str(err.value)
+    (out / "summary.json").unlink()
+    (out / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=f"or --resume {out} to continue it"):
+        run_experiment(config, out_dir=out)

@@ -45,7 +45,7 @@ class InProcessGrid:
                 continue
             try:
                 replies.append(self.app(message, self.contexts[node_id]))
-            except Exception as exc:  # as Flower's runtime does: the exception becomes an error reply
+            except Exception as exc:  # noqa: BLE001  (as Flower's runtime does: the exception becomes an error reply)
                 replies.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=message))
         return replies
 
