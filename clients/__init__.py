@@ -4,11 +4,24 @@ Each is a step function over flat tensors (clients/base.py) that the serial, vma
 executors drive alike.
 """
 
-from clients.base import (
-    Batch, Carry, ClientAlgorithm, FunctionalClient, GradFn, TrainContext, batch_schedule, clip_by_global_norm,
-    local_lr, make_grad_fn, num_local_steps, resident_grad_fn, run_client, sam_gradients, sgd_update,
-)  # fmt: skip
 from clients.apfl import APFL
+from clients.base import (
+    Batch,
+    Carry,
+    ClientAlgorithm,
+    FunctionalClient,
+    GradFn,
+    TrainContext,
+    batch_schedule,
+    clip_by_global_norm,
+    local_lr,
+    make_grad_fn,
+    num_local_steps,
+    resident_grad_fn,
+    run_client,
+    sam_gradients,
+    sgd_update,
+)  # fmt: skip
 from clients.ditto import Ditto
 from clients.fedcm import FedCM
 from clients.feddyn import FedDyn
@@ -31,14 +44,30 @@ CLIENTS.register("feddyn", "FedDyn: prox + linear correction h_i (Acar et al. 20
 CLIENTS.register("fedsam", "FedSAM: sharpness-aware local gradient (Qu et al. 2022)")(FedSAM)
 CLIENTS.register("fedcm", "FedCM: local gradient mixed with server momentum (Xu et al. 2021)")(FedCM)
 CLIENTS.register("mofedsam", "MoFedSAM: SAM gradient mixed with server momentum (Qu et al. 2022)")(MoFedSAM)
-CLIENTS.register("polyak", "local SGD; sends the Polyak momentum of its updates, beta m + (1 - beta) Delta (MoNNA client)")(Polyak)
+CLIENTS.register(
+    "polyak", "local SGD; sends the Polyak momentum of its updates, beta m + (1 - beta) Delta (MoNNA client)"
+)(Polyak)
 CLIENTS.register("fedspeed", "FedSpeed: FedDyn's prox-correction on a SAM gradient (Sun et al. 2023)")(FedSpeed)
-CLIENTS.register("apfl", "APFL: personal model v mixed with the global one, alpha v + (1-alpha) w (Deng et al. 2020)")(APFL)
+CLIENTS.register("apfl", "APFL: personal model v mixed with the global one, alpha v + (1-alpha) w (Deng et al. 2020)")(
+    APFL
+)
 CLIENTS.register("ditto", "Ditto: personal model regularized toward the global one by lamb (Li et al. 2021)")(Ditto)
-CLIENTS.register("fedper", "FedPer: shared body averaged, personal head kept per client (Arivazhagan et al. 2019)")(FedPer)
+CLIENTS.register("fedper", "FedPer: shared body averaged, personal head kept per client (Arivazhagan et al. 2019)")(
+    FedPer
+)
 CLIENTS.register("fedrep", "FedRep: personal head trained first, then the shared body (Collins et al. 2021)")(FedRep)
 
-ALGORITHM_OPTIONS = ("mu", "lamb", "rho", "alpha", "sam_alpha", "beta", "alpha_lr", "personal_layers", "head_steps")  # client.* options that belong to one algorithm each
+ALGORITHM_OPTIONS = (
+    "mu",
+    "lamb",
+    "rho",
+    "alpha",
+    "sam_alpha",
+    "beta",
+    "alpha_lr",
+    "personal_layers",
+    "head_steps",
+)  # client.* options that belong to one algorithm each
 
 
 def check_client_options(config: dict) -> None:
@@ -51,6 +80,7 @@ def check_client_options(config: dict) -> None:
                 f"client.{key} is not used by client algorithm '{algorithm}'; "
                 f"it takes: {', '.join(takes) or 'none of ' + ', '.join(ALGORITHM_OPTIONS)}"
             )
+
 
 __all__ = [
     "ALGORITHM_OPTIONS",

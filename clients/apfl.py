@@ -56,16 +56,20 @@ class APFL(FunctionalClient):
 
     def options(self, config: dict[str, Any]) -> APFLOptions:
         alpha_lr = config.get("alpha_lr")
-        return APFLOptions(*self.common(config), alpha=self.option(config, "alpha", 0.5),
-                           alpha_lr=None if alpha_lr is None else float(alpha_lr))
+        return APFLOptions(
+            *self.common(config),
+            alpha=self.option(config, "alpha", 0.5),
+            alpha_lr=None if alpha_lr is None else float(alpha_lr),
+        )
 
     def _alpha(self, options: APFLOptions, state: dict[str, Tensor] | None, like: Tensor) -> Tensor:
         if options.alpha_lr is not None and state is not None and "alpha" in state:
             return state["alpha"].to(like.device, like.dtype).reshape(())
         return torch.tensor(options.alpha, dtype=like.dtype, device=like.device)
 
-    def start(self, options: APFLOptions, params: Tensor, state: dict[str, Tensor] | None,
-              broadcast: Any, lr: float) -> Carry:
+    def start(
+        self, options: APFLOptions, params: Tensor, state: dict[str, Tensor] | None, broadcast: Any, lr: float
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         carry["v"] = params.clone() if state is None else state["v"].to(params.device, params.dtype)
         carry["alpha"] = self._alpha(options, state, params)

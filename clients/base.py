@@ -36,8 +36,9 @@ clipped, as ``torch.optim.SGD`` does).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -87,12 +88,20 @@ class ClientAlgorithm(Protocol):
 
     def options(self, config: dict[str, Any]) -> Hashable | None: ...
 
-    def start(self, options: Any, params: Tensor, state: dict[str, Tensor] | None,
-              broadcast: dict[str, Tensor] | None, lr: float) -> Carry: ...
+    def start(
+        self,
+        options: Any,
+        params: Tensor,
+        state: dict[str, Tensor] | None,
+        broadcast: dict[str, Tensor] | None,
+        lr: float,
+    ) -> Carry: ...
 
     def step(self, options: Any, carry: Carry, batch: Batch, grad: GradFn) -> tuple[Carry, Tensor]: ...
 
-    def finish(self, options: Any, carry: Carry) -> tuple[Tensor, dict[str, Tensor] | None, dict[str, Tensor] | None]: ...
+    def finish(
+        self, options: Any, carry: Carry
+    ) -> tuple[Tensor, dict[str, Tensor] | None, dict[str, Tensor] | None]: ...
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -208,7 +217,9 @@ def make_grad_fn(model: nn.Module, layout: ParamLayout, loss_fn: Callable[[Tenso
     native_ce = loss_fn is F.cross_entropy
     per_sample = vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))
 
-    def loss_of(leaves: tuple[Tensor, ...], buffers: dict[str, Tensor], x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
+    def loss_of(
+        leaves: tuple[Tensor, ...], buffers: dict[str, Tensor], x: Tensor, y: Tensor, w: Tensor | None
+    ) -> Tensor:
         tensors = dict(zip([n for n, p in zip(names, is_param) if p], leaves)) | buffers
         out = functional_call(model, tensors, (x,))
         if w is None:
@@ -225,8 +236,9 @@ def make_grad_fn(model: nn.Module, layout: ParamLayout, loss_fn: Callable[[Tenso
         buffers = {n: v for n, v, p in zip(names, views, is_param) if not p}
         grads, loss = value_and_grad(leaves, buffers, x, y, w)
         it = iter(grads)
-        flat_grad = torch.cat([next(it).reshape(-1) if p else torch.zeros_like(v).reshape(-1)
-                               for v, p in zip(views, is_param)])
+        flat_grad = torch.cat(
+            [next(it).reshape(-1) if p else torch.zeros_like(v).reshape(-1) for v, p in zip(views, is_param)]
+        )
         return loss, flat_grad
 
     return grad
@@ -251,8 +263,9 @@ def resident_grad_fn(resident: ResidentModel, loss_fn: Callable[[Tensor, Tensor]
                 losses = torch.stack([loss_fn(o.unsqueeze(0), t.unsqueeze(0)) for o, t in zip(out, y)])
                 loss = (losses * w).sum() / w.sum()
             grads = iter(torch.autograd.grad(loss, parameters))
-        flat_grad = torch.cat([next(grads).reshape(-1) if p else flat.new_zeros(e - s)
-                               for (s, e), p in zip(spans, is_param)])
+        flat_grad = torch.cat(
+            [next(grads).reshape(-1) if p else flat.new_zeros(e - s) for (s, e), p in zip(spans, is_param)]
+        )
         return loss.detach(), flat_grad
 
     return grad

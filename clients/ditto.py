@@ -49,8 +49,9 @@ class Ditto(FunctionalClient):
     def options(self, config: dict[str, Any]) -> DittoOptions:
         return DittoOptions(*self.common(config), lamb=self.option(config, "lamb", 1.0))
 
-    def start(self, options: DittoOptions, params: Tensor, state: dict[str, Tensor] | None,
-              broadcast: Any, lr: float) -> Carry:
+    def start(
+        self, options: DittoOptions, params: Tensor, state: dict[str, Tensor] | None, broadcast: Any, lr: float
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         carry["v"] = params.clone() if state is None else state["v"].to(params.device, params.dtype)
         return carry

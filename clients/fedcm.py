@@ -51,8 +51,9 @@ class FedCM(FunctionalClient):
     def gradient(self, options: FedCMOptions, y: Tensor, batch: Batch, grad: GradFn) -> tuple[Tensor, Tensor]:
         return grad(y, batch)
 
-    def start(self, options: FedCMOptions, params: Tensor, state: Any,
-              broadcast: dict[str, Tensor] | None, lr: float) -> Carry:
+    def start(
+        self, options: FedCMOptions, params: Tensor, state: Any, broadcast: dict[str, Tensor] | None, lr: float
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         carry["pull"] = (1 - options.alpha) * zeros_or(broadcast, "momentum", params)
         return carry

@@ -53,8 +53,9 @@ class FedDyn(FunctionalClient):
     def gradient(self, options: FedDynOptions, y: Tensor, batch: Batch, grad: GradFn) -> tuple[Tensor, Tensor]:
         return grad(y, batch)
 
-    def start(self, options: FedDynOptions, params: Tensor, state: dict[str, Tensor] | None,
-              broadcast: Any, lr: float) -> Carry:
+    def start(
+        self, options: FedDynOptions, params: Tensor, state: dict[str, Tensor] | None, broadcast: Any, lr: float
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         h = zeros_or(state, "h", params)
         carry["h"] = h

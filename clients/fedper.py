@@ -40,8 +40,10 @@ def config_spans(config: dict[str, Any], name: str) -> tuple[tuple[int, int], ..
     """The head's flat ranges that ``clients.personal.bind_client_config`` put into the config."""
     spans = config.get("personal_spans")
     if spans is None:
-        raise ValueError(f"client algorithm '{name}' needs the model's head resolved into personal_spans "
-                         f"(clients.personal.bind_client_config, which fedsim's run and Flower server apply)")
+        raise ValueError(
+            f"client algorithm '{name}' needs the model's head resolved into personal_spans "
+            f"(clients.personal.bind_client_config, which fedsim's run and Flower server apply)"
+        )
     return tuple((int(s), int(e)) for s, e in spans)
 
 
@@ -62,8 +64,9 @@ class FedPer(FunctionalClient):
     def options(self, config: dict[str, Any]) -> FedPerOptions:
         return FedPerOptions(*self.common(config), spans=config_spans(config, self.name))
 
-    def start(self, options: FedPerOptions, params: Tensor, state: dict[str, Tensor] | None,
-              broadcast: Any, lr: float) -> Carry:
+    def start(
+        self, options: FedPerOptions, params: Tensor, state: dict[str, Tensor] | None, broadcast: Any, lr: float
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         if state is not None and options.spans:
             carry["y"] = scatter(params, state["head"], options.spans)

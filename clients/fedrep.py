@@ -41,8 +41,11 @@ class FedRep(FedPer):
 
     def options(self, config: dict[str, Any]) -> FedPerOptions:
         head_steps = config.get("head_steps")
-        return FedPerOptions(*self.common(config), spans=config_spans(config, self.name),
-                             head_steps=10 if head_steps is None else int(head_steps))
+        return FedPerOptions(
+            *self.common(config),
+            spans=config_spans(config, self.name),
+            head_steps=10 if head_steps is None else int(head_steps),
+        )
 
     def num_steps(self, config: dict[str, Any], num_samples: int) -> int:
         head_steps = config.get("head_steps")

@@ -42,8 +42,13 @@ class FedSpeed(FedDyn):
 
     def options(self, config: dict[str, Any]) -> FedDynOptions:
         clip, wd = self.common(config)
-        return FedDynOptions(clip, wd, self.option(config, "lamb", 0.1), self.option(config, "rho", 0.1),
-                             self.option(config, "sam_alpha", 1.0))
+        return FedDynOptions(
+            clip,
+            wd,
+            self.option(config, "lamb", 0.1),
+            self.option(config, "rho", 0.1),
+            self.option(config, "sam_alpha", 1.0),
+        )
 
     def gradient(self, options: FedDynOptions, y: Tensor, batch: Batch, grad: GradFn) -> tuple[Tensor, Tensor]:
         loss, g1, g2 = sam_gradients(grad, y, batch, options.rho)

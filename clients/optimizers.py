@@ -37,8 +37,16 @@ _TAKES: dict[str, tuple[str, ...]] = {  # options the step implements; anything 
     "adamw": (*_COMMON, "eps", "amsgrad"),
     "lion": (*_COMMON, "weight_decouple", "fixed_decay"),
     "adan": (*_COMMON, "eps", "weight_decouple", "max_grad_norm"),
-    "adabelief": (*_COMMON, "eps", "weight_decouple", "fixed_decay", "rectify", "ams_bound", "n_sma_threshold",
-                  "degenerated_to_sgd"),
+    "adabelief": (
+        *_COMMON,
+        "eps",
+        "weight_decouple",
+        "fixed_decay",
+        "rectify",
+        "ams_bound",
+        "n_sma_threshold",
+        "degenerated_to_sgd",
+    ),
     "adopt": (*_COMMON, "eps", "weight_decouple", "fixed_decay"),
 }
 _MUST_BE_OFF = ("amsgrad", "rectify", "ams_bound", "max_grad_norm")  # variants the steps leave out
@@ -69,8 +77,11 @@ def batched_options(name: str, cls: type, kwargs: dict[str, Any], clip_norm: flo
     """The step's options for ``cls(params, **kwargs)``, or None if the step does not implement them."""
     if name not in BATCHED or any(key not in _TAKES[name] for key in kwargs):
         return None
-    full = {p.name: p.default for p in inspect.signature(cls).parameters.values()
-            if p.default is not inspect.Parameter.empty} | kwargs
+    full = {
+        p.name: p.default
+        for p in inspect.signature(cls).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    } | kwargs
     if any(full.get(key) for key in _MUST_BE_OFF):
         return None
     decoupled = name == "adamw" or bool(full.get("decoupled_weight_decay") or full.get("weight_decouple"))
@@ -108,8 +119,9 @@ def _decay(options: AdaptiveOptions, y: Tensor, g: Tensor, lr: Tensor) -> tuple[
     return y, g + options.weight_decay * y
 
 
-def adaptive_step(options: AdaptiveOptions, state: dict[str, Tensor], y: Tensor, g: Tensor, lr: Tensor,
-                  t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def adaptive_step(
+    options: AdaptiveOptions, state: dict[str, Tensor], y: Tensor, g: Tensor, lr: Tensor, t: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
     """One optimizer step from gradient ``g`` at ``y``; ``t`` is this step's number (1 for the first)."""
     s = {key.removeprefix(PREFIX): value for key, value in state.items()}
     if options.maximize:

@@ -18,7 +18,8 @@ coordinates are the head depends on the model, which a client config does not kn
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,24 +55,33 @@ def head_spans(layout: ParamLayout, personal_layers: list[str] | int | None) -> 
     if personal_layers is None or isinstance(personal_layers, int):
         k = 1 if personal_layers is None else int(personal_layers)
         if not 0 <= k <= len(groups):
-            raise ValueError(f"client.personal_layers: {k} final layers asked, the model has {len(groups)} "
-                             f"({', '.join(g for g, _ in groups)})")
-        picked = [i for _, idx in groups[len(groups) - k:] for i in idx]
+            raise ValueError(
+                f"client.personal_layers: {k} final layers asked, the model has {len(groups)} "
+                f"({', '.join(g for g, _ in groups)})"
+            )
+        picked = [i for _, idx in groups[len(groups) - k :] for i in idx]
     else:
         picked = []
         names = [n for n, b in zip(layout.names, layout.is_buffer) if not b]
         for prefix in personal_layers:
-            hits = [i for i, n in enumerate(layout.names) if not layout.is_buffer[i]
-                    and (n == prefix or n.startswith(prefix + "."))]
+            hits = [
+                i
+                for i, n in enumerate(layout.names)
+                if not layout.is_buffer[i] and (n == prefix or n.startswith(prefix + "."))
+            ]
             if not hits:
-                raise ValueError(f"client.personal_layers: no parameter named {prefix!r} or under it; "
-                                 f"valid choices: {', '.join(names)}")
+                raise ValueError(
+                    f"client.personal_layers: no parameter named {prefix!r} or under it; "
+                    f"valid choices: {', '.join(names)}"
+                )
             picked.extend(hits)
     spans = sorted({offsets[i] for i in picked})
     return tuple((int(s), int(e)) for s, e in spans)
 
 
-def bind_client_config(algorithm: Any, client_config: dict[str, Any], build_model: Callable[[], nn.Module]) -> dict[str, Any]:
+def bind_client_config(
+    algorithm: Any, client_config: dict[str, Any], build_model: Callable[[], nn.Module]
+) -> dict[str, Any]:
     """The client config with what the algorithm needs to know of the model (FedPer/FedRep's head)."""
     if not getattr(algorithm, "needs_head", False):
         return client_config
@@ -101,6 +111,6 @@ def scatter(flat: Tensor, head: Tensor, spans: tuple[tuple[int, int], ...]) -> T
     out = flat.clone()
     at = 0
     for s, e in spans:
-        out[s:e] = head[at:at + e - s].to(out.device, out.dtype)
+        out[s:e] = head[at : at + e - s].to(out.device, out.dtype)
         at += e - s
     return out

@@ -47,8 +47,14 @@ class Scaffold(FunctionalClient):
     def options(self, config: dict[str, Any]) -> ScaffoldOptions:
         return ScaffoldOptions(*self.common(config))
 
-    def start(self, options: ScaffoldOptions, params: Tensor, state: dict[str, Tensor] | None,
-              broadcast: dict[str, Tensor] | None, lr: float) -> Carry:
+    def start(
+        self,
+        options: ScaffoldOptions,
+        params: Tensor,
+        state: dict[str, Tensor] | None,
+        broadcast: dict[str, Tensor] | None,
+        lr: float,
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         c_i = zeros_or(state, "c", params)
         carry["c_i"] = c_i

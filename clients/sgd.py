@@ -28,7 +28,14 @@ import torch
 from torch import Tensor
 
 from clients.base import (
-    Batch, Carry, FunctionalClient, GradFn, TrainContext, batch_schedule, clip_by_global_norm, num_local_steps,
+    Batch,
+    Carry,
+    FunctionalClient,
+    GradFn,
+    TrainContext,
+    batch_schedule,
+    clip_by_global_norm,
+    num_local_steps,
 )  # fmt: skip
 from clients.optimizers import BATCHED, LIBRARY, AdaptiveOptions, adaptive_step, batched_options, init_state, reads_flag
 from fedsim.registry import Registry
@@ -55,8 +62,10 @@ class LocalOptimizerRegistry(Registry):
 
     def listing(self) -> list[tuple[str, str]]:
         """(name, description) with the batched ones marked (``fedsim list``)."""
-        return [(name, description + (" [batched]" if name in ("sgd", *BATCHED) else ""))
-                for name, description in self.describe()]
+        return [
+            (name, description + (" [batched]" if name in ("sgd", *BATCHED) else ""))
+            for name, description in self.describe()
+        ]
 
 
 LOCAL_OPTIMIZERS: LocalOptimizerRegistry = LocalOptimizerRegistry("local optimizer")
@@ -112,8 +121,15 @@ def check_optimizer_options(config: dict[str, Any]) -> None:
     cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
 
 
-def _check_sgd(lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-               nesterov: bool = False, maximize: bool = False, **_: Any) -> None:
+def _check_sgd(
+    lr: float = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    **_: Any,
+) -> None:
     """``torch.optim.SGD.__init__``'s argument checks, with its messages (torch 2.4 - 2.13)."""
     if lr < 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
@@ -162,7 +178,9 @@ class LocalSGD(FunctionalClient):
             maximize=bool(kwargs.get("maximize", False)),
         )
 
-    def start(self, options: SGDOptions | AdaptiveOptions, params: Tensor, state: Any, broadcast: Any, lr: float) -> Carry:
+    def start(
+        self, options: SGDOptions | AdaptiveOptions, params: Tensor, state: Any, broadcast: Any, lr: float
+    ) -> Carry:
         carry = self.base_carry(params, lr)
         if isinstance(options, AdaptiveOptions):
             return carry | init_state(options, params)  # fresh moments each job: clients are stateless
@@ -170,7 +188,9 @@ class LocalSGD(FunctionalClient):
             carry["buf"] = torch.zeros_like(params)
         return carry
 
-    def step(self, options: SGDOptions | AdaptiveOptions, carry: Carry, batch: Batch, grad: GradFn) -> tuple[Carry, Tensor]:
+    def step(
+        self, options: SGDOptions | AdaptiveOptions, carry: Carry, batch: Batch, grad: GradFn
+    ) -> tuple[Carry, Tensor]:
         y = carry["y"]
         loss, g = grad(y, batch)
         g = clip_by_global_norm(g, options.clip_norm)

@@ -32,6 +32,14 @@ def on_files(files: Files, config) -> Files:
             if not path.is_file() or repo not in path.parents:
                 continue  # left to mkdocs, which reports it
             dest = "repo/" + path.relative_to(repo).as_posix()
-            files.append(File(src_uri, str(docs_dir), config["site_dir"], config["use_directory_urls"],
-                               dest_uri=dest, inclusion=InclusionLevel.INCLUDED))
+            files.append(
+                File(
+                    src_uri,
+                    str(docs_dir),
+                    config["site_dir"],
+                    config["use_directory_urls"],
+                    dest_uri=dest,
+                    inclusion=InclusionLevel.INCLUDED,
+                )
+            )
     return files

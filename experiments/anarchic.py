@@ -37,8 +37,10 @@ ROWS: dict[str, dict[str, Any]] = {  # label -> config overrides
     "AFA-CD (eta=10)": {"strategy": {"name": "afa-cd", "server_lr": 10.0}},
     "AFA-CS (eta=10)": {"strategy": {"name": "afa-cs", "server_lr": 10.0}},
     "sync FedAvg, server-chosen (reference)": {
-        "strategy": {"name": "fedavg"}, "scheduler": {"name": "sync"},
-        "population": {"participation": "uniform", "clients_per_round": 10}},
+        "strategy": {"name": "fedavg"},
+        "scheduler": {"name": "sync"},
+        "population": {"participation": "uniform", "clients_per_round": 10},
+    },
 }
 
 
@@ -48,9 +50,11 @@ def run_one(args: tuple[str, int, str, str]) -> dict[str, Any]:
 
 
 def _fairness(experiment: Any, config: Any) -> dict[str, float]:
-    last = experiment.engine.history[-time_to_target.LAST_EVALS:]
-    return {"worst10_accuracy": statistics.fmean(h["client_accuracy_worst10"] for h in last),
-            "top10_share": _top_share(experiment.engine.run_state.dispatch_counts, config.data.num_clients)}
+    last = experiment.engine.history[-time_to_target.LAST_EVALS :]
+    return {
+        "worst10_accuracy": statistics.fmean(h["client_accuracy_worst10"] for h in last),
+        "top10_share": _top_share(experiment.engine.run_state.dispatch_counts, config.data.num_clients),
+    }
 
 
 def _top_share(counts: dict[int, int], num_clients: int) -> float:
@@ -61,15 +65,33 @@ def _top_share(counts: dict[int, int], num_clients: int) -> float:
 
 def report(rows: list[dict[str, Any]], out: Path) -> str:
     table = time_to_target.write_table(
-        rows, out, list(ROWS), ["worst10_accuracy", "top10_share"],
+        rows,
+        out,
+        list(ROWS),
+        ["worst10_accuracy", "top10_share"],
         ["worst-10% client accuracy (%)", "jobs by the 10% most active clients"],
-        lambda mine: [time_to_target.mean_std([r["worst10_accuracy"] for r in mine], 100),
-                      f"{100 * statistics.fmean(r['top10_share'] for r in mine):.0f}%"])
-    time_to_target.plot(rows, out, list(ROWS), "anarchic clients: biased arrivals, 1..20 local steps",
-                        lambda label: ":" if label.startswith("sync") else "-")
+        lambda mine: [
+            time_to_target.mean_std([r["worst10_accuracy"] for r in mine], 100),
+            f"{100 * statistics.fmean(r['top10_share'] for r in mine):.0f}%",
+        ],
+    )
+    time_to_target.plot(
+        rows,
+        out,
+        list(ROWS),
+        "anarchic clients: biased arrivals, 1..20 local steps",
+        lambda label: ":" if label.startswith("sync") else "-",
+    )
     return table
 
 
 if __name__ == "__main__":
-    time_to_target.main(__doc__.splitlines()[0], list(ROWS), run_one, HERE / "anarchic.yaml", "serial",
-                        HERE / "results" / "anarchic", report)
+    time_to_target.main(
+        __doc__.splitlines()[0],
+        list(ROWS),
+        run_one,
+        HERE / "anarchic.yaml",
+        "serial",
+        HERE / "results" / "anarchic",
+        report,
+    )

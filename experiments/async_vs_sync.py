@@ -39,8 +39,10 @@ ROWS: dict[str, dict[str, Any]] = {  # label -> config overrides
     "FedAsync (K=1)": {"strategy": {"name": "fedasync"}, "scheduler": ASYNC},
     "FedBuff (K=10)": {"strategy": {"name": "fedbuff"}, "scheduler": ASYNC},
     "FedFix (every 3 s)": {"strategy": {"name": "fedfix"}, "scheduler": ASYNC | {"interval": 3.0}},
-    "FedFix (every 3 s), mean over arrivals": {"strategy": {"name": "fedfix", "weighting": "uniform"},
-                                               "scheduler": ASYNC | {"interval": 3.0}},
+    "FedFix (every 3 s), mean over arrivals": {
+        "strategy": {"name": "fedfix", "weighting": "uniform"},
+        "scheduler": ASYNC | {"interval": 3.0},
+    },
 }
 
 
@@ -51,13 +53,30 @@ def run_one(args: tuple[str, int, str, str]) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]], out: Path) -> str:
     table = time_to_target.write_table(
-        rows, out, list(ROWS), [], ["client jobs"],
-        lambda mine: [f"{statistics.fmean(r['client_jobs'] for r in mine):.0f}"])
-    time_to_target.plot(rows, out, list(ROWS), "heavy-tailed client speeds (lognormal sigma 1.5)",
-                        lambda label: "-" if label.startswith("sync") else "--")
+        rows,
+        out,
+        list(ROWS),
+        [],
+        ["client jobs"],
+        lambda mine: [f"{statistics.fmean(r['client_jobs'] for r in mine):.0f}"],
+    )
+    time_to_target.plot(
+        rows,
+        out,
+        list(ROWS),
+        "heavy-tailed client speeds (lognormal sigma 1.5)",
+        lambda label: "-" if label.startswith("sync") else "--",
+    )
     return table
 
 
 if __name__ == "__main__":
-    time_to_target.main(__doc__.splitlines()[0], list(ROWS), run_one, HERE / "async_vs_sync.yaml", "vmap",
-                        HERE / "results" / "async_vs_sync", report)
+    time_to_target.main(
+        __doc__.splitlines()[0],
+        list(ROWS),
+        run_one,
+        HERE / "async_vs_sync.yaml",
+        "vmap",
+        HERE / "results" / "async_vs_sync",
+        report,
+    )

@@ -34,8 +34,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "byzantine"
 ATTACKS = {"none": "none", "sign flip": "sign_flip", "ALIE": "alie", "IPM": "ipm", "label flip": "label_flip"}
-AGGREGATORS = {"FedAvg": "fedavg", "median": "median", "trimmed mean": "trimmed_mean", "Krum": "krum",
-               "Bulyan": "bulyan", "centered clipping": "centered_clipping", "MoNNA (NNM+momentum)": "monna"}
+AGGREGATORS = {
+    "FedAvg": "fedavg",
+    "median": "median",
+    "trimmed mean": "trimmed_mean",
+    "Krum": "krum",
+    "Bulyan": "bulyan",
+    "centered clipping": "centered_clipping",
+    "MoNNA (NNM+momentum)": "monna",
+}
 
 
 def run_one(args: tuple[str, str, float, float, int, int]) -> dict[str, Any]:
@@ -44,13 +51,26 @@ def run_one(args: tuple[str, str, float, float, int, int]) -> dict[str, Any]:
 
     attack, aggregator, fraction, alpha, seed, rounds = args
     name = f"{AGGREGATORS[aggregator]}-{ATTACKS[attack]}-f{fraction}-a{alpha}-s{seed}"
-    overrides = [f"strategy.name={AGGREGATORS[aggregator]}", f"population.byzantine_attack={ATTACKS[attack]}",
-                 f"population.byzantine_fraction={fraction}", f"data.alpha={alpha}", f"seed={seed}",
-                 f"rounds={rounds}", f"eval.every={rounds}"]
+    overrides = [
+        f"strategy.name={AGGREGATORS[aggregator]}",
+        f"population.byzantine_attack={ATTACKS[attack]}",
+        f"population.byzantine_fraction={fraction}",
+        f"data.alpha={alpha}",
+        f"seed={seed}",
+        f"rounds={rounds}",
+        f"eval.every={rounds}",
+    ]
     config = load_config(HERE / "byzantine.yaml", overrides)
     summary, _ = run_experiment(config, OUT / "raw" / name, overwrite=True)
-    return {"attack": attack, "aggregator": aggregator, "fraction": fraction, "alpha": alpha, "seed": seed,
-            "accuracy": summary["final"].get("test_accuracy"), "status": summary["status"]}
+    return {
+        "attack": attack,
+        "aggregator": aggregator,
+        "fraction": fraction,
+        "alpha": alpha,
+        "seed": seed,
+        "accuracy": summary["final"].get("test_accuracy"),
+        "status": summary["status"],
+    }
 
 
 def main() -> None:
@@ -59,9 +79,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    fractions, alphas, seeds, rounds = ([0.1], [0.3], [1], 10) if args.quick else ([0.1, 0.2], [0.3, 1.0], args.seeds, 20)
-    grid = [(a, g, f, al, s, rounds) for f in fractions for al in alphas for a in ATTACKS for g in AGGREGATORS
-            for s in seeds]
+    fractions, alphas, seeds, rounds = (
+        ([0.1], [0.3], [1], 10) if args.quick else ([0.1, 0.2], [0.3, 1.0], args.seeds, 20)
+    )
+    grid = [
+        (a, g, f, al, s, rounds)
+        for f in fractions
+        for al in alphas
+        for a in ATTACKS
+        for g in AGGREGATORS
+        for s in seeds
+    ]
     with Pool(args.jobs) as pool:
         rows = pool.map(run_one, grid, chunksize=1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -82,12 +110,19 @@ def _mean(rows: list[dict[str, Any]], **key: Any) -> tuple[float, float]:
 
 
 def write_table(rows, fractions, alphas, seeds, rounds, path: Path) -> None:
-    lines = [f"# Byzantine attacks x aggregators (digits MLP, 20 clients all in every round, {rounds} rounds, "
-             f"seeds {seeds}; final test accuracy, mean ± std over seeds)", ""]
+    lines = [
+        f"# Byzantine attacks x aggregators (digits MLP, 20 clients all in every round, {rounds} rounds, "
+        f"seeds {seeds}; final test accuracy, mean ± std over seeds)",
+        "",
+    ]
     for fraction in fractions:
         for alpha in alphas:
-            lines += [f"## {int(fraction * 100)}% attackers, Dirichlet alpha {alpha}", "",
-                      "| aggregator | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
+            lines += [
+                f"## {int(fraction * 100)}% attackers, Dirichlet alpha {alpha}",
+                "",
+                "| aggregator | " + " | ".join(ATTACKS) + " |",
+                "|---" * (len(ATTACKS) + 1) + "|",
+            ]
             for g in AGGREGATORS:
                 cells = []
                 for a in ATTACKS:
@@ -110,8 +145,10 @@ def plot(rows, fractions, alphas, path: Path) -> None:
     panels = [(f, a) for f in fractions for a in alphas]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (fraction, alpha) in zip(axes[0], panels):
-        grid = [[_mean(rows, attack=a, aggregator=g, fraction=fraction, alpha=alpha)[0] for a in ATTACKS]
-                for g in AGGREGATORS]
+        grid = [
+            [_mean(rows, attack=a, aggregator=g, fraction=fraction, alpha=alpha)[0] for a in ATTACKS]
+            for g in AGGREGATORS
+        ]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
         for i, line in enumerate(grid):
             for j, value in enumerate(line):

@@ -63,9 +63,14 @@ def run_one(args: tuple[str, int, str, int | None]) -> dict[str, Any]:
     summary = experiment.run()
     history = experiment.engine.history
     return {
-        "label": label, "seed": seed, "final_accuracy": history[-1]["test_accuracy"],
-        "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"],
-        "virtual_time": summary["virtual_time"], "rounds": summary["rounds"], "wall_s": time.perf_counter() - start,
+        "label": label,
+        "seed": seed,
+        "final_accuracy": history[-1]["test_accuracy"],
+        "bytes_up": summary["bytes_up"],
+        "bytes_down": summary["bytes_down"],
+        "virtual_time": summary["virtual_time"],
+        "rounds": summary["rounds"],
+        "wall_s": time.perf_counter() - start,
         "curve": [{k: h[k] for k in ("round", "virtual_time", "bytes_up", "test_accuracy")} for h in history],
     }
 
@@ -81,21 +86,40 @@ def report(results: list[dict[str, Any]], out: Path) -> str:
     lines = ["| compression | final accuracy | uploaded (MB) | vs none | virtual time (s) |", "|---|---|---|---|---|"]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["label", "seed", "final_accuracy", "bytes_up", "bytes_down", "virtual_time", "rounds", "wall_s"])
+        writer.writerow(
+            ["label", "seed", "final_accuracy", "bytes_up", "bytes_down", "virtual_time", "rounds", "wall_s"]
+        )
         for r in results:
-            writer.writerow([r[k] for k in ("label", "seed", "final_accuracy", "bytes_up", "bytes_down", "virtual_time",
-                                            "rounds", "wall_s")])
+            writer.writerow(
+                [
+                    r[k]
+                    for k in (
+                        "label",
+                        "seed",
+                        "final_accuracy",
+                        "bytes_up",
+                        "bytes_down",
+                        "virtual_time",
+                        "rounds",
+                        "wall_s",
+                    )
+                ]
+            )
     for label in labels:
         mine = [r for r in results if r["label"] == label]
         up = statistics.fmean(r["bytes_up"] for r in mine)
         ratio = f"{statistics.fmean(dense) / up:.1f}x less" if dense and label != "none" else "—"
-        lines.append(f"| {label} | {_mean_std([r['final_accuracy'] for r in mine])} | {up / 1e6:.3f} | {ratio} | "
-                     f"{_mean_std([r['virtual_time'] for r in mine], '{:.1f}')} |")
+        lines.append(
+            f"| {label} | {_mean_std([r['final_accuracy'] for r in mine])} | {up / 1e6:.3f} | {ratio} | "
+            f"{_mean_std([r['virtual_time'] for r in mine], '{:.1f}')} |"
+        )
     table = "\n".join(lines)
     seeds = sorted({r["seed"] for r in results})
-    (out / "results.md").write_text(f"Final test accuracy (mean ± std over seeds {seeds}), bytes uploaded in the run "
-                                    f"(fp32 = 4 B/entry; see docs/pages/communication.md for each compressor's count), "
-                                    f"virtual time of the run.\n\n{table}\n")
+    (out / "results.md").write_text(
+        f"Final test accuracy (mean ± std over seeds {seeds}), bytes uploaded in the run "
+        f"(fp32 = 4 B/entry; see docs/pages/communication.md for each compressor's count), "
+        f"virtual time of the run.\n\n{table}\n"
+    )
     _plot(results, labels, out / "results.png")
     return table
 
@@ -146,9 +170,11 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for i, r in enumerate(pool.map(run_one, runs), 1):
             results.append(r)
-            print(f"[{i}/{len(runs)}] {r['label']:<22} seed {r['seed']}: accuracy {r['final_accuracy']:.4f}, "
-                  f"{r['bytes_up'] / 1e6:.3f} MB up, {r['virtual_time']:.1f} virtual s, {r['wall_s']:.0f} s wall",
-                  flush=True)
+            print(
+                f"[{i}/{len(runs)}] {r['label']:<22} seed {r['seed']}: accuracy {r['final_accuracy']:.4f}, "
+                f"{r['bytes_up'] / 1e6:.3f} MB up, {r['virtual_time']:.1f} virtual s, {r['wall_s']:.0f} s wall",
+                flush=True,
+            )
     (out / "raw" / "runs.json").write_text(json.dumps(results))
     print(report(results, out))
     print(f"wrote {out}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")

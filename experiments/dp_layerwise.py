@@ -52,8 +52,12 @@ LAST_EVALS = 2  # final accuracy = mean over the last evaluations (smooths round
 
 def cell_values(optimizer: str, clipping: str, epsilon: float, seed: int, rounds: int) -> dict[str, Any]:
     """Config values of one run on top of the yaml."""
-    values: dict[str, Any] = {"seed": seed, "rounds": rounds, "strategy": {"name": OPTIMIZERS[optimizer]},
-                              "output": {"progress": False, "tensorboard": False}}
+    values: dict[str, Any] = {
+        "seed": seed,
+        "rounds": rounds,
+        "strategy": {"name": OPTIMIZERS[optimizer]},
+        "output": {"progress": False, "tensorboard": False},
+    }
     if clipping == NON_PRIVATE:
         values["privacy"] = {"mode": "off", "target_epsilon": None}
     elif math.isinf(epsilon):
@@ -116,8 +120,13 @@ def calibrate_clip(config_path: str, rounds: int, seed: int = 1) -> float:
 
 
 def _cells(rows: list[dict[str, Any]], optimizer: str, clipping: str, epsilon: float, key: str) -> list[float]:
-    return [float(r[key]) for r in rows if r["optimizer"] == optimizer and r["clipping"] == clipping
-            and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)]
+    return [
+        float(r[key])
+        for r in rows
+        if r["optimizer"] == optimizer
+        and r["clipping"] == clipping
+        and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)
+    ]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -129,11 +138,19 @@ def _mean_std(values: list[float]) -> str:
 
 def _gap(rows: list[dict[str, Any]], optimizer: str, clipping: str, epsilon: float) -> str:
     """Final accuracy minus the same seed's non-private run with the same optimizer (seeds differ in data)."""
-    reference = {int(r["seed"]): float(r["final_accuracy"]) for r in rows
-                 if r["optimizer"] == optimizer and r["clipping"] == NON_PRIVATE}
-    gaps = [100 * (float(r["final_accuracy"]) - reference[int(r["seed"])]) for r in rows
-            if r["optimizer"] == optimizer and r["clipping"] == clipping and int(r["seed"]) in reference
-            and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)]
+    reference = {
+        int(r["seed"]): float(r["final_accuracy"])
+        for r in rows
+        if r["optimizer"] == optimizer and r["clipping"] == NON_PRIVATE
+    }
+    gaps = [
+        100 * (float(r["final_accuracy"]) - reference[int(r["seed"])])
+        for r in rows
+        if r["optimizer"] == optimizer
+        and r["clipping"] == clipping
+        and int(r["seed"]) in reference
+        and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)
+    ]
     if not gaps or clipping == NON_PRIVATE:
         return "—" if clipping == NON_PRIVATE else ""
     std = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
@@ -142,13 +159,26 @@ def _gap(rows: list[dict[str, Any]], optimizer: str, clipping: str, epsilon: flo
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     with (out / "results.csv").open("w", newline="") as f:
-        fields = ["optimizer", "clipping", "epsilon", "seed", "rounds", "status", "final_accuracy", "best_accuracy",
-                  "epsilon_reached", "noise_multiplier", "wall_s"]
+        fields = [
+            "optimizer",
+            "clipping",
+            "epsilon",
+            "seed",
+            "rounds",
+            "status",
+            "final_accuracy",
+            "best_accuracy",
+            "epsilon_reached",
+            "noise_multiplier",
+            "wall_s",
+        ]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| optimizer | clipping | epsilon | final acc (%) | best acc (%) | gap to non-private (pts) | epsilon reached | z |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| optimizer | clipping | epsilon | final acc (%) | best acc (%) | gap to non-private (pts) | epsilon reached | z |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for optimizer in OPTIMIZERS:
         for clipping in (NON_PRIVATE, *CLIPPINGS):
             for epsilon in (math.inf,) if clipping == NON_PRIVATE else EPSILONS:
@@ -156,28 +186,47 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
                 if not final:
                     continue
                 best = _cells(rows, optimizer, clipping, epsilon, "best_accuracy")
-                reached = [r["epsilon_reached"] for r in rows if r["optimizer"] == optimizer and r["clipping"] == clipping
-                           and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)]
-                reached_text = "∞" if clipping == NON_PRIVATE or reached[0] in (None, "") else f"{float(reached[0]):.2f}"
+                reached = [
+                    r["epsilon_reached"]
+                    for r in rows
+                    if r["optimizer"] == optimizer
+                    and r["clipping"] == clipping
+                    and (clipping == NON_PRIVATE or float(r["epsilon"]) == epsilon)
+                ]
+                reached_text = (
+                    "∞" if clipping == NON_PRIVATE or reached[0] in (None, "") else f"{float(reached[0]):.2f}"
+                )
                 z = _cells(rows, optimizer, clipping, epsilon, "noise_multiplier")
                 eps_text = "—" if clipping == NON_PRIVATE else ("∞" if math.isinf(epsilon) else f"{epsilon:g}")
                 gap = _gap(rows, optimizer, clipping, epsilon)
-                lines.append(f"| {optimizer} | {clipping} | {eps_text} | {_mean_std(final)} | {_mean_std(best)} | {gap} | "
-                             f"{reached_text} | {statistics.fmean(z):.3f} |")
+                lines.append(
+                    f"| {optimizer} | {clipping} | {eps_text} | {_mean_std(final)} | {_mean_std(best)} | {gap} | "
+                    f"{reached_text} | {statistics.fmean(z):.3f} |"
+                )
     table = "\n".join(lines)
     seeds = sorted({int(r["seed"]) for r in rows})
     (out / "results.md").write_text(
         f"Test accuracy (%), mean ± std over seeds {seeds}; final = mean of the last {LAST_EVALS} evaluations, "
-        f"best = best evaluation. z = noise multiplier calibrated for the run's rounds.\n\n{table}\n")
+        f"best = best evaluation. z = noise multiplier calibrated for the run's rounds.\n\n{table}\n"
+    )
     return table
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """The per-run rows of a previous run of this script (results.csv)."""
     with (out / "results.csv").open() as f:
-        return [{**row, "seed": int(row["seed"]), "epsilon": float(row["epsilon"]), "rounds": int(row["rounds"]),
-                 "final_accuracy": float(row["final_accuracy"]), "best_accuracy": float(row["best_accuracy"]),
-                 "noise_multiplier": float(row["noise_multiplier"])} for row in csv.DictReader(f)]
+        return [
+            {
+                **row,
+                "seed": int(row["seed"]),
+                "epsilon": float(row["epsilon"]),
+                "rounds": int(row["rounds"]),
+                "final_accuracy": float(row["final_accuracy"]),
+                "best_accuracy": float(row["best_accuracy"]),
+                "noise_multiplier": float(row["noise_multiplier"]),
+            }
+            for row in csv.DictReader(f)
+        ]
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -189,7 +238,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(10, 4), sharey=True)
-    epsilons = [eps for eps in EPSILONS if any(r["clipping"] != NON_PRIVATE and float(r["epsilon"]) == eps for r in rows)]
+    epsilons = [
+        eps for eps in EPSILONS if any(r["clipping"] != NON_PRIVATE and float(r["epsilon"]) == eps for r in rows)
+    ]
     positions = {eps: i for i, eps in enumerate(epsilons)}
     for ax, optimizer in zip(axes, OPTIMIZERS):
         reference = _cells(rows, optimizer, NON_PRIVATE, math.inf, "final_accuracy")
@@ -211,8 +262,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     axes[0].set_ylabel("final test accuracy (%)")
     axes[-1].legend(fontsize=9, loc="lower right")
     seeds = sorted({int(r["seed"]) for r in rows})
-    fig.suptitle(f"6-layer MLP, Synthetic IID, N=10^5, cohort ~100, {rows[0]['rounds']} rounds; "
-                 f"mean ± std over {len(seeds)} seeds", fontsize=10)
+    fig.suptitle(
+        f"6-layer MLP, Synthetic IID, N=10^5, cohort ~100, {rows[0]['rounds']} rounds; "
+        f"mean ± std over {len(seeds)} seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
@@ -221,7 +275,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 class _InProcess:
     """``--jobs 1``: run the cells here, one after the other (no worker process to import this file)."""
 
-    def __enter__(self) -> "_InProcess":
+    def __enter__(self) -> _InProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,18 +312,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         seeds, rounds = seeds[:1], args.rounds or 6
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(opt, clipping, eps, seed, rounds, args.config, str(out / "raw"), None)
-            for seed in seeds for opt in args.optimizers for clipping in args.clippings
-            for eps in ((math.inf,) if clipping == NON_PRIVATE else args.epsilons)]
+    runs = [
+        (opt, clipping, eps, seed, rounds, args.config, str(out / "raw"), None)
+        for seed in seeds
+        for opt in args.optimizers
+        for clipping in args.clippings
+        for eps in ((math.inf,) if clipping == NON_PRIVATE else args.epsilons)
+    ]
     print(f"{len(runs)} runs, {rounds} rounds each, {args.jobs} processes")
     start = time.perf_counter()
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else _InProcess() as pool:
         for i, row in enumerate(pool.map(run_one, runs), 1):
             rows.append(row)
-            print(f"[{i}/{len(runs)}] {row['optimizer']:<11} {row['clipping']:<20} eps {row['epsilon']:<4g} "
-                  f"seed {row['seed']}: final {100 * row['final_accuracy']:.1f} best {100 * row['best_accuracy']:.1f} "
-                  f"({row['status']}, {row['wall_s']:.0f}s)", flush=True)
+            print(
+                f"[{i}/{len(runs)}] {row['optimizer']:<11} {row['clipping']:<20} eps {row['epsilon']:<4g} "
+                f"seed {row['seed']}: final {100 * row['final_accuracy']:.1f} best {100 * row['best_accuracy']:.1f} "
+                f"({row['status']}, {row['wall_s']:.0f}s)",
+                flush=True,
+            )
             write_table(rows, out)  # after every run: an interrupted sweep keeps what it finished
     print(write_table(rows, out))
     plot(rows, out)

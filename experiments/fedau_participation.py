@@ -24,8 +24,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedsim.config import load_config
 from fedsim.run import build
 
@@ -45,9 +43,13 @@ LAST_EVALS = 4  # final accuracy = mean over the last evaluations (smooths round
 
 def run_one(args: tuple[str, str, int, int, str]) -> dict[str, Any]:
     label, participation, seed, rounds, config_path = args
-    overrides = {"seed": seed, "rounds": rounds, "strategy": STRATEGIES[label],
-                 "population": {"participation": participation},
-                 "output": {"progress": False, "tensorboard": False}}
+    overrides = {
+        "seed": seed,
+        "rounds": rounds,
+        "strategy": STRATEGIES[label],
+        "population": {"participation": participation},
+        "output": {"progress": False, "tensorboard": False},
+    }
     config = load_config(config_path, values=overrides)
     experiment = build(config)
     start = time.perf_counter()
@@ -55,7 +57,10 @@ def run_one(args: tuple[str, str, int, int, str]) -> dict[str, Any]:
     history = experiment.engine.history
     tail = history[-LAST_EVALS:]
     row: dict[str, Any] = {
-        "strategy": label, "participation": participation, "seed": seed, "rounds": rounds,
+        "strategy": label,
+        "participation": participation,
+        "seed": seed,
+        "rounds": rounds,
         "test_accuracy": statistics.fmean(h["test_accuracy"] for h in tail),
         "client_accuracy_mean": statistics.fmean(h.get("client_accuracy_mean", float("nan")) for h in tail),
         "client_accuracy_worst10": statistics.fmean(h.get("client_accuracy_worst10", float("nan")) for h in tail),
@@ -72,8 +77,16 @@ def run_one(args: tuple[str, str, int, int, str]) -> dict[str, Any]:
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     with (out / "results.csv").open("w", newline="") as f:
-        fields = ["strategy", "participation", "seed", "rounds", "test_accuracy", "client_accuracy_mean",
-                  "client_accuracy_worst10", "wall_s"]
+        fields = [
+            "strategy",
+            "participation",
+            "seed",
+            "rounds",
+            "test_accuracy",
+            "client_accuracy_mean",
+            "client_accuracy_worst10",
+            "wall_s",
+        ]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -90,8 +103,7 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (out / "results.md").write_text(
-        "Test accuracy (%), mean ± std over seeds, averaged over the last "
-        f"{LAST_EVALS} evaluations.\n\n{table}\n"
+        f"Test accuracy (%), mean ± std over seeds, averaged over the last {LAST_EVALS} evaluations.\n\n{table}\n"
     )
     return table
 
@@ -99,7 +111,9 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """The per-run rows of a previous run of this script (results.csv)."""
     with (out / "results.csv").open() as f:
-        return [{**row, "seed": int(row["seed"]), "test_accuracy": float(row["test_accuracy"])} for row in csv.DictReader(f)]
+        return [
+            {**row, "seed": int(row["seed"]), "test_accuracy": float(row["test_accuracy"])} for row in csv.DictReader(f)
+        ]
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -115,17 +129,27 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
     labels = [label for label in STRATEGIES if any(r["strategy"] == label for r in rows)]
     participations = [p for p in PARTICIPATION if any(r["participation"] == p for r in rows)]
-    means = [statistics.fmean(r["test_accuracy"] for r in rows if r["strategy"] == lab and r["participation"] == p)
-             for lab in labels for p in participations
-             if any(r["strategy"] == lab and r["participation"] == p for r in rows)]
+    means = [
+        statistics.fmean(r["test_accuracy"] for r in rows if r["strategy"] == lab and r["participation"] == p)
+        for lab in labels
+        for p in participations
+        if any(r["strategy"] == lab and r["participation"] == p for r in rows)
+    ]
     top = 100 * max(means) + 1.5
     low = 100 * sorted(means)[len(means) // 4] - 3.0  # most strategies in view; outliers as text
     plt.rcParams.update({"font.size": 11})
-    fig, axes = plt.subplots(1, len(participations), figsize=(3.2 * len(participations) + 1.8, 0.45 * len(labels) + 1.5),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(participations),
+        figsize=(3.2 * len(participations) + 1.8, 0.45 * len(labels) + 1.5),
+        sharey=True,
+        squeeze=False,
+    )
     for ax, participation in zip(axes[0], participations):
         for y, label in enumerate(labels):
-            acc = [100 * r["test_accuracy"] for r in rows if r["strategy"] == label and r["participation"] == participation]
+            acc = [
+                100 * r["test_accuracy"] for r in rows if r["strategy"] == label and r["participation"] == participation
+            ]
             if not acc:
                 continue
             mean = statistics.fmean(acc)
@@ -145,8 +169,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     axes[0][0].invert_yaxis()
     seeds = sorted({r["seed"] for r in rows})
     rounds = rows[0]["rounds"]
-    fig.suptitle(f"digits, {rounds} rounds; accuracy = mean of the last {LAST_EVALS} evaluations; "
-                 f"dots: {len(seeds)} seeds, bar: mean ± std", fontsize=11)
+    fig.suptitle(
+        f"digits, {rounds} rounds; accuracy = mean of the last {LAST_EVALS} evaluations; "
+        f"dots: {len(seeds)} seeds, bar: mean ± std",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
@@ -170,17 +197,26 @@ def main() -> None:
     rounds = args.rounds or load_config(args.config).rounds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(label, part, seed, rounds, args.config)
-            for part in args.participation for label in args.strategies for seed in args.seeds]
-    print(f"{len(runs)} runs ({len(args.strategies)} strategies x {len(args.participation)} participation models "
-          f"x {len(args.seeds)} seeds), {rounds} rounds each, {args.jobs} processes")
+    runs = [
+        (label, part, seed, rounds, args.config)
+        for part in args.participation
+        for label in args.strategies
+        for seed in args.seeds
+    ]
+    print(
+        f"{len(runs)} runs ({len(args.strategies)} strategies x {len(args.participation)} participation models "
+        f"x {len(args.seeds)} seeds), {rounds} rounds each, {args.jobs} processes"
+    )
     start = time.perf_counter()
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for i, row in enumerate(pool.map(run_one, runs), 1):
             rows.append(row)
-            print(f"[{i}/{len(runs)}] {row['participation']:<9} {row['strategy']:<22} seed {row['seed']}: "
-                  f"test accuracy {row['test_accuracy']:.4f}", flush=True)
+            print(
+                f"[{i}/{len(runs)}] {row['participation']:<9} {row['strategy']:<22} seed {row['seed']}: "
+                f"test accuracy {row['test_accuracy']:.4f}",
+                flush=True,
+            )
     print(write_table(rows, out))
     plot(rows, out)
     print(f"wrote {out}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")

@@ -66,7 +66,9 @@ def config_for(path: str, label: str, partition: str, seed: int, rounds: int, ex
     return config
 
 
-def run_partition_seed(path: str, labels: list[str], partition: str, seed: int, rounds: int, executor: str) -> list[dict[str, Any]]:
+def run_partition_seed(
+    path: str, labels: list[str], partition: str, seed: int, rounds: int, executor: str
+) -> list[dict[str, Any]]:
     rows = []
     task = build_task(task_spec(config_for(path, labels[0], partition, seed, rounds, executor)))
     for label in labels:
@@ -86,8 +88,11 @@ def run_partition_seed(path: str, labels: list[str], partition: str, seed: int, 
             "dropouts": experiment.engine.dropouts if hasattr(experiment.engine, "dropouts") else 0,
             "curve": [(h["round"], h["test_accuracy"]) for h in history],
         })  # fmt: skip
-        print(f"{partition:<8} {label:<9} seed {seed}: best {100 * rows[-1]['best_accuracy']:.1f}  final "
-              f"{100 * rows[-1]['final_accuracy']:.1f}  {1000 * rows[-1]['s_per_round']:.0f} ms/round", flush=True)
+        print(
+            f"{partition:<8} {label:<9} seed {seed}: best {100 * rows[-1]['best_accuracy']:.1f}  final "
+            f"{100 * rows[-1]['final_accuracy']:.1f}  {1000 * rows[-1]['s_per_round']:.0f} ms/round",
+            flush=True,
+        )
     return rows
 
 
@@ -162,8 +167,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     total = len(args.algorithms) * len(args.partitions) * len(args.seeds)
-    print(f"{total} runs ({len(args.algorithms)} algorithms x {len(args.partitions)} partitions x "
-          f"{len(args.seeds)} seeds), {rounds} rounds each, executor {args.executor}")
+    print(
+        f"{total} runs ({len(args.algorithms)} algorithms x {len(args.partitions)} partitions x "
+        f"{len(args.seeds)} seeds), {rounds} rounds each, executor {args.executor}"
+    )
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for partition in args.partitions:

@@ -58,16 +58,31 @@ TITLES = ("personalized mean", "personalized worst 10%", "global model, client m
 
 def run_one(args: tuple[str, str, int, int, str, str]) -> dict[str, Any]:
     label, partition, seed, rounds, config_path, raw = args
-    torch.set_num_threads(1)  # a tiny MLP in 2 processes on 2 cores: more threads only contend (evaluation, fine-tuning)
-    overrides = deep_merge(METHODS[label], {"seed": seed, "rounds": rounds, "data": PARTITIONS[partition],
-                                            "output": {"progress": False, "tensorboard": False}})
+    torch.set_num_threads(
+        1
+    )  # a tiny MLP in 2 processes on 2 cores: more threads only contend (evaluation, fine-tuning)
+    overrides = deep_merge(
+        METHODS[label],
+        {
+            "seed": seed,
+            "rounds": rounds,
+            "data": PARTITIONS[partition],
+            "output": {"progress": False, "tensorboard": False},
+        },
+    )
     config = load_config(config_path, values=overrides)
     name = f"{label}-{partition}-s{seed}".replace(" ", "_").replace("/", "_per_").replace("(", "").replace(")", "")
     start = time.perf_counter()
     summary, _ = run_experiment(config, out_dir=Path(raw) / name, overwrite=True)
     final = summary["final"]
-    row: dict[str, Any] = {"method": label, "partition": partition, "seed": seed, "rounds": rounds,
-                           "clients_unseen": final.get("clients_unseen", 0), "wall_s": time.perf_counter() - start}
+    row: dict[str, Any] = {
+        "method": label,
+        "partition": partition,
+        "seed": seed,
+        "rounds": rounds,
+        "clients_unseen": final.get("clients_unseen", 0),
+        "wall_s": time.perf_counter() - start,
+    }
     for key in COLUMNS:
         # FedAvg has no personal model: its clients' model is the global one
         row[key] = final.get(key, final.get(key.replace("global_", ""))) if key != "test_accuracy" else final[key]
@@ -81,7 +96,9 @@ def _cell(values: list[float]) -> str:
 
 def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "partition", "seed", "rounds", *COLUMNS, "clients_unseen", "wall_s"])
+        writer = csv.DictWriter(
+            f, fieldnames=["method", "partition", "seed", "rounds", *COLUMNS, "clients_unseen", "wall_s"]
+        )
         writer.writeheader()
         writer.writerows(rows)
     parts = [p for p in PARTITIONS if any(r["partition"] == p for r in rows)]
@@ -98,7 +115,8 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     (out / "results.md").write_text(
         f"Accuracy (%) after {rows[0]['rounds']} rounds, mean ± std over seeds {seeds}: each client's own model on its "
         "own test split (mean, mean of the worst 10% of clients), the global model on the same splits, and the "
-        f"global model on the global test set.\n\n{table}\n")
+        f"global model on the global test set.\n\n{table}\n"
+    )
     return table
 
 
@@ -116,30 +134,49 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
     parts = [p for p in PARTITIONS if any(r["partition"] == p for r in rows)]
     labels = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts) + 2.2, 0.45 * len(labels) + 1.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(parts), figsize=(4.2 * len(parts) + 2.2, 0.45 * len(labels) + 1.6), sharey=True, squeeze=False
+    )
     for ax, partition in zip(axes[0], parts):
         for y, label in enumerate(labels):
             group = [r for r in rows if r["method"] == label and r["partition"] == partition]
             if not group:
                 continue
-            for key, color, marker, dy in (("client_accuracy_mean", "tab:blue", "o", -0.15),
-                                           ("client_accuracy_worst10", "tab:red", "v", 0.0),
-                                           ("global_client_accuracy_mean", "tab:gray", "s", 0.15)):
+            for key, color, marker, dy in (
+                ("client_accuracy_mean", "tab:blue", "o", -0.15),
+                ("client_accuracy_worst10", "tab:red", "v", 0.0),
+                ("global_client_accuracy_mean", "tab:gray", "s", 0.15),
+            ):
                 values = [100 * float(r[key]) for r in group]
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
-                ax.errorbar(statistics.fmean(values), y + dy, xerr=std, fmt=marker, color=color, markersize=5,
-                            capsize=2, label=key if y == 0 else None)
+                ax.errorbar(
+                    statistics.fmean(values),
+                    y + dy,
+                    xerr=std,
+                    fmt=marker,
+                    color=color,
+                    markersize=5,
+                    capsize=2,
+                    label=key if y == 0 else None,
+                )
         ax.set_title(partition, fontsize=11)
         ax.set_xlabel("accuracy (%)")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(labels)), labels)
     axes[0][0].invert_yaxis()
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, ["personalized, client mean", "personalized, worst 10%", "global model, client mean"],
-               loc="lower center", ncol=3, fontsize=9)
-    fig.suptitle(f"digits, 50 clients, Bernoulli 0.1, {rows[0]['rounds']} rounds; "
-                 f"{len({r['seed'] for r in rows})} seeds, mean ± std", fontsize=11)
+    fig.legend(
+        handles,
+        ["personalized, client mean", "personalized, worst 10%", "global model, client mean"],
+        loc="lower center",
+        ncol=3,
+        fontsize=9,
+    )
+    fig.suptitle(
+        f"digits, 50 clients, Bernoulli 0.1, {rows[0]['rounds']} rounds; "
+        f"{len({r['seed'] for r in rows})} seeds, mean ± std",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
@@ -166,19 +203,28 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.rounds, args.partitions = args.seeds[:1], args.rounds or 6, args.partitions[::2]
     rounds = args.rounds or load_config(args.config).rounds
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(label, part, seed, rounds, args.config, str(out / "raw"))
-            for part in args.partitions for label in args.methods for seed in args.seeds]
-    print(f"{len(runs)} runs ({len(args.methods)} methods x {len(args.partitions)} partitions x {len(args.seeds)} seeds), "
-          f"{rounds} rounds each, {args.jobs} processes")
+    runs = [
+        (label, part, seed, rounds, args.config, str(out / "raw"))
+        for part in args.partitions
+        for label in args.methods
+        for seed in args.seeds
+    ]
+    print(
+        f"{len(runs)} runs ({len(args.methods)} methods x {len(args.partitions)} partitions x {len(args.seeds)} seeds), "
+        f"{rounds} rounds each, {args.jobs} processes"
+    )
     start = time.perf_counter()
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = pool.map(run_one, runs) if args.jobs > 1 else map(run_one, runs)  # --jobs 1: in this process
         for i, row in enumerate(results, 1):
             rows.append(row)
-            print(f"[{i}/{len(runs)}] {row['partition']:<16} {row['method']:<30} seed {row['seed']}: personalized "
-                  f"{row['client_accuracy_mean']:.3f} (worst10 {row['client_accuracy_worst10']:.3f}), "
-                  f"global {row['global_client_accuracy_mean']:.3f}, {row['wall_s']:.0f}s", flush=True)
+            print(
+                f"[{i}/{len(runs)}] {row['partition']:<16} {row['method']:<30} seed {row['seed']}: personalized "
+                f"{row['client_accuracy_mean']:.3f} (worst10 {row['client_accuracy_worst10']:.3f}), "
+                f"global {row['global_client_accuracy_mean']:.3f}, {row['wall_s']:.0f}s",
+                flush=True,
+            )
     print(write_table(rows, out))
     plot(rows, out)
     print(f"wrote {out}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")

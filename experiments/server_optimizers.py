@@ -81,17 +81,24 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One run (in a worker process): returns its row with the accuracy curve."""
     import torch  # noqa: PLC0415
 
-    from fedsim.config import load_config  # noqa: PLC0415
+    from fedsim.config import (
+        deep_merge,  # noqa: PLC0415
+        load_config,  # noqa: PLC0415
+    )
     from fedsim.run import run_experiment  # noqa: PLC0415
-    from fedsim.config import deep_merge  # noqa: PLC0415
 
     torch.set_num_threads(1)
     values, centre, side = ARMS[job["arm"]]
     lr = centre * job["scale"]
-    values = deep_merge(values, {
-        "seed": job["seed"], "rounds": job["rounds"], "task": TASKS[job["task"]],
-        "strategy": {"server_lr": lr} if side == "server" else {"server_lr": 1.0},
-    })
+    values = deep_merge(
+        values,
+        {
+            "seed": job["seed"],
+            "rounds": job["rounds"],
+            "task": TASKS[job["task"]],
+            "strategy": {"server_lr": lr} if side == "server" else {"server_lr": 1.0},
+        },
+    )
     if side == "client":
         values = deep_merge(values, {"client": {"lr": lr}})
     config = load_config(job["config"], values=values)
@@ -102,9 +109,18 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     curve = [(r["round"], r["test_accuracy"]) for r in rows if "test_accuracy" in r]
     accuracy = [a for _, a in curve]
     final = statistics.fmean(accuracy[-LAST_EVALS:]) if accuracy and summary.get("status") == "completed" else 0.0
-    return {"task": job["task"], "arm": job["arm"], "lr": lr, "seed": job["seed"], "rounds": job["rounds"],
-            "status": summary.get("status"), "final_accuracy": final, "best_accuracy": max(accuracy, default=0.0),
-            "wall_s": wall, "curve": curve}
+    return {
+        "task": job["task"],
+        "arm": job["arm"],
+        "lr": lr,
+        "seed": job["seed"],
+        "rounds": job["rounds"],
+        "status": summary.get("status"),
+        "final_accuracy": final,
+        "best_accuracy": max(accuracy, default=0.0),
+        "wall_s": wall,
+        "curve": curve,
+    }
 
 
 def rounds_to(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -131,9 +147,11 @@ def summarize(rows: list[dict[str, Any]], out: Path) -> str:
             best_curves[(task, arm)] = [r["curve"] for r in sel]
         top = max(statistics.fmean(r["final_accuracy"] for r in sel) for _, sel in per_arm.values())
         target = np.floor(0.9 * top * 20) / 20  # 90% of the best arm's final accuracy, rounded down to 0.05
-        lines += [f"\n**{task}** (target {100 * target:.0f}% = 90% of the best final accuracy, rounded down to 5%)\n",
-                  "| arm | best lr | final acc. (%) mean ± std | rounds to target (seeds reaching it) | all lrs: final acc. |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"\n**{task}** (target {100 * target:.0f}% = 90% of the best final accuracy, rounded down to 5%)\n",
+            "| arm | best lr | final acc. (%) mean ± std | rounds to target (seeds reaching it) | all lrs: final acc. |",
+            "|---|---|---|---|---|",
+        ]
         for arm, (lr, sel) in per_arm.items():
             finals = [100 * r["final_accuracy"] for r in sel]
             std = statistics.stdev(finals) if len(finals) > 1 else 0.0
@@ -142,13 +160,16 @@ def summarize(rows: list[dict[str, Any]], out: Path) -> str:
             rtt = f"{statistics.fmean(reached):.1f} ({len(reached)}/{len(hits)})" if reached else f"- (0/{len(hits)})"
             all_lrs = ", ".join(
                 f"{r_lr:.3g}: {statistics.fmean(100 * r['final_accuracy'] for r in rows if r['task'] == task and r['arm'] == arm and r['lr'] == r_lr):.1f}"
-                for r_lr in sorted({r["lr"] for r in rows if r["task"] == task and r["arm"] == arm}))
+                for r_lr in sorted({r["lr"] for r in rows if r["task"] == task and r["arm"] == arm})
+            )
             lines.append(f"| {arm} | {lr:.3g} | {statistics.fmean(finals):.1f} ± {std:.1f} | {rtt} | {all_lrs} |")
     seeds = sorted({r["seed"] for r in rows})
     rounds = sorted({r["rounds"] for r in rows})
-    text = (f"Test accuracy, seeds {seeds}, {rounds} rounds; final = mean of the last {LAST_EVALS} evaluations; "
-            f"each arm at its best lr of the grid (mean final accuracy over seeds). Runs: {len(rows)}, "
-            f"{sum(r['wall_s'] for r in rows) / 60:.1f} CPU-minutes of runs.\n" + "\n".join(lines) + "\n")
+    text = (
+        f"Test accuracy, seeds {seeds}, {rounds} rounds; final = mean of the last {LAST_EVALS} evaluations; "
+        f"each arm at its best lr of the grid (mean final accuracy over seeds). Runs: {len(rows)}, "
+        f"{sum(r['wall_s'] for r in rows) / 60:.1f} CPU-minutes of runs.\n" + "\n".join(lines) + "\n"
+    )
     (out / "results.md").write_text(text)
     plot(best_curves, out)
     return text
@@ -167,8 +188,12 @@ def plot(curves: dict[tuple[str, str], list[list[tuple[int, float]]]], out: Path
             if t != task:
                 continue
             x = [r for r, _ in runs[0]]
-            ax.plot(x, np.mean([[a for _, a in run] for run in runs], axis=0), label=arm,
-                    linestyle="--" if arm.startswith("client") else "-")
+            ax.plot(
+                x,
+                np.mean([[a for _, a in run] for run in runs], axis=0),
+                label=arm,
+                linestyle="--" if arm.startswith("client") else "-",
+            )
         ax.set_title(task)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (mean over seeds, best lr)")
@@ -187,8 +212,17 @@ def jobs_for(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
             for scale in scales:
                 for seed in args.seeds:
                     name = f"{task}_{arm.replace(' ', '-')}_lr{ARMS[arm][1] * scale:.3g}_s{seed}"
-                    jobs.append({"task": task, "arm": arm, "scale": scale, "seed": seed, "rounds": args.rounds,
-                                 "config": args.config, "out": str(out / "raw" / name)})
+                    jobs.append(
+                        {
+                            "task": task,
+                            "arm": arm,
+                            "scale": scale,
+                            "seed": seed,
+                            "rounds": args.rounds,
+                            "config": args.config,
+                            "out": str(out / "raw" / name),
+                        }
+                    )
     return jobs
 
 
@@ -215,8 +249,11 @@ def main(argv: list[str] | None = None) -> None:
         with ProcessPoolExecutor(args.jobs) as pool:
             for row in pool.map(run_one, jobs):
                 rows.append(row)
-                print(f"{row['task']:<18} {row['arm']:<11} lr {row['lr']:<8.3g} seed {row['seed']}: "
-                      f"final {100 * row['final_accuracy']:.1f}  {row['wall_s']:.1f}s", flush=True)
+                print(
+                    f"{row['task']:<18} {row['arm']:<11} lr {row['lr']:<8.3g} seed {row['seed']}: "
+                    f"final {100 * row['final_accuracy']:.1f}  {row['wall_s']:.1f}s",
+                    flush=True,
+                )
     else:
         rows = [run_one(job) for job in jobs]
     print(summarize(rows, out))

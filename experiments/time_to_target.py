@@ -12,9 +12,10 @@ import argparse
 import csv
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,11 +27,18 @@ BASE_FIELDS = ["strategy", "seed", "time_to_target", "updates_to_target", "final
 COUNT_FIELDS = ["server_updates", "client_jobs", "dropouts", "executor_batch_mean", "wall_s"]
 
 
-def measure(label: str, row: dict[str, Any], seed: int, config_path: str, executor: str,
-            extra: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+def measure(
+    label: str,
+    row: dict[str, Any],
+    seed: int,
+    config_path: str,
+    executor: str,
+    extra: Callable[[Any, Any], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One run of ``row`` with ``seed``; ``extra(experiment, config)`` adds columns of its own."""
-    overrides = deep_merge(row, {"seed": seed, "executor": {"name": executor},
-                                 "output": {"progress": False, "tensorboard": False}})
+    overrides = deep_merge(
+        row, {"seed": seed, "executor": {"name": executor}, "output": {"progress": False, "tensorboard": False}}
+    )
     config = load_config(config_path, values=overrides)
     experiment = build(config)
     start = time.perf_counter()
@@ -38,16 +46,21 @@ def measure(label: str, row: dict[str, Any], seed: int, config_path: str, execut
     history = experiment.engine.history
     reached = summary["time_to_accuracy"] or {}
     result = {
-        "strategy": label, "seed": seed,
-        "time_to_target": reached.get("virtual_time"), "updates_to_target": reached.get("server_updates"),
+        "strategy": label,
+        "seed": seed,
+        "time_to_target": reached.get("virtual_time"),
+        "updates_to_target": reached.get("server_updates"),
         "final_accuracy": statistics.fmean(h["test_accuracy"] for h in history[-LAST_EVALS:]),
     }
     if extra is not None:
         result |= extra(experiment, config)
     return result | {
-        "server_updates": summary["rounds"], "client_jobs": summary["jobs_dispatched"],
-        "dropouts": summary["dropouts"], "executor_batch_mean": summary["executor_batch_mean"],
-        "wall_s": time.perf_counter() - start, "target": config.eval.target_accuracy,
+        "server_updates": summary["rounds"],
+        "client_jobs": summary["jobs_dispatched"],
+        "dropouts": summary["dropouts"],
+        "executor_batch_mean": summary["executor_batch_mean"],
+        "wall_s": time.perf_counter() - start,
+        "target": config.eval.target_accuracy,
         "curve": [(h["virtual_time"], h["test_accuracy"]) for h in history],
     }
 
@@ -59,8 +72,14 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
 
-def write_table(rows: list[dict[str, Any]], out: Path, labels: list[str], extra_fields: list[str],
-                extra_headers: list[str], extra_cells: Callable[[list[dict[str, Any]]], list[str]]) -> str:
+def write_table(
+    rows: list[dict[str, Any]],
+    out: Path,
+    labels: list[str],
+    extra_fields: list[str],
+    extra_headers: list[str],
+    extra_cells: Callable[[list[dict[str, Any]]], list[str]],
+) -> str:
     """results.csv (every run) and results.md (mean ± std per row label); returns the markdown table.
 
     The table has the time-to-target columns, then ``extra_headers`` whose cells
@@ -70,17 +89,26 @@ def write_table(rows: list[dict[str, Any]], out: Path, labels: list[str], extra_
         writer.writeheader()
         writer.writerows(rows)
     target = rows[0]["target"]
-    headers = [f"virtual s to {100 * target:.0f}%", f"server updates to {100 * target:.0f}%", "reached",
-               "final accuracy (%)", *extra_headers]
+    headers = [
+        f"virtual s to {100 * target:.0f}%",
+        f"server updates to {100 * target:.0f}%",
+        "reached",
+        "final accuracy (%)",
+        *extra_headers,
+    ]
     lines = ["| strategy | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
     for label in labels:
         mine = [r for r in rows if r["strategy"] == label]
         if not mine:
             continue
         hit = [r for r in mine if r["time_to_target"] is not None]
-        cells = [mean_std([r["time_to_target"] for r in hit], digits=0),
-                 mean_std([r["updates_to_target"] for r in hit], digits=0), f"{len(hit)}/{len(mine)}",
-                 mean_std([r["final_accuracy"] for r in mine], 100), *extra_cells(mine)]
+        cells = [
+            mean_std([r["time_to_target"] for r in hit], digits=0),
+            mean_std([r["updates_to_target"] for r in hit], digits=0),
+            f"{len(hit)}/{len(mine)}",
+            mean_std([r["final_accuracy"] for r in mine], 100),
+            *extra_cells(mine),
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (out / "results.md").write_text(
@@ -117,8 +145,15 @@ def plot(rows: list[dict[str, Any]], out: Path, labels: list[str], title: str, l
     plt.close(fig)
 
 
-def main(description: str, labels: list[str], run_one: Callable[[tuple[str, int, str, str]], dict[str, Any]],
-         config: Path, executor: str, out: Path, report: Callable[[list[dict[str, Any]], Path], str]) -> None:
+def main(
+    description: str,
+    labels: list[str],
+    run_one: Callable[[tuple[str, int, str, str]], dict[str, Any]],
+    config: Path,
+    executor: str,
+    out: Path,
+    report: Callable[[list[dict[str, Any]], Path], str],
+) -> None:
     """Parse the common flags, run every (row, seed) with ``run_one`` in parallel processes,
     print progress, then ``report(rows, out)`` (writes the results, returns the table to print)."""
     parser = argparse.ArgumentParser(description=description)
@@ -139,7 +174,10 @@ def main(description: str, labels: list[str], run_one: Callable[[tuple[str, int,
         for i, row in enumerate(pool.map(run_one, runs), 1):
             rows.append(row)
             reached = f"{row['time_to_target']:.0f} s" if row["time_to_target"] is not None else "not reached"
-            print(f"[{i}/{len(runs)}] {row['strategy']:<32} seed {row['seed']}: target {reached}, "
-                  f"final accuracy {row['final_accuracy']:.4f}, {row['client_jobs']} jobs", flush=True)
+            print(
+                f"[{i}/{len(runs)}] {row['strategy']:<32} seed {row['seed']}: target {reached}, "
+                f"final accuracy {row['final_accuracy']:.4f}, {row['client_jobs']} jobs",
+                flush=True,
+            )
     print(report(rows, folder))
     print(f"wrote {folder}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")

@@ -41,16 +41,27 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from fedsim.registry import Registry
 from fedsim.rng import numpy_generator
 
-__all__ = ["ATTACKS", "Attack", "ByzantinePlan", "plan_byzantine", "nominal_cohort", "client_train_data",
-           "ByzantineMonitor", "BYZANTINE_KEY", "DATA_ATTACK_KEY", "label_flip"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "ByzantinePlan",
+    "plan_byzantine",
+    "nominal_cohort",
+    "client_train_data",
+    "ByzantineMonitor",
+    "BYZANTINE_KEY",
+    "DATA_ATTACK_KEY",
+    "label_flip",
+]
 
 BYZANTINE_KEY = "byzantine"  # job config key: 1 for an attacker's job (absent for honest clients)
 DATA_ATTACK_KEY = "data_attack"  # job config key: the data-side attack an attacker's training uses
@@ -89,22 +100,30 @@ def _ipm(eps: float = 0.1) -> dict[str, Any]:
 
 ATTACKS: Registry[Attack] = Registry("attack")
 ATTACKS.register("none", "attackers send honest updates (tests the aggregators' cost without an attack)")(
-    Attack("none", "", _no_options))
+    Attack("none", "", _no_options)
+)
 ATTACKS.register("sign_flip", "each attacker sends its own update negated, -Delta_i")(
-    Attack("client", "attack_sign_flip", _no_options))
+    Attack("client", "attack_sign_flip", _no_options)
+)
 ATTACKS.register("scale", "each attacker sends scale * Delta_i (byzantine_options.scale, default 10)")(
-    Attack("client", "attack_scale", _scale))
+    Attack("client", "attack_scale", _scale)
+)
 ATTACKS.register("gaussian", "each attacker sends N(0, std^2 I) (byzantine_options.std, default 1)")(
-    Attack("client", "attack_gaussian", _gaussian))
+    Attack("client", "attack_gaussian", _gaussian)
+)
 ATTACKS.register("label_flip", "attackers train honestly on flipped labels y -> C - 1 - y (data side)")(
-    Attack("data", "label_flip", _no_options))
+    Attack("data", "label_flip", _no_options)
+)
 ATTACKS.register("alie", "omniscient: mean - z*std of the update's honest deltas (Baruch et al. 2019)")(
-    Attack("server", "alie", _alie))
+    Attack("server", "alie", _alie)
+)
 ATTACKS.register("ipm", "omniscient: -eps * mean of the update's honest deltas (Xie et al. 2020)")(
-    Attack("server", "ipm", _ipm))
+    Attack("server", "ipm", _ipm)
+)
 
 
 # ----------------------------------------------------------------------------- data-side attacks
+
 
 def label_flip(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """y -> C - 1 - y (the label flipping of Allen-Zhu et al. 2020 / byzfl's benchmark)."""
@@ -130,6 +149,7 @@ def client_train_data(task: Any, job: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- the plan
+
 
 @dataclass(frozen=True)
 class ByzantinePlan:
@@ -179,8 +199,10 @@ def plan_byzantine(config: Any, num_clients: int) -> ByzantinePlan:
     params = inspect.signature(attack.options).parameters
     unknown = sorted(set(pop.byzantine_options) - set(params))
     if unknown:
-        raise ValueError(f"population.byzantine_options.{unknown[0]} is not an option of attack '{pop.byzantine_attack}'; "
-                         f"it takes: {', '.join(params) or 'none'}")
+        raise ValueError(
+            f"population.byzantine_options.{unknown[0]} is not an option of attack '{pop.byzantine_attack}'; "
+            f"it takes: {', '.join(params) or 'none'}"
+        )
     options = attack.options(**pop.byzantine_options)
     if pop.byzantine_ids is not None:
         bad = [i for i in pop.byzantine_ids if not 0 <= i < num_clients]
@@ -192,8 +214,10 @@ def plan_byzantine(config: Any, num_clients: int) -> ByzantinePlan:
         fraction = float(pop.byzantine_fraction)
         count = int(math.floor(fraction * num_clients + 0.5))
         if fraction > 0 and count == 0:
-            raise ValueError(f"population.byzantine_fraction {fraction:g} of {num_clients} clients rounds to 0 attackers; "
-                             f"raise it to at least {0.5 / num_clients:.3g}")
+            raise ValueError(
+                f"population.byzantine_fraction {fraction:g} of {num_clients} clients rounds to 0 attackers; "
+                f"raise it to at least {0.5 / num_clients:.3g}"
+            )
         order = numpy_generator(config.seed, "byzantine").permutation(num_clients)
         attackers = frozenset(int(i) for i in order[:count])
     cohort, source = nominal_cohort(config, num_clients)
@@ -201,9 +225,11 @@ def plan_byzantine(config: Any, num_clients: int) -> ByzantinePlan:
     f = int(math.ceil(fraction * cohort - 1e-9)) if attackers else 0
     notes = []
     if attackers:
-        notes.append(f"byzantine: {len(attackers)} of {num_clients} clients attack ({pop.byzantine_attack}); "
-                     f"aggregators assume f = {config.strategy.byzantine_f if config.strategy.byzantine_f is not None else f} "
-                     f"of n = {cohort} updates per aggregation")
+        notes.append(
+            f"byzantine: {len(attackers)} of {num_clients} clients attack ({pop.byzantine_attack}); "
+            f"aggregators assume f = {config.strategy.byzantine_f if config.strategy.byzantine_f is not None else f} "
+            f"of n = {cohort} updates per aggregation"
+        )
     return ByzantinePlan(attackers, pop.byzantine_attack, options, f, cohort, source, notes)
 
 

@@ -84,7 +84,9 @@ class Evaluation:
 
     def record(self, engine: Engine) -> dict[str, Any]:
         """Evaluate the model now: the evaluation record, before the callbacks' metrics."""
-        metrics = self.evaluator.evaluate(engine.state.params, engine.client_states)  # personal models from client state
+        metrics = self.evaluator.evaluate(
+            engine.state.params, engine.client_states
+        )  # personal models from client state
         record = {
             "round": engine.state.version,
             "virtual_time": engine.now,

@@ -47,14 +47,25 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["encode", "decode", "checkpointable", "registered_classes", "save_checkpoint", "load_checkpoint",
-           "Checkpointer", "CHECKPOINT_NAME", "CheckpointError", "FORMAT_VERSION"]
+__all__ = [
+    "encode",
+    "decode",
+    "checkpointable",
+    "registered_classes",
+    "save_checkpoint",
+    "load_checkpoint",
+    "Checkpointer",
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "FORMAT_VERSION",
+]
 
 log = logging.getLogger("fedsim")
 
@@ -92,11 +103,16 @@ def checkpointable(cls: T | None = None, *, name: str | None = None) -> T | Call
         key = name or f"{cls.__module__}:{cls.__qualname__}"
         kind = _kind(cls)
         if kind == "fields" and not all(f.init for f in dataclasses.fields(cls)):
-            raise TypeError(f"@checkpointable {key}: a dataclass is rebuilt from its fields; every field needs init=True")
-        if kind == "state" and not (callable(getattr(cls, "state_dict", None))
-                                    and callable(getattr(cls, "from_state_dict", None))):
-            raise TypeError(f"@checkpointable {key}: not a dataclass or NamedTuple, so it needs state_dict() and "
-                            "a classmethod from_state_dict(state, **context)")
+            raise TypeError(
+                f"@checkpointable {key}: a dataclass is rebuilt from its fields; every field needs init=True"
+            )
+        if kind == "state" and not (
+            callable(getattr(cls, "state_dict", None)) and callable(getattr(cls, "from_state_dict", None))
+        ):
+            raise TypeError(
+                f"@checkpointable {key}: not a dataclass or NamedTuple, so it needs state_dict() and "
+                "a classmethod from_state_dict(state, **context)"
+            )
         if _CLASSES.get(key, cls) is not cls:
             raise ValueError(f"@checkpointable: the name {key} is already taken by {_CLASSES[key]!r}")
         _CLASSES[key] = cls
@@ -126,8 +142,10 @@ def encode(value: Any) -> Any:
         if kind == "values":
             return {"__object__": _NAMES[cls], "values": [encode(v) for v in value]}
         if kind == "fields":
-            return {"__object__": _NAMES[cls],
-                    "attrs": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+            return {
+                "__object__": _NAMES[cls],
+                "attrs": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)},
+            }
         return {"__object__": _NAMES[cls], "state": encode(value.state_dict())}
     if isinstance(value, np.ndarray):
         if value.dtype == object:
@@ -143,8 +161,10 @@ def encode(value: Any) -> Any:
         return {"__tuple__": [encode(v) for v in value]}
     if isinstance(value, (set, frozenset)):
         return {"__set__": [encode(v) for v in sorted(value)]}
-    raise TypeError(f"cannot checkpoint a {cls.__module__}.{cls.__qualname__} "
-                    "(register its class with @fedsim.checkpoint.checkpointable)")
+    raise TypeError(
+        f"cannot checkpoint a {cls.__module__}.{cls.__qualname__} "
+        "(register its class with @fedsim.checkpoint.checkpointable)"
+    )
 
 
 def decode(value: Any, where: str = "checkpoint", **context: Any) -> Any:
@@ -217,8 +237,10 @@ def _decode_object(value: dict, where: str, context: Mapping[str, Any]) -> Any:
     name = value["__object__"]
     cls = _CLASSES.get(name) if type(name) is str else None
     if cls is None:
-        raise CheckpointError(f"{where}: class {str(name)[:100]!r} is not registered for checkpoints "
-                              "(only plain data and @checkpointable classes are read)")
+        raise CheckpointError(
+            f"{where}: class {str(name)[:100]!r} is not registered for checkpoints "
+            "(only plain data and @checkpointable classes are read)"
+        )
     kind = _kind(cls)
     (payload_key,) = set(value) - {"__object__"}
     expected = {"values": "values", "fields": "attrs", "state": "state"}[kind]
@@ -237,9 +259,11 @@ def _decode_object(value: dict, where: str, context: Mapping[str, Any]) -> Any:
             names = [f.name for f in dataclasses.fields(cls)]
             extra, missing = sorted(set(payload) - set(names)), [n for n in names if n not in payload]
             if extra or missing:
-                raise CheckpointError(f"{where}: {name} takes exactly the fields {', '.join(names)} "
-                                      f"(the file gives {'extra ' + ', '.join(extra[:3]) if extra else ''}"
-                                      f"{'; ' if extra and missing else ''}{'no ' + ', '.join(missing[:3]) if missing else ''})")
+                raise CheckpointError(
+                    f"{where}: {name} takes exactly the fields {', '.join(names)} "
+                    f"(the file gives {'extra ' + ', '.join(extra[:3]) if extra else ''}"
+                    f"{'; ' if extra and missing else ''}{'no ' + ', '.join(missing[:3]) if missing else ''})"
+                )
             return cls(**{k: _decode(v, f"{where}.{k}", context) for k, v in payload.items()})
         return cls.from_state_dict(_decode(payload, f"{where}.state", context), **context)
     except CheckpointError:
@@ -273,8 +297,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no checkpoint (was the run started with --checkpoint-every, "
-                              "or stopped by SIGINT/SIGTERM?)") from None
+        raise CheckpointError(
+            f"{path}: no checkpoint (was the run started with --checkpoint-every, or stopped by SIGINT/SIGTERM?)"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
     if not data:
@@ -282,9 +307,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     header, payload = data[:_HEADER_LEN], data[_HEADER_LEN:]
     if not header.startswith(MAGIC + b" "):
         old = data.startswith(b"PK")  # format 1 was a bare torch.save (a zip file)
-        raise CheckpointError(f"{path}: " + ("written by an older fedsim without a checksum; it cannot be resumed, "
-                                             "start the run again" if old else "not a fedsim checkpoint"))
-    fields = header[len(MAGIC) + 1:].split(b" ")
+        raise CheckpointError(
+            f"{path}: "
+            + (
+                "written by an older fedsim without a checksum; it cannot be resumed, start the run again"
+                if old
+                else "not a fedsim checkpoint"
+            )
+        )
+    fields = header[len(MAGIC) + 1 :].split(b" ")
     if len(header) < _HEADER_LEN or len(fields) != 2 or not fields[0].isdigit() or not header.endswith(b"\n"):
         raise CheckpointError(f"{path}: truncated or damaged checkpoint header")
     if int(fields[0]) != FORMAT_VERSION:
@@ -299,7 +330,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         marks = [i for i, line in enumerate(lines) if "WeightsUnpickler error" in line]
         if marks:  # torch's weights-only refusal: what it refused follows this marker
             rest = lines[marks[0]].split("WeightsUnpickler error:", 1)[-1].strip()
-            text = "it holds more than plain data: " + (rest or (lines[marks[0] + 1] if marks[0] + 1 < len(lines) else "?"))
+            text = "it holds more than plain data: " + (
+                rest or (lines[marks[0] + 1] if marks[0] + 1 < len(lines) else "?")
+            )
         raise CheckpointError(f"{path}: not a readable fedsim checkpoint ({text[:200]})") from None
     if type(state) is not dict or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a fedsim checkpoint of format {FORMAT_VERSION}")
@@ -315,8 +348,14 @@ class Checkpointer:
     it), so a checkpoint is always a state the loop can continue from.
     """
 
-    def __init__(self, path: Path, every: int | None, snapshot: Any, every_time: float | None = None,
-                 every_wall: float | None = None):
+    def __init__(
+        self,
+        path: Path,
+        every: int | None,
+        snapshot: Any,
+        every_time: float | None = None,
+        every_wall: float | None = None,
+    ):
         self.path = Path(path)
         self.every = every
         self.every_time = every_time

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fedsim import __version__
 from fedsim.config import ConfigError, load_config
@@ -73,8 +74,10 @@ def _flag_help(flag: str, detailed: bool) -> str:
         parts.append(f"choices: {', '.join(registries.get(kind).names())}")
     default = _config_default(key)
     if default is not None:
-        parts.append(f"default: {default}" + (" (a strategy preset may suggest another: fedsim show NAME)"
-                                              if key in _preset_keys() else ""))
+        parts.append(
+            f"default: {default}"
+            + (" (a strategy preset may suggest another: fedsim show NAME)" if key in _preset_keys() else "")
+        )
     return "; ".join(parts)
 
 
@@ -95,28 +98,56 @@ def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one experiment, or a sweep over seeds and settings",
-                         description="Run one experiment (or, with --seeds/--sweep, one per combination).")
+    run = sub.add_parser(
+        "run",
+        help="run one experiment, or a sweep over seeds and settings",
+        description="Run one experiment (or, with --seeds/--sweep, one per combination).",
+    )
     run.add_argument("--config", help="YAML config file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set strategy.server_lr=0.5 (repeatable, applied in order)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set strategy.server_lr=0.5 (repeatable, applied in order)",
+    )
     _add_plugin_flag(run)
     for flag in FLAG_KEYS:
         metavar = "NAME" if FLAG_KEYS[flag][1] else {int: "N", float: "F"}.get(FLAG_TYPES.get(flag, str), None)
-        run.add_argument(f"--{flag.replace('_', '-')}", type=FLAG_TYPES.get(flag, str), metavar=metavar,
-                         help=_flag_help(flag, detailed_help))
+        run.add_argument(
+            f"--{flag.replace('_', '-')}",
+            type=FLAG_TYPES.get(flag, str),
+            metavar=metavar,
+            help=_flag_help(flag, detailed_help),
+        )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run from RUN_DIR/checkpoint.pt (config from RUN_DIR/config.yaml)")
-    run.add_argument("--force", action="store_true",
-                     help="run even if the memory estimate says the run does not fit this machine")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a killed or interrupted run from RUN_DIR/checkpoint.pt (config from RUN_DIR/config.yaml)",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="run even if the memory estimate says the run does not fit this machine"
+    )
     run.add_argument("--dry-run", action="store_true", help="print the fully resolved config (YAML) and exit")
     run.add_argument("--seeds", metavar="S1,S2,...", help="run once per seed, e.g. --seeds 0,1,2")
-    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
-                     help="run once per value (repeatable: every combination), e.g. --sweep strategy.name=fedau,fedavg")
-    run.add_argument("--jobs", type=int, default=1, metavar="N",
-                     help="sweeps: run N experiments at once on a local Ray instance (default 1: one after another)")
+    run.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="run once per value (repeatable: every combination), e.g. --sweep strategy.name=fedau,fedavg",
+    )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sweeps: run N experiments at once on a local Ray instance (default 1: one after another)",
+    )
 
     lst = sub.add_parser("list", help="list strategies, clients, tasks, partitioners, executors, ...")
     lst.add_argument("kind", nargs="?", help="only this kind (e.g. strategy, weighting, task, participation)")
@@ -129,24 +160,39 @@ def _parser(detailed_help: bool = False) -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="compare runs: final/best metrics, time to accuracy, mean ± std over seeds")
     table.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or folders holding runs")
     table.add_argument("--metric", default="test_accuracy", help="metric to compare (default test_accuracy)")
-    table.add_argument("--target", type=float,
-                       help="time-to-accuracy threshold (default: the best value every run reached, rounded down to 0.01)")
+    table.add_argument(
+        "--target",
+        type=float,
+        help="time-to-accuracy threshold (default: the best value every run reached, rounded down to 0.01)",
+    )
     table.add_argument("--csv", action="store_true", help="CSV (one column per mean and std) instead of markdown")
 
     plot = sub.add_parser("plot", help="plot a metric for runs (mean ± std band over seeds per group) into a PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run folders or folders holding runs")
     plot.add_argument("--metric", default="test_accuracy", help="default test_accuracy")
-    plot.add_argument("--x", default="round", help="round | virtual_time | wall_time | bytes_up | bytes_down (default round)")
+    plot.add_argument(
+        "--x", default="round", help="round | virtual_time | wall_time | bytes_up | bytes_down (default round)"
+    )
     plot.add_argument("--out", default="plot.png", help="PNG path (default plot.png)")
-    plot.add_argument("--label", action="append", metavar="TEXT",
-                      help="legend label per group, in the order the groups are listed (repeatable)")
+    plot.add_argument(
+        "--label",
+        action="append",
+        metavar="TEXT",
+        help="legend label per group, in the order the groups are listed (repeatable)",
+    )
     plot.add_argument("--title", help="plot title")
     return parser
 
 
 def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first, so the names it registers can be used (repeatable)")
+    parser.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, so the names it registers can be used (repeatable)",
+    )
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str]:
@@ -199,8 +245,10 @@ def _report(summary: dict, out: Any) -> int:
         print(sweep.done_line(summary, out))
         return 0
     hint = f" (continue it with --resume {out})" if status == "interrupted" and summary.get("checkpoint") else ""
-    print(f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}{hint}",
-          file=sys.stderr)
+    print(
+        f"fedsim: run {status} at round {summary['rounds']}: {summary.get('reason', '')} -> {out}{hint}",
+        file=sys.stderr,
+    )
     return exit_code(summary)
 
 
@@ -209,7 +257,9 @@ def _resume(args: argparse.Namespace, overrides: list[str]) -> int:
 
     given = [flag for flag in ("config", "seeds", "dry_run", "overwrite", "plugins") if getattr(args, flag)]
     if given or args.sweep or args.jobs != 1:
-        raise ConfigError(f"--resume takes its config from RUN_DIR/config.yaml; drop --{(given or ['sweep'])[0].replace('_', '-')}")
+        raise ConfigError(
+            f"--resume takes its config from RUN_DIR/config.yaml; drop --{(given or ['sweep'])[0].replace('_', '-')}"
+        )
     from fedsim.metrics import check_resumable  # noqa: PLC0415
 
     run_dir = Path(args.resume).expanduser()
@@ -234,8 +284,16 @@ def _keep_plugin_traceback(log_file: Path) -> None:
     except OSError:
         return  # the one-line error is printed all the same
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.handle(logging.makeLogRecord({"name": "fedsim", "levelno": logging.ERROR, "levelname": "ERROR",
-                                          "msg": f"--resume: a plugin failed to import\n{text.rstrip()}"}))
+    handler.handle(
+        logging.makeLogRecord(
+            {
+                "name": "fedsim",
+                "levelno": logging.ERROR,
+                "levelname": "ERROR",
+                "msg": f"--resume: a plugin failed to import\n{text.rstrip()}",
+            }
+        )
+    )
     handler.close()
 
 
@@ -331,8 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("fedsim")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    commands: dict[str, Any] = {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show, "table": _cmd_table,
-                                "plot": _cmd_plot}
+    commands: dict[str, Any] = {
+        "run": _cmd_run,
+        "list": _cmd_list,
+        "show": _cmd_show,
+        "table": _cmd_table,
+        "plot": _cmd_plot,
+    }
     try:
         return commands[args.command](args)
     except (ConfigError, UnknownNameError, FileNotFoundError, PluginError) as exc:

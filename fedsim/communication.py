@@ -79,8 +79,9 @@ class Link:
             out[i] = bps[max(0, int(np.searchsorted(times, t, side="right")) - 1)]
         return out
 
-    def seconds(self, ids: np.ndarray, up_bits: np.ndarray, down_bits: np.ndarray, now: float,
-                compute: np.ndarray) -> np.ndarray:
+    def seconds(
+        self, ids: np.ndarray, up_bits: np.ndarray, down_bits: np.ndarray, now: float, compute: np.ndarray
+    ) -> np.ndarray:
         """Communication seconds of each job dispatched at ``now``: download, then (after ``compute``) upload."""
         down = down_bits / (self.asymmetry * self.up_rate(ids, now)) + self.latency
         up = up_bits / self.up_rate(ids, now + down + compute) + self.latency
@@ -147,10 +148,14 @@ def compressor_options(c: Any) -> dict[str, Any] | None:
     opts: dict[str, Any] = {"compressor": c.compressor, "per_layer": c.per_layer}
     if c.error_feedback is not None:
         opts["error_feedback"] = c.error_feedback
-    opts |= {"topk": {"ratio": c.ratio}, "randomk": {"ratio": c.ratio}, "qsgd": {"levels": c.levels},
-             "powersgd": {"rank": c.rank}, "sign": {},
-             "lgreco": {"base": c.lgreco_base, "rank": c.rank, "ratio": c.ratio, "error_budget": c.error_budget},
-             }.get(c.compressor, {})
+    opts |= {
+        "topk": {"ratio": c.ratio},
+        "randomk": {"ratio": c.ratio},
+        "qsgd": {"levels": c.levels},
+        "powersgd": {"rank": c.rank},
+        "sign": {},
+        "lgreco": {"base": c.lgreco_base, "rank": c.rank, "ratio": c.ratio, "error_budget": c.error_budget},
+    }.get(c.compressor, {})
     return opts
 
 
@@ -185,8 +190,10 @@ def plan_communication(config: Any, layout: ParamLayout, num_clients: int) -> Co
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if compressor.error_feedback and config.privacy.mode != "off":
-            raise ConfigError(f"communication.error_feedback: the residual carried into the next upload escapes "
-                              f"privacy.mode {config.privacy.mode}'s clip bound; set communication.error_feedback=false")
+            raise ConfigError(
+                f"communication.error_feedback: the residual carried into the next upload escapes "
+                f"privacy.mode {config.privacy.mode}'s clip bound; set communication.error_feedback=false"
+            )
         transforms.append(("compress", opts))
     if c.uplink_snr_db is not None:
         transforms.append(("link_noise", {"snr_db": c.uplink_snr_db}))

@@ -80,7 +80,6 @@ class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: Annotated[str, RegistryName("task")] = "synthetic"
 
-
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -88,12 +87,13 @@ class TaskConfig(BaseModel):
 
 class DataConfig(_Strict):
     num_clients: int = Field(100, ge=1, le=MAX_CLIENTS)
-    partition: Annotated[str, RegistryName("partitioner", also=("auto",))] = "auto"  # "auto" = the task's natural split if it has one, else dirichlet
+    partition: Annotated[str, RegistryName("partitioner", also=("auto",))] = (
+        "auto"  # "auto" = the task's natural split if it has one, else dirichlet
+    )
     alpha: float = Field(0.5, gt=0)  # dirichlet concentration
     shards_per_client: int = Field(2, ge=1, le=MAX_SHARDS_PER_CLIENT)
     min_samples: int = Field(1, ge=0)
     test_fraction: float = Field(0.2, ge=0, lt=1)
-
 
 
 class PopulationConfig(_Strict):
@@ -115,7 +115,9 @@ class PopulationConfig(_Strict):
     speed: Annotated[str, RegistryName("speed")] = "constant"
     step_time: float = Field(0.01, gt=0)  # virtual seconds per local step (median client)
     speed_sigma: float = Field(0.5, ge=0)  # lognormal spread of per-client step times
-    speed_tiers: list[list[float]] = Field(default_factory=lambda: [[0.5, 1.0], [0.3, 2.0], [0.2, 5.0]])  # "tiered": [fraction, slowdown]
+    speed_tiers: list[list[float]] = Field(
+        default_factory=lambda: [[0.5, 1.0], [0.3, 2.0], [0.2, 5.0]]
+    )  # "tiered": [fraction, slowdown]
     device_file: str | None = None  # "device_file": FedScale device capacity pickle
     comm_time: float = Field(0.0, ge=0)  # fixed virtual seconds of latency per job
     bandwidth: float | None = Field(None, gt=0)  # Mbit/s per client: adds 2 x model size / bandwidth per job
@@ -131,8 +133,6 @@ class PopulationConfig(_Strict):
         """(mean_prob, min_prob) with null resolved: clients_per_round / num_clients and mean / 5."""
         mean = self.mean_prob if self.mean_prob is not None else min(1.0, self.clients_per_round / num_clients)
         return mean, (self.min_prob if self.min_prob is not None else mean / 5)
-
-
 
     @field_validator("byzantine_attack")
     @classmethod
@@ -163,7 +163,9 @@ class ClientConfig(_Strict):
     local_epochs: int = Field(1, ge=1, le=MAX_LOCAL_EPOCHS)
     local_steps: int | None = Field(None, ge=1, le=MAX_LOCAL_STEPS)  # if set, overrides local_epochs
     batch_size: int = Field(10, ge=1, le=MAX_BATCH_SIZE)
-    optimizer: Annotated[str, RegistryName("optimizer")] = "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
+    optimizer: Annotated[str, RegistryName("optimizer")] = (
+        "sgd"  # any torch.optim optimizer by name (sgd, adam, adamw, rmsprop, ...)
+    )
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     optimizer_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -175,12 +177,16 @@ class ClientConfig(_Strict):
     rho: float | None = Field(None, ge=0)  # fedsam, mofedsam, fedspeed: SAM perturbation radius
     alpha: float | None = Field(None, ge=0, le=1)  # mofedsam, fedcm: weight of the local gradient vs server momentum
     beta: float | None = Field(None, ge=0, lt=1)  # polyak (MoNNA client): momentum of the sent update
-    sam_alpha: float | None = Field(None, ge=0, le=1)  # fedspeed: g = (1 - sam_alpha) g1 + sam_alpha g2 (1: reference code)
+    sam_alpha: float | None = Field(
+        None, ge=0, le=1
+    )  # fedspeed: g = (1 - sam_alpha) g1 + sam_alpha g2 (1: reference code)
     alpha_lr: float | None = Field(None, ge=0)  # apfl: step size of the adaptive mixing weight (None: alpha fixed)
-    personal_layers: list[str] | int | None = None  # fedper, fedrep: the personal head, parameter-name prefixes or a count of final layers (default 1)
-    head_steps: int | None = Field(None, ge=0, le=MAX_LOCAL_STEPS)  # fedrep: head-only local steps before the body's (default 10)
-
-
+    personal_layers: list[str] | int | None = (
+        None  # fedper, fedrep: the personal head, parameter-name prefixes or a count of final layers (default 1)
+    )
+    head_steps: int | None = Field(
+        None, ge=0, le=MAX_LOCAL_STEPS
+    )  # fedrep: head-only local steps before the body's (default 10)
 
     @field_validator("personal_layers")
     @classmethod
@@ -250,7 +256,9 @@ class StrategyConfig(_Strict):
     tau: float | None = Field(None, gt=0)
     bias_correction: bool | None = None
     cutoff: int | None = Field(None, ge=1)  # FedAU's K; None = no cutoff (K -> infinity)
-    staleness: Annotated[str | None, RegistryName("staleness")] = None  # staleness weighting s(tau): constant | polynomial | hinge
+    staleness: Annotated[str | None, RegistryName("staleness")] = (
+        None  # staleness weighting s(tau): constant | polynomial | hinge
+    )
     staleness_a: float | None = Field(None, ge=0)  # polynomial exponent a / hinge slope a
     staleness_b: float | None = Field(None, ge=0)  # hinge: updates up to b versions stale get weight 1
     # robust aggregators (strategies/robust/)
@@ -259,9 +267,6 @@ class StrategyConfig(_Strict):
     iterations: int | None = Field(None, ge=1)  # centered clipping L / geometric median Weiszfeld steps T
     selection: int | None = Field(None, ge=1)  # multi-Krum: m updates averaged
     smoothing: float | None = Field(None, gt=0)  # geometric median: Weiszfeld smoothing nu
-
-
-
 
     @field_validator("server_optimizer_kwargs")
     @classmethod
@@ -272,11 +277,12 @@ class StrategyConfig(_Strict):
         return v or None  # {} = unset
 
 
-
 class AnarchicConfig(_Strict):
     idle_mean: float = Field(1.0, gt=0)  # mean virtual seconds a client waits before joining again
     idle_sigma: float = Field(1.0, ge=0)  # lognormal spread of that mean across clients
-    min_steps: int = Field(1, ge=1, le=MAX_LOCAL_STEPS)  # local steps a client chooses: uniform in [min_steps, max_steps]
+    min_steps: int = Field(
+        1, ge=1, le=MAX_LOCAL_STEPS
+    )  # local steps a client chooses: uniform in [min_steps, max_steps]
     max_steps: int = Field(10, ge=1, le=MAX_LOCAL_STEPS)
 
 
@@ -284,7 +290,9 @@ class SchedulerConfig(_Strict):
     """When clients train and when the server aggregates (see fedsim/schedulers.py)."""
 
     name: Annotated[str, RegistryName("scheduler")] = "sync"  # sync | buffered | periodic
-    over_selection: float = Field(0.0, ge=0, le=MAX_OVER_SELECTION)  # sync + uniform: dispatch (1+x) clients_per_round, keep the first
+    over_selection: float = Field(
+        0.0, ge=0, le=MAX_OVER_SELECTION
+    )  # sync + uniform: dispatch (1+x) clients_per_round, keep the first
     buffer_size: int = Field(10, ge=1, le=MAX_CLIENTS_PER_CALL)  # buffered: K arrivals per server update
     interval: float | None = Field(None, gt=0)  # periodic: virtual seconds between server updates
     arrivals: Annotated[str, RegistryName("arrivals")] = "concurrency"  # concurrency | rate | anarchic
@@ -294,8 +302,6 @@ class SchedulerConfig(_Strict):
     max_staleness: int | None = Field(None, ge=0)  # refuse (and count) staler updates
     max_time: float | None = Field(None, gt=0)  # stop at this virtual time, whatever the updates
     anarchic: AnarchicConfig = Field(default_factory=AnarchicConfig)
-
-
 
     @field_validator("arrival_process")
     @classmethod
@@ -309,16 +315,23 @@ COMPILE_CHOICES = ("auto", "on", "off")
 
 
 class ExecutorConfig(_Strict):
-    name: Annotated[str, RegistryName("executor")] = "auto"  # vmap when the client algorithm and model batch, else serial
+    name: Annotated[str, RegistryName("executor")] = (
+        "auto"  # vmap when the client algorithm and model batch, else serial
+    )
     workers: int | None = Field(None, ge=1, le=MAX_WORKERS)  # ray: actors (default = CPU count)
     ray_address: str | None = None  # ray: "auto" or host:port of an existing cluster
     gpus_per_client: float = Field(0.0, ge=0, le=1)  # ray: fractional GPU per actor
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int = Field(1, ge=1, le=MAX_WORKERS)  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
-    ray_inner: str = "auto"  # ray: what runs a chunk inside an actor: auto | vmap | serial (auto: vmap when the clients batch)
-    chunk_size: int | None = Field(None, ge=1, le=MAX_CLIENTS_PER_CALL)  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
+    threads: int = Field(
+        1, ge=1, le=MAX_WORKERS
+    )  # torch intra-op threads per worker (1: fastest for small models, same floats everywhere)
+    ray_inner: str = (
+        "auto"  # ray: what runs a chunk inside an actor: auto | vmap | serial (auto: vmap when the clients batch)
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, le=MAX_CLIENTS_PER_CALL
+    )  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
     compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
-
 
     @field_validator("device")
     @classmethod
@@ -357,12 +370,16 @@ class EvalConfig(_Strict):
     target_accuracy: float | None = Field(None, gt=0, le=1)  # record time-to-accuracy in summary.json
     per_client: bool = False  # also report mean and worst-10% accuracy over clients
     max_clients: int = Field(1000, ge=1, le=MAX_EVAL_CLIENTS)  # per-client evaluation looks at most at this many
-    finetune_steps: int = Field(0, ge=0, le=MAX_LOCAL_STEPS)  # per-client evaluation: SGD steps on the client's train data before testing
+    finetune_steps: int = Field(
+        0, ge=0, le=MAX_LOCAL_STEPS
+    )  # per-client evaluation: SGD steps on the client's train data before testing
 
     @model_validator(mode="after")
-    def _finetune_needs_per_client(self) -> "EvalConfig":
+    def _finetune_needs_per_client(self) -> EvalConfig:
         if self.finetune_steps and not self.per_client:
-            raise ValueError("eval.finetune_steps needs eval.per_client: true (it fine-tunes each evaluated client's model)")
+            raise ValueError(
+                "eval.finetune_steps needs eval.per_client: true (it fine-tunes each evaluated client's model)"
+            )
         return self
 
 
@@ -377,7 +394,9 @@ class OutputConfig(_Strict):
     out: str | None = None  # run folder; default runs/<timestamp>-<strategy>
     tensorboard: bool = True
     progress: bool = True
-    checkpoint_every: int | None = Field(None, ge=1)  # server updates between checkpoints (checkpoint.pt); None: only on SIGINT/SIGTERM
+    checkpoint_every: int | None = Field(
+        None, ge=1
+    )  # server updates between checkpoints (checkpoint.pt); None: only on SIGINT/SIGTERM
     checkpoint_every_time: float | None = Field(None, gt=0)  # virtual seconds between checkpoints (time-driven modes)
     # wall seconds: at the first server update after this long without a checkpoint, save one, so a
     # killed (kill -9, OOM) run can --resume; costs one save a minute; null: off
@@ -395,7 +414,9 @@ class PrivacyConfig(_Strict):
     clip: float = Field(1.0, gt=0)  # C: L2 norm every client delta is clipped to (initial C if adaptive)
     clipping: Literal["flat", "per_layer", "per_layer_normalized"] = "flat"
     layer_budget: Literal["uniform", "dimension"] = "uniform"  # per-layer clips: C/sqrt(L) or C*sqrt(size_l/d)
-    noise_multiplier: float | None = Field(None, ge=0)  # z (noise std = z*C on the sum); null: from target_epsilon, else 1.0
+    noise_multiplier: float | None = Field(
+        None, ge=0
+    )  # z (noise std = z*C on the sum); null: from target_epsilon, else 1.0
     target_epsilon: float | None = Field(None, gt=0)  # calibrate z so the whole run spends this epsilon
     delta: float | None = Field(None, gt=0, lt=1)  # null: 1 / num_clients^1.1
     accountant: Literal["pld", "rdp"] = "pld"  # dp-accounting's; fixed-size cohorts always use rdp
@@ -410,12 +431,14 @@ class PrivacyConfig(_Strict):
         return "off" if v is False else v  # YAML reads a bare `off` as false
 
     @model_validator(mode="after")
-    def _one_noise_source(self) -> "PrivacyConfig":
+    def _one_noise_source(self) -> PrivacyConfig:
         if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ValueError("privacy: set noise_multiplier or target_epsilon, not both")
         if self.mode == "local" and (self.adaptive or self.target_epsilon is not None):
-            raise ValueError("privacy.mode local takes a fixed clip and noise_multiplier "
-                             "(adaptive and target_epsilon are for mode central)")
+            raise ValueError(
+                "privacy.mode local takes a fixed clip and noise_multiplier "
+                "(adaptive and target_epsilon are for mode central)"
+            )
         return self
 
 
@@ -452,7 +475,7 @@ class CommunicationConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _trace_path(self) -> "CommunicationConfig":
+    def _trace_path(self) -> CommunicationConfig:
         if self.link == "trace" and not self.bandwidth_trace:
             raise ValueError("communication.link trace needs communication.bandwidth_trace (a CSV path)")
         return self
@@ -479,15 +502,14 @@ class RunConfig(_Strict):
     provenance: dict[str, Any] = Field(default_factory=dict)  # written into a run's config.yaml; ignored on load
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "RunConfig":
+    def _cross_field(self) -> RunConfig:
         n = self.data.num_clients
         if self.population.mean_prob is None or self.population.min_prob is None:
             mean, floor = self.population.probability_range(n)
             self.population.mean_prob, self.population.min_prob = mean, floor  # resolved: saved as numbers
         if self.population.participation == "uniform" and self.population.clients_per_round > n:
             raise ValueError(
-                f"population.clients_per_round ({self.population.clients_per_round}) "
-                f"must be <= data.num_clients ({n})"
+                f"population.clients_per_round ({self.population.clients_per_round}) must be <= data.num_clients ({n})"
             )
         if self.population.min_prob > self.population.mean_prob:
             raise ValueError(
@@ -497,7 +519,9 @@ class RunConfig(_Strict):
         sched = self.scheduler
         if sched.name != "sync":
             if self.round_deadline is not None:
-                raise ValueError(f"round_deadline applies to scheduler 'sync', not '{sched.name}' (use scheduler.max_staleness)")
+                raise ValueError(
+                    f"round_deadline applies to scheduler 'sync', not '{sched.name}' (use scheduler.max_staleness)"
+                )
             if sched.over_selection > 0:
                 raise ValueError(f"scheduler.over_selection applies to scheduler 'sync', not '{sched.name}'")
         elif sched.over_selection > 0 and self.population.participation != "uniform":
@@ -508,11 +532,15 @@ class RunConfig(_Strict):
         if sched.interval is not None and sched.name != "periodic":
             raise ValueError(f"scheduler.interval applies to scheduler 'periodic', not '{sched.name}'")
         if sched.name == "periodic" and sched.arrivals == "anarchic":
-            raise ValueError("scheduler.arrivals 'anarchic' does not combine with scheduler 'periodic' "
-                             "(anarchic clients choose their own start times); use scheduler 'buffered'")
+            raise ValueError(
+                "scheduler.arrivals 'anarchic' does not combine with scheduler 'periodic' "
+                "(anarchic clients choose their own start times); use scheduler 'buffered'"
+            )
         if sched.anarchic.min_steps > sched.anarchic.max_steps:
-            raise ValueError(f"scheduler.anarchic.min_steps ({sched.anarchic.min_steps}) must be <= "
-                             f"max_steps ({sched.anarchic.max_steps})")
+            raise ValueError(
+                f"scheduler.anarchic.min_steps ({sched.anarchic.min_steps}) must be <= "
+                f"max_steps ({sched.anarchic.max_steps})"
+            )
         from clients import check_client_options  # noqa: PLC0415  (lazy: registries import config)
         from strategies import check_pairing  # noqa: PLC0415
 
@@ -525,7 +553,7 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
     @model_validator(mode="after")
-    def _task_options_finite(self) -> "RunConfig":
+    def _task_options_finite(self) -> RunConfig:
         bad = _first_non_finite(self.task.options)
         if bad is not None:
             raise ValueError(f"task.{bad} must be finite (no inf or NaN)")
@@ -705,4 +733,3 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             return None
         model = field.annotation
     return model
-

@@ -201,7 +201,9 @@ class Engine:
         rs.selections += 1
         return self.population.sample(k, rs.now, rs.busy, self.seed, rs.selections - 1)
 
-    def dispatch(self, client_ids: Sequence[int] | np.ndarray, overrides: Sequence[dict[str, Any]] | None = None) -> list[ClientJob]:
+    def dispatch(
+        self, client_ids: Sequence[int] | np.ndarray, overrides: Sequence[dict[str, Any]] | None = None
+    ) -> list[ClientJob]:
         """Fix the inputs of one job per client on the current model and schedule their finishes.
 
         ``overrides`` (one dict per client) change that job's local config, e.g. the local
@@ -213,7 +215,9 @@ class Engine:
             return []
         version = self.state.version
         jobs, steps, counts = [], [], []
-        broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(self.state)  # algos: per-version payload (SCAFFOLD's c)
+        broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(
+            self.state
+        )  # algos: per-version payload (SCAFFOLD's c)
         for i, cid in enumerate(ids.tolist()):
             config = self.client_config | self.strategy.configure(self.state, cid, rs.now)
             if overrides is not None:
@@ -237,7 +241,9 @@ class Engine:
         up = np.array([self.payload.up_bytes(job) for job in jobs], dtype=np.float64)
         down = np.array([self.payload.down_bytes(job) for job in jobs], dtype=np.float64)
         rs.bytes_down += float(down.sum())
-        timing = self.population.timing(ids, steps, counts, up_bits=8.0 * up, down_bits=8.0 * down, now=rs.now)
+        timing = self.population.timing(
+            ids, np.asarray(steps), np.asarray(counts), up_bits=8.0 * up, down_bits=8.0 * down, now=rs.now
+        )
         for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
             rs.jobs[job.job_id] = job
             rs.durations[job.job_id] = duration

@@ -44,8 +44,17 @@ def mean_and_worst10(accuracies: list[float]) -> tuple[float, float]:
 
 
 class Evaluator:
-    def __init__(self, task: Any, per_client: bool = False, max_clients: int = 1000, seed: int = 0, device: str = "cpu",
-                 algorithm: Any = None, client_config: dict[str, Any] | None = None, finetune_steps: int = 0):
+    def __init__(
+        self,
+        task: Any,
+        per_client: bool = False,
+        max_clients: int = 1000,
+        seed: int = 0,
+        device: str = "cpu",
+        algorithm: Any = None,
+        client_config: dict[str, Any] | None = None,
+        finetune_steps: int = 0,
+    ):
         self.task = task
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
             self.model = ResidentModel(task.build_model(), device)
@@ -84,7 +93,11 @@ class Evaluator:
                 continue
             state = client_states.get(cid) if client_states is not None and cid in client_states else None
             unseen += state is None
-            own = params if state is None or self.algorithm is None else self.algorithm.personalize(self.options, params, state)
+            own = (
+                params
+                if state is None or self.algorithm is None
+                else self.algorithm.personalize(self.options, params, state)
+            )
             if self.finetune_steps:
                 own = self._finetune(own, int(cid))
             self.model.load(own)

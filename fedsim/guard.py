@@ -20,10 +20,9 @@ and the run stops with status ``failed`` at once (see :mod:`fedsim.executors.wor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import torch
+from typing import Any
 
 from fedsim.checkpoint import checkpointable
 from fedsim.params import all_finite
@@ -44,12 +43,21 @@ class Failure:
 
 
 class RunGuard:
-    def __init__(self, max_dropout_fraction: float = 0.5, divergence_factor: float | None = 10.0,
-                 num_classes: int = 2, initial_test_loss: float | None = None):
+    def __init__(
+        self,
+        max_dropout_fraction: float = 0.5,
+        divergence_factor: float | None = 10.0,
+        num_classes: int = 2,
+        initial_test_loss: float | None = None,
+    ):
         self.max_dropout_fraction = max_dropout_fraction
         self.divergence_factor = divergence_factor
         chance = math.log(num_classes) if num_classes > 1 else 0.0
-        reference = max(initial_test_loss, chance) if initial_test_loss is not None and math.isfinite(initial_test_loss) else chance
+        reference = (
+            max(initial_test_loss, chance)
+            if initial_test_loss is not None and math.isfinite(initial_test_loss)
+            else chance
+        )
         self.loss_bound = divergence_factor * reference if divergence_factor is not None and reference > 0 else math.inf
         self.jobs = 0  # jobs computed
         self.failed = 0  # ... that came back with an error
@@ -61,7 +69,7 @@ class RunGuard:
 
     # ------------------------------------------------------------------ results
 
-    def watch(self, executor: Any) -> "WatchedExecutor":
+    def watch(self, executor: Any) -> WatchedExecutor:
         """``executor`` whose results this guard counts (every result passes through unchanged)."""
         return WatchedExecutor(executor, self)
 
@@ -80,10 +88,17 @@ class RunGuard:
         failed, self.failed_since_update = self.failed_since_update, 0
         version = record["round"]
         if record["participants"] == 0 and failed > 0:
-            self._stop(engine, "failed", version, f"every job of update {version} failed ({failed} of {failed}); "
-                                                  f"first failure: {self._first_failure_line()}")
+            self._stop(
+                engine,
+                "failed",
+                version,
+                f"every job of update {version} failed ({failed} of {failed}); "
+                f"first failure: {self._first_failure_line()}",
+            )
         elif not all_finite(engine.state.params):
-            self._stop(engine, "diverged", version, f"the global model is not finite (NaN or inf) after update {version}")
+            self._stop(
+                engine, "diverged", version, f"the global model is not finite (NaN or inf) after update {version}"
+            )
         elif self.jobs >= MIN_JOBS_FOR_FRACTION and self._too_many_failures():
             self._stop(engine, "failed", version, self._fraction_reason())
 
@@ -96,9 +111,13 @@ class RunGuard:
             self._stop(engine, "diverged", version, f"the test loss is not finite at update {version}")
             return
         if loss > self.loss_bound:
-            self._stop(engine, "diverged", version,
-                       f"the test loss {loss:.4g} at update {version} exceeds {self.loss_bound:.4g} "
-                       f"(stop.divergence_factor {self.divergence_factor:g} x max(initial test loss, ln C))")
+            self._stop(
+                engine,
+                "diverged",
+                version,
+                f"the test loss {loss:.4g} at update {version} exceeds {self.loss_bound:.4g} "
+                f"(stop.divergence_factor {self.divergence_factor:g} x max(initial test loss, ln C))",
+            )
 
     def on_end(self, engine: Any, summary: dict[str, Any]) -> None:
         if engine.status == "completed" and self._too_many_failures():
@@ -121,8 +140,10 @@ class RunGuard:
         return self.failed > self.max_dropout_fraction * self.jobs
 
     def _fraction_reason(self) -> str:
-        return (f"{self.failed} of {self.jobs} jobs failed, more than stop.max_dropout_fraction="
-                f"{self.max_dropout_fraction:g}; first failure: {self._first_failure_line()}")
+        return (
+            f"{self.failed} of {self.jobs} jobs failed, more than stop.max_dropout_fraction="
+            f"{self.max_dropout_fraction:g}; first failure: {self._first_failure_line()}"
+        )
 
     def stop(self, engine: Any, status: str, reason: str) -> None:
         """Stop ``engine`` now with ``status`` (e.g. interrupted by a signal), keeping ``reason`` for the summary."""

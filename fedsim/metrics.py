@@ -29,8 +29,9 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tqdm import tqdm
 
@@ -194,8 +195,14 @@ class RunRecorder:
     """Engine callback writing the run folder; ``hparams`` (flat) go to TensorBoard's HPARAMS tab."""
 
     def __init__(
-        self, out_dir: Path, total_rounds: int, label: str, progress: bool = True, tensorboard: bool = True,
-        hparams: Mapping[str, Any] | None = None, early_logs: list[logging.LogRecord] | None = None,
+        self,
+        out_dir: Path,
+        total_rounds: int,
+        label: str,
+        progress: bool = True,
+        tensorboard: bool = True,
+        hparams: Mapping[str, Any] | None = None,
+        early_logs: list[logging.LogRecord] | None = None,
         resume: Mapping[str, int] | None = None,
     ):
         """``resume`` (a checkpoint's ``state_dict()``): keep that many lines of metrics/rounds.jsonl, append after them."""
@@ -220,7 +227,9 @@ class RunRecorder:
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (slow import; only when wanted)
 
             self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
-        self._bar = tqdm(total=total_rounds, desc=label, unit="round", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total_rounds, desc=label, unit="round", file=sys.stderr, disable=not progress, dynamic_ncols=True
+        )
         self._postfix: dict[str, str] = {}
 
     def on_start(self, engine: Any) -> None:
@@ -280,10 +289,12 @@ class RunRecorder:
         from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
 
         final = summary.get("final") or {}
-        metrics = {"hparam/final_test_accuracy": final.get("test_accuracy"),
-                   "hparam/best_test_accuracy": summary.get("best_test_accuracy"),
-                   "hparam/final_test_loss": final.get("test_loss"),
-                   "hparam/dropouts": summary.get("dropouts")}
+        metrics = {
+            "hparam/final_test_accuracy": final.get("test_accuracy"),
+            "hparam/best_test_accuracy": summary.get("best_test_accuracy"),
+            "hparam/final_test_loss": final.get("test_loss"),
+            "hparam/dropouts": summary.get("dropouts"),
+        }
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         # written into this run's own event file (SummaryWriter.add_hparams would start a sub-run)
         writer = self._tb._get_file_writer()

@@ -23,7 +23,7 @@ class ParamLayout:
     is_buffer: tuple[bool, ...]
 
     @classmethod
-    def of(cls, model: nn.Module) -> "ParamLayout":
+    def of(cls, model: nn.Module) -> ParamLayout:
         names, shapes, is_buffer = [], [], []
         for name, p in model.named_parameters():
             names.append(name)

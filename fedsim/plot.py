@@ -9,8 +9,8 @@ differ between seeds), over the range every run of the group covers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -42,7 +42,9 @@ def _check_out(out: Path) -> Path:
     if not out.suffix:
         out = out.with_suffix(".png")  # what matplotlib would write anyway; say so in "wrote ..."
     if out.suffix[1:].lower() not in formats:
-        raise ValueError(f"--out {out}: unknown image format {out.suffix!r}; choose one of {', '.join(sorted(formats))}")
+        raise ValueError(
+            f"--out {out}: unknown image format {out.suffix!r}; choose one of {', '.join(sorted(formats))}"
+        )
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'plot.png'}")
     for parent in out.parents:
@@ -68,8 +70,12 @@ def group_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
 
 
 def plot_runs(
-    run_dirs: Sequence[str | Path], metric: str = "test_accuracy", x: str = "round", out: str | Path = "plot.png",
-    labels: Sequence[str] | None = None, title: str | None = None,
+    run_dirs: Sequence[str | Path],
+    metric: str = "test_accuracy",
+    x: str = "round",
+    out: str | Path = "plot.png",
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
     if x not in X_AXES:
         raise ValueError(f"--x must be one of {', '.join(X_AXES)}, got {x!r}")
@@ -79,8 +85,9 @@ def plot_runs(
             raise ValueError(f"run {run.path} has no evaluation yet (empty metrics.jsonl)")
         if not any(row.get(metric) is not None and row.get(x) is not None for row in run.evals):
             available = sorted({k for r in run.evals for k, v in r.items() if v is not None})
-            raise ValueError(f"run {run.path} has no evaluation with both {metric!r} and {x!r}; "
-                             f"available: {', '.join(available)}")
+            raise ValueError(
+                f"run {run.path} has no evaluation with both {metric!r} and {x!r}; available: {', '.join(available)}"
+            )
     keys, groups = group_runs(runs)
     keys = shown_keys(keys, runs)  # labels name only what is not implied by another setting
     if labels and len(labels) != len(groups):
@@ -99,9 +106,12 @@ def plot_runs(
     for i, group in enumerate(groups):
         curves = []
         for run in group:
-            rows = sorted((r for r in run.evals if r.get(metric) is not None and r.get(x) is not None),
-                          key=lambda r: r[x])  # np.interp needs increasing x
-            curves.append((np.array([r[x] for r in rows], dtype=float), np.array([r[metric] for r in rows], dtype=float)))
+            rows = sorted(
+                (r for r in run.evals if r.get(metric) is not None and r.get(x) is not None), key=lambda r: r[x]
+            )  # np.interp needs increasing x
+            curves.append(
+                (np.array([r[x] for r in rows], dtype=float), np.array([r[metric] for r in rows], dtype=float))
+            )
         gx, mean, std = group_curve(curves)
         if labels:
             label = labels[i]

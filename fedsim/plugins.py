@@ -31,12 +31,20 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "import_plugins", "load_entry_points", "load_entry_points_once",
-           "loaded_plugins", "check_shadowing", "take_failure_traceback"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "import_plugins",
+    "load_entry_points",
+    "load_entry_points_once",
+    "loaded_plugins",
+    "check_shadowing",
+    "take_failure_traceback",
+]
 
 log = logging.getLogger("fedsim")
 
@@ -67,8 +75,11 @@ def _failed(what: str, exc: BaseException) -> PluginError:
         where = (exc.filename, exc.lineno)
     else:  # the innermost frame outside importlib and fedsim: the plugin's own line, not the registry's
         fedsim_dir = str(Path(__file__).resolve().parent)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if not f.filename.startswith("<") and not str(Path(f.filename).resolve()).startswith(fedsim_dir)]
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if not f.filename.startswith("<") and not str(Path(f.filename).resolve()).startswith(fedsim_dir)
+        ]
         if frames:
             where = (frames[-1].filename, frames[-1].lineno)
     return PluginError(f"{what}: {reason}" + (f" ({where[0]}:{where[1]})" if where else ""))

@@ -49,14 +49,26 @@ from dp_accounting import pld, rdp
 
 from fedsim.config import ConfigError
 
-__all__ = ["Sampling", "PrivacyPlan", "plan_privacy", "sampling_of", "epsilon_for", "calibrate_noise", "PrivacyAccountant",
-           "MAX_NOISE_MULTIPLIER"]
+__all__ = [
+    "Sampling",
+    "PrivacyPlan",
+    "plan_privacy",
+    "sampling_of",
+    "epsilon_for",
+    "calibrate_noise",
+    "PrivacyAccountant",
+    "MAX_NOISE_MULTIPLIER",
+]
 
 log = logging.getLogger("fedsim")
 
 MAX_NOISE_MULTIPLIER = 1000.0  # calibration searches z in (0, this]; beyond it the model learns nothing
 MIN_NOISE_MULTIPLIER = 1e-3  # ...and no lower than this
-CLIP_TRANSFORMS = {"flat": "clip_global", "per_layer": "clip_per_layer", "per_layer_normalized": "clip_per_layer_normalized"}
+CLIP_TRANSFORMS = {
+    "flat": "clip_global",
+    "per_layer": "clip_per_layer",
+    "per_layer_normalized": "clip_per_layer_normalized",
+}
 
 
 @dataclass(frozen=True)
@@ -83,13 +95,26 @@ def sampling_of(config: Any, num_clients: int) -> Sampling:
             return Sampling("fixed_size", n / num_clients, num_clients, n, float(pop.clients_per_round))
         if pop.participation == "always":
             return Sampling("none", 1.0, num_clients, 0, float(num_clients), "every client takes part in every round")
-        return Sampling("none", 1.0, num_clients, 0, max(1.0, float(pop.mean_prob) * num_clients),
-                        f"participation '{pop.participation}' is not a sampling the server controls")
+        return Sampling(
+            "none",
+            1.0,
+            num_clients,
+            0,
+            max(1.0, float(pop.mean_prob) * num_clients),
+            f"participation '{pop.participation}' is not a sampling the server controls",
+        )
     if sched.name == "buffered":
-        return Sampling("none", 1.0, num_clients, 0, float(sched.buffer_size),
-                        "asynchronous arrivals are not sampled by the server")
-    return Sampling("none", 1.0, num_clients, 0, float(sched.concurrency),
-                    f"scheduler '{sched.name}' arrivals are not sampled by the server")
+        return Sampling(
+            "none", 1.0, num_clients, 0, float(sched.buffer_size), "asynchronous arrivals are not sampled by the server"
+        )
+    return Sampling(
+        "none",
+        1.0,
+        num_clients,
+        0,
+        float(sched.concurrency),
+        f"scheduler '{sched.name}' arrivals are not sampled by the server",
+    )
 
 
 def _event(sampling: Sampling, z: float, steps: int) -> dp_accounting.DpEvent:
@@ -97,7 +122,8 @@ def _event(sampling: Sampling, z: float, steps: int) -> dp_accounting.DpEvent:
         one = dp_accounting.PoissonSampledDpEvent(sampling.rate, dp_accounting.GaussianDpEvent(z))
     elif sampling.kind == "fixed_size":
         one = dp_accounting.SampledWithoutReplacementDpEvent(
-            sampling.num_clients, sampling.sample_size, dp_accounting.GaussianDpEvent(z / 2.0))
+            sampling.num_clients, sampling.sample_size, dp_accounting.GaussianDpEvent(z / 2.0)
+        )
     else:
         one = dp_accounting.GaussianDpEvent(z)
     return dp_accounting.SelfComposedDpEvent(one, steps)
@@ -128,8 +154,10 @@ def epsilon_for(sampling: Sampling, z: float, steps: int, delta: float, accounta
 def calibrate_noise(sampling: Sampling, target_epsilon: float, delta: float, steps: int, accountant: str) -> float:
     """The smallest z whose ``steps`` releases spend at most ``target_epsilon`` (one-line error if none does)."""
     if epsilon_for(sampling, MAX_NOISE_MULTIPLIER, steps, delta, accountant) > target_epsilon:
-        raise ConfigError(f"privacy.target_epsilon: {target_epsilon} is not reached by any noise_multiplier up to "
-                          f"{MAX_NOISE_MULTIPLIER:g} in {steps} releases at delta {delta:.3g}; raise it or run fewer rounds")
+        raise ConfigError(
+            f"privacy.target_epsilon: {target_epsilon} is not reached by any noise_multiplier up to "
+            f"{MAX_NOISE_MULTIPLIER:g} in {steps} releases at delta {delta:.3g}; raise it or run fewer rounds"
+        )
     # bracket the root by halving/doubling from z = 1: the search evaluates both ends, and the PLD of a
     # tiny z (e.g. a fixed lower end of 1e-3) needs tens of GiB
     z = 1.0
@@ -138,18 +166,24 @@ def calibrate_noise(sampling: Sampling, target_epsilon: float, delta: float, ste
             z *= 2.0
         low, high = z, min(2.0 * z, MAX_NOISE_MULTIPLIER)
     else:
-        while z / 2.0 >= MIN_NOISE_MULTIPLIER and epsilon_for(sampling, z / 2.0, steps, delta, accountant) <= target_epsilon:
+        while (
+            z / 2.0 >= MIN_NOISE_MULTIPLIER
+            and epsilon_for(sampling, z / 2.0, steps, delta, accountant) <= target_epsilon
+        ):
             z /= 2.0
         if z / 2.0 < MIN_NOISE_MULTIPLIER:
             return z  # even less noise would spend no more than the target
         low, high = z / 2.0, z
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: _fresh_accountant(sampling, accountant),
-        lambda z: _event(sampling, z, steps),
-        target_epsilon, delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
-        tol=1e-4,
-    ))
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            lambda: _fresh_accountant(sampling, accountant),
+            lambda z: _event(sampling, z, steps),
+            target_epsilon,
+            delta,
+            bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
+            tol=1e-4,
+        )
+    )
 
 
 @dataclass
@@ -175,8 +209,16 @@ class PrivacyPlan:
             return ()
         pieces: list[Any] = []
         if self.adaptive is not None:
-            pieces.append(AdaptiveClip(self.clip, self.adaptive["target_quantile"], self.adaptive["lr"],
-                                       self.adaptive["count_noise"], self.sampling.cohort, seed))
+            pieces.append(
+                AdaptiveClip(
+                    self.clip,
+                    self.adaptive["target_quantile"],
+                    self.adaptive["lr"],
+                    self.adaptive["count_noise"],
+                    self.sampling.cohort,
+                    seed,
+                )
+            )
         pieces.append(GaussianNoise(self.model_noise_multiplier, self.clip, self.sampling.cohort, seed))
         return tuple(pieces)
 
@@ -190,30 +232,51 @@ def plan_privacy(config: Any, num_clients: int) -> PrivacyPlan | None:
 
     algorithm = CLIENTS.get(config.client.algorithm)
     if getattr(algorithm, "server_part", None) is not None:
-        raise ConfigError(f"privacy.mode {p.mode}: client.algorithm '{config.client.algorithm}' also sends "
-                          f"{algorithm.server_part} state to the server, which is not privatized; use sgd, fedprox, fedsam")
-    delta = p.delta if p.delta is not None else 1.0 / num_clients ** 1.1
+        raise ConfigError(
+            f"privacy.mode {p.mode}: client.algorithm '{config.client.algorithm}' also sends "
+            f"{algorithm.server_part} state to the server, which is not privatized; use sgd, fedprox, fedsam"
+        )
+    delta = p.delta if p.delta is not None else 1.0 / num_clients**1.1
     if p.mode == "central" and delta >= 1.0 / num_clients:
-        raise ConfigError(f"privacy.delta ({delta:g}) must be < 1/num_clients ({1.0 / num_clients:g}); "
-                          "a larger delta allows releasing one client's data outright")
+        raise ConfigError(
+            f"privacy.delta ({delta:g}) must be < 1/num_clients ({1.0 / num_clients:g}); "
+            "a larger delta allows releasing one client's data outright"
+        )
     sampling = sampling_of(config, num_clients)
     steps = config.rounds
-    clip_spec = (CLIP_TRANSFORMS[p.clipping], {"clip": p.clip} | ({"layer_budget": p.layer_budget} if p.clipping != "flat" else {}))
+    clip_spec = (
+        CLIP_TRANSFORMS[p.clipping],
+        {"clip": p.clip} | ({"layer_budget": p.layer_budget} if p.clipping != "flat" else {}),
+    )
     notes: list[str] = []
     if p.mode == "local":
         z = 1.0 if p.noise_multiplier is None else p.noise_multiplier
-        return PrivacyPlan("local", sampling, delta, z, z, p.clip, p.accountant, steps,
-                           (clip_spec, ("local_gaussian", {"clip": p.clip, "noise_multiplier": z})), notes=notes)
+        return PrivacyPlan(
+            "local",
+            sampling,
+            delta,
+            z,
+            z,
+            p.clip,
+            p.accountant,
+            steps,
+            (clip_spec, ("local_gaussian", {"clip": p.clip, "noise_multiplier": z})),
+            notes=notes,
+        )
     weighting = config.strategy.weighting
     if weighting is not None and weighting != "expected_cohort":
-        raise ConfigError(f"strategy.weighting '{weighting}' is not differentially private (its weights depend on "
-                          "the data); privacy.mode central uses 'expected_cohort' (leave strategy.weighting unset)")
+        raise ConfigError(
+            f"strategy.weighting '{weighting}' is not differentially private (its weights depend on "
+            "the data); privacy.mode central uses 'expected_cohort' (leave strategy.weighting unset)"
+        )
     if sampling.kind == "none":
         notes.append(f"privacy: {sampling.reason}; accounted without sampling amplification (q = 1 per release)")
     if p.target_epsilon is not None:
         z = calibrate_noise(sampling, p.target_epsilon, delta, steps, p.accountant)
-        notes.append(f"privacy: noise_multiplier {z:.4f} spends epsilon {p.target_epsilon} at delta {delta:.3g} "
-                     f"over {steps} releases")
+        notes.append(
+            f"privacy: noise_multiplier {z:.4f} spends epsilon {p.target_epsilon} at delta {delta:.3g} "
+            f"over {steps} releases"
+        )
     else:
         z = 1.0 if p.noise_multiplier is None else p.noise_multiplier
     adaptive = None
@@ -222,12 +285,25 @@ def plan_privacy(config: Any, num_clients: int) -> PrivacyPlan | None:
         count_noise = p.count_noise if p.count_noise is not None else sampling.cohort / 20.0
         if z > 0:
             if not 2.0 * count_noise > z:
-                raise ConfigError(f"privacy.count_noise ({count_noise:g}) must be > noise_multiplier / 2 ({z / 2:g}): "
-                                  "adaptive clipping's count shares the noise budget")
-            model_z = (z ** -2 - (2.0 * count_noise) ** -2) ** -0.5
+                raise ConfigError(
+                    f"privacy.count_noise ({count_noise:g}) must be > noise_multiplier / 2 ({z / 2:g}): "
+                    "adaptive clipping's count shares the noise budget"
+                )
+            model_z = (z**-2 - (2.0 * count_noise) ** -2) ** -0.5
         adaptive = {"target_quantile": p.target_quantile, "lr": p.clip_lr, "count_noise": count_noise}
-    return PrivacyPlan("central", sampling, delta, z, model_z, p.clip, p.accountant, steps, (clip_spec,),
-                       adaptive=adaptive, notes=notes)
+    return PrivacyPlan(
+        "central",
+        sampling,
+        delta,
+        z,
+        model_z,
+        p.clip,
+        p.accountant,
+        steps,
+        (clip_spec,),
+        adaptive=adaptive,
+        notes=notes,
+    )
 
 
 class PrivacyAccountant:

@@ -7,7 +7,8 @@ errors can list the valid choices.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Registry", "UnknownNameError", "unknown_name_message"]
 
@@ -26,7 +27,7 @@ class UnknownNameError(KeyError):
 
 
 def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
-    """"unknown KIND 'NAME' (did you mean 'X'?); valid choices: ..." -- the hint only when a choice is close."""
+    """ "unknown KIND 'NAME' (did you mean 'X'?); valid choices: ..." -- the hint only when a choice is close."""
     choices = list(choices)
     close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

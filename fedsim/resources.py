@@ -41,7 +41,10 @@ BYTES_PER_FLOAT = 4
 WORKING_VECTORS = 6  # per training client: local model + start point (carry) + 4 step temporaries (gradients)
 VMAP_BUDGET = 1 << 30  # the vmap executor sizes its calls to this working memory (executors/vmap.py DEFAULT_CPU_BUDGET)
 RAY_ACTOR_CACHE = 4  # model versions a Ray actor keeps (executors/ray/actor.py ACTOR_CACHE)
-STORING_WEIGHTINGS = ("mifa", "fedvarp")  # keep every client's latest update: one model per client seen (+ a float64 sum)
+STORING_WEIGHTINGS = (
+    "mifa",
+    "fedvarp",
+)  # keep every client's latest update: one model per client seen (+ a float64 sum)
 MOMENT_OPTIMIZERS = ("adam", "adagrad", "yogi")  # server optimizers with two moment vectors
 
 
@@ -81,8 +84,10 @@ class Estimate:
         """One line: the total, the model size, and the largest terms."""
         sized = sorted(self.terms, key=lambda t: t.copies * self.num_params * BYTES_PER_FLOAT + t.bytes, reverse=True)
         parts = [f"{t.what} {_gib(t.copies * self.num_params * BYTES_PER_FLOAT + t.bytes)}" for t in sized[:3]]
-        return (f"about {_gib(self.total_bytes)} (a model of {self.num_params:,} parameters x {self.copies:.4g} "
-                f"copies, plus data; largest: {', '.join(parts)})")
+        return (
+            f"about {_gib(self.total_bytes)} (a model of {self.num_params:,} parameters x {self.copies:.4g} "
+            f"copies, plus data; largest: {', '.join(parts)})"
+        )
 
 
 def _gib(n: float) -> str:
@@ -134,10 +139,20 @@ def _per_update(config: Any, num_clients: int) -> tuple[float, tuple[str, ...]]:
     return float(min(num_clients, math.ceil(mean * num_clients))), ("population.mean_prob", "data.num_clients")
 
 
-def estimate(config: Any, num_params: int, *, state_vectors: int = 0, server_part: str | None = None,
-             weighting: str | None = None, server_optimizer: str | None = None, server_momentum: float = 0.0,
-             sample_numel: int = 0, largest_client: int = 0, lazy_test_samples: int = 0,
-             model_options: tuple[str, ...] = ()) -> Estimate:
+def estimate(
+    config: Any,
+    num_params: int,
+    *,
+    state_vectors: int = 0,
+    server_part: str | None = None,
+    weighting: str | None = None,
+    server_optimizer: str | None = None,
+    server_momentum: float = 0.0,
+    sample_numel: int = 0,
+    largest_client: int = 0,
+    lazy_test_samples: int = 0,
+    model_options: tuple[str, ...] = (),
+) -> Estimate:
     """The memory a run of ``config`` needs, with a model of ``num_params`` floats (see the module docstring).
 
     ``sample_numel``: floats per input sample; ``largest_client``: samples of the largest client;
@@ -155,31 +170,54 @@ def estimate(config: Any, num_params: int, *, state_vectors: int = 0, server_par
     if server_part is not None:
         terms.append(Term(f"strategy server part ({server_part})", 1.0, ("strategy.name",)))
     if weighting in STORING_WEIGHTINGS:
-        terms.append(Term(f"weighting {weighting}: one stored update per client seen", seen + 2.0,
-                          ("strategy.weighting", *seen_options)))
+        terms.append(
+            Term(
+                f"weighting {weighting}: one stored update per client seen",
+                seen + 2.0,
+                ("strategy.weighting", *seen_options),
+            )
+        )
     if state_vectors:
         copies = state_vectors * seen
         limit = config.client_state.memory_limit_mb
         if limit is not None:  # past the limit, client state spills to disk
             copies = min(copies, limit * 2**20 / (BYTES_PER_FLOAT * max(num_params, 1)))
-        terms.append(Term(f"client state of {config.client.algorithm}", copies,
-                          ("client.algorithm", *seen_options, "client_state.memory_limit_mb")))
+        terms.append(
+            Term(
+                f"client state of {config.client.algorithm}",
+                copies,
+                ("client.algorithm", *seen_options, "client_state.memory_limit_mb"),
+            )
+        )
     terms.append(Term("updates awaiting aggregation", per_update * (1 + state_vectors), update_options))
     if config.scheduler.name != "sync":
-        terms.append(Term("model versions of jobs in flight", float(config.scheduler.concurrency),
-                          ("scheduler.concurrency",)))
+        terms.append(
+            Term("model versions of jobs in flight", float(config.scheduler.concurrency), ("scheduler.concurrency",))
+        )
     training, options = _training_clients(config, num_params, per_update, update_options, sample_numel * largest_client)
     extra = RAY_ACTOR_CACHE if config.executor.name == "ray" else 0
-    terms.append(Term(f"clients training at once ({training:g})", training * (WORKING_VECTORS + extra), options,
-                      bytes=training * BYTES_PER_FLOAT * sample_numel * largest_client))
+    terms.append(
+        Term(
+            f"clients training at once ({training:g})",
+            training * (WORKING_VECTORS + extra),
+            options,
+            bytes=training * BYTES_PER_FLOAT * sample_numel * largest_client,
+        )
+    )
     if lazy_test_samples:
-        terms.append(Term("generated global test set", bytes=BYTES_PER_FLOAT * sample_numel * lazy_test_samples,
-                          options=model_options))
+        terms.append(
+            Term(
+                "generated global test set",
+                bytes=BYTES_PER_FLOAT * sample_numel * lazy_test_samples,
+                options=model_options,
+            )
+        )
     return Estimate(num_params, terms, model_options)
 
 
-def _training_clients(config: Any, num_params: int, per_update: float, update_options: tuple[str, ...],
-                      client_floats: int) -> tuple[float, tuple[str, ...]]:
+def _training_clients(
+    config: Any, num_params: int, per_update: float, update_options: tuple[str, ...], client_floats: int
+) -> tuple[float, tuple[str, ...]]:
     """Clients whose working set is in memory at once, and the options behind that number."""
     executor = config.executor
     if executor.name == "serial":
@@ -216,7 +254,8 @@ def check_resources(config: Any, task: Any, algorithm: Any, force: bool = False)
         lazy_test = int(train * test_fraction / max(1e-9, 1.0 - test_fraction))
     model_options = tuple(f"task.{key}" for key in sorted(config.task.options)) or ("task.name",)
     result = estimate(
-        config, num_params,
+        config,
+        num_params,
         state_vectors=int(getattr(algorithm, "state_vectors", 0)),
         server_part=server_part(config.strategy),
         weighting=strategy.get("weighting"),

@@ -41,14 +41,21 @@ import yaml
 from clients import CLIENTS, check_optimizer_options
 from clients.personal import bind_client_config
 from fedsim.attacks import ByzantineMonitor, plan_byzantine
+from fedsim.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpointer,
+    CheckpointError,
+    decode,
+    encode,
+    load_checkpoint,
+    registered_classes,
+)
 from fedsim.communication import plan_communication
-from fedsim.checkpoint import (CHECKPOINT_NAME, Checkpointer, CheckpointError, decode, encode, load_checkpoint,
-                               registered_classes)
 from fedsim.config import MAX_LOCAL_STEPS, ConfigError, RunConfig, load_config
 from fedsim.data import PARTITIONERS
 from fedsim.engine import Engine
-from fedsim.evaluation import Evaluator
 from fedsim.errors import RunFailed
+from fedsim.evaluation import Evaluator
 from fedsim.executors import WorkerSpec, build_executor, resolve_device
 from fedsim.guard import RunGuard
 from fedsim.metrics import LogBuffer, RunRecorder, flatten, hparams_of
@@ -66,9 +73,22 @@ from strategies import build_strategy
 from strategies.fedopt import resolved_options
 
 __all__ = [
-    "Experiment", "build", "run_experiment", "task_spec", "initial_params", "default_out_dir", "resolved_config",
-    "RunFailed", "save_model", "exit_code", "resume_experiment", "snapshot", "restore", "run_fingerprint",
-    "data_fingerprint", "check_fingerprint",
+    "Experiment",
+    "build",
+    "run_experiment",
+    "task_spec",
+    "initial_params",
+    "default_out_dir",
+    "resolved_config",
+    "RunFailed",
+    "save_model",
+    "exit_code",
+    "resume_experiment",
+    "snapshot",
+    "restore",
+    "run_fingerprint",
+    "data_fingerprint",
+    "check_fingerprint",
 ]
 
 log = logging.getLogger("fedsim")
@@ -105,8 +125,12 @@ def run_name(config: RunConfig) -> str:
     (``fedavg`` with a plugin weighting ``myweight`` is ``myweight``, not ``fedavg``)."""
     from fedsim import registries  # noqa: PLC0415
 
-    parts = (("strategy", config.strategy.name), ("weighting", config.strategy.weighting),
-             ("server_optimizer", config.strategy.server_optimizer), ("client", config.client.algorithm))
+    parts = (
+        ("strategy", config.strategy.name),
+        ("weighting", config.strategy.weighting),
+        ("server_optimizer", config.strategy.server_optimizer),
+        ("client", config.client.algorithm),
+    )
     plugins = []
     for kind, name in parts:
         if name is None or name not in registries.get(kind):
@@ -163,8 +187,9 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     client_config = bind_client_config(algorithm, client_config, task.build_model)  # FedPer/FedRep: the head's spans
     check_resources(config, task, algorithm, force=force)
     params = initial_params(task, config.seed)
-    population = build_population(config.population, task.data, config.seed,
-                                  model_bits=32.0 * params.numel(), batch_size=config.client.batch_size)
+    population = build_population(
+        config.population, task.data, config.seed, model_bits=32.0 * params.numel(), batch_size=config.client.batch_size
+    )
     privacy = plan_privacy(config, population.num_clients)  # None unless privacy.mode is set
     byzantine = plan_byzantine(config, population.num_clients)  # attackers, attack, robust aggregators' f
     for note in byzantine.notes:
@@ -176,18 +201,38 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
     if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
-        raise ValueError(f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
-                         f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd")
+        raise ValueError(
+            f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
+            f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd"
+        )
     _check_local_steps(algorithm, client_config, population)
     _check_someone_finishes(config, algorithm, client_config, population)
-    worker_spec = WorkerSpec(task=spec, client=config.client.algorithm, device=config.executor.device,
-                             threads=config.executor.threads, client_transforms=strategy.client_transforms)
+    worker_spec = WorkerSpec(
+        task=spec,
+        client=config.client.algorithm,
+        device=config.executor.device,
+        threads=config.executor.threads,
+        client_transforms=strategy.client_transforms,
+    )
     mean_samples = max(1, int(population.num_samples.mean())) if len(population.num_samples) else 1
     planned_steps = config.rounds * algorithm.num_steps(client_config, mean_samples)  # for executor.compile=auto
-    executor = build_executor(config.executor, worker_spec, task, client_config, planned_steps,
-                              _clients_per_call(config, population.num_clients))  # resolves "auto"
-    evaluator = Evaluator(task, config.eval.per_client, config.eval.max_clients, config.seed,
-                          algorithm=algorithm, client_config=client_config, finetune_steps=config.eval.finetune_steps)
+    executor = build_executor(
+        config.executor,
+        worker_spec,
+        task,
+        client_config,
+        planned_steps,
+        _clients_per_call(config, population.num_clients),
+    )  # resolves "auto"
+    evaluator = Evaluator(
+        task,
+        config.eval.per_client,
+        config.eval.max_clients,
+        config.seed,
+        algorithm=algorithm,
+        client_config=client_config,
+        finetune_steps=config.eval.finetune_steps,
+    )
     initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
     guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)
     engine = Engine(
@@ -205,12 +250,15 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
         eval_every=config.eval.every,
         eval_every_time=config.eval.every_time,
         target_accuracy=config.eval.target_accuracy,
-        callbacks=[guard] + ([PrivacyAccountant(privacy)] if privacy is not None else [])
+        callbacks=[guard]
+        + ([PrivacyAccountant(privacy)] if privacy is not None else [])
         + ([ByzantineMonitor(byzantine)] if byzantine.attackers else []),
         payload=payload,
     )
     limit = config.client_state.memory_limit_mb  # algos: SCAFFOLD/FedDyn/FedSpeed state spills to disk past this
-    engine.client_states = ClientStateStore(None if limit is None else int(limit * 2**20), config.client_state.spill_dir)
+    engine.client_states = ClientStateStore(
+        None if limit is None else int(limit * 2**20), config.client_state.spill_dir
+    )
     for note in privacy.notes if privacy is not None else ():  # once the run is valid: bad input stays one line
         log.info("%s", note)
     return Experiment(config, task, population, engine, scheduler, executor, guard)
@@ -238,15 +286,22 @@ def _clients_per_call(config: RunConfig, num_clients: int) -> float:
     return float(min(per_round, num_clients)) * (1.0 + scheduler.over_selection)
 
 
-def _check_someone_finishes(config: RunConfig, algorithm: Any, client_config: dict[str, Any],
-                            population: Population) -> None:
+def _check_someone_finishes(
+    config: RunConfig, algorithm: Any, client_config: dict[str, Any], population: Population
+) -> None:
     """Refuse a round deadline or a time limit shorter than the fastest job any client could run.
 
     The fastest job is a lower bound: the fewest local steps (smallest client, or
     ``scheduler.anarchic.min_steps``) at each client's step time, plus communication.
     """
-    limits = [(name, value) for name, value in (("round_deadline", config.round_deadline),
-                                                ("scheduler.max_time", config.scheduler.max_time)) if value is not None]
+    limits = [
+        (name, value)
+        for name, value in (
+            ("round_deadline", config.round_deadline),
+            ("scheduler.max_time", config.scheduler.max_time),
+        )
+        if value is not None
+    ]
     if not limits or population.num_clients == 0:
         return
     sizes = population.num_samples[population.num_samples > 0]
@@ -258,9 +313,11 @@ def _check_someone_finishes(config: RunConfig, algorithm: Any, client_config: di
     fastest = float(population.durations(ids, np.full(len(ids), steps)).min())
     for name, value in limits:
         if value < fastest:
-            raise ValueError(f"{name} ({value:g} virtual s) is shorter than the fastest job any client can run "
-                             f"({fastest:.4g} s: {steps} local steps, step time and communication); no client "
-                             f"could ever finish (raise {name} or lower population.step_time)")
+            raise ValueError(
+                f"{name} ({value:g} virtual s) is shorter than the fastest job any client can run "
+                f"({fastest:.4g} s: {steps} local steps, step time and communication); no client "
+                f"could ever finish (raise {name} or lower population.step_time)"
+            )
 
 
 def _check_local_steps(algorithm: Any, client_config: dict[str, Any], population: Population) -> None:
@@ -281,8 +338,12 @@ GUARD_STATE = ("jobs", "failed", "failed_since_update", "first_failure")
 HISTORY_FILES = ("metrics", "rounds")  # <name>.jsonl: their lines up to a checkpoint belong to it
 
 
-def snapshot(experiment: Experiment, recorder: RunRecorder | None = None,
-             fingerprint: dict[str, Any] | None = None, history: "_History | None" = None) -> dict[str, Any]:
+def snapshot(
+    experiment: Experiment,
+    recorder: RunRecorder | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    history: _History | None = None,
+) -> dict[str, Any]:
     """The run's state between two events, as plain containers and tensors (see fedsim.checkpoint).
 
     The population keeps no state (its randomness is counter-based; the Markov participation
@@ -313,13 +374,20 @@ def restore(experiment: Experiment, checkpoint: dict[str, Any], spill_dir: str |
     _check_keys(state["run_state"], vars(engine.run_state), "engine.run_state")
     server = state["server_state"]
     if type(server) is not type(engine.state):
-        raise CheckpointError(f"engine.server_state: a {type(server).__name__}, this run's strategy keeps a "
-                              f"{type(engine.state).__name__}")
+        raise CheckpointError(
+            f"engine.server_state: a {type(server).__name__}, this run's strategy keeps a {type(engine.state).__name__}"
+        )
     ours = engine.state.params
-    if not isinstance(server.params, torch.Tensor) or server.params.shape != ours.shape or server.params.dtype != ours.dtype:
+    if (
+        not isinstance(server.params, torch.Tensor)
+        or server.params.shape != ours.shape
+        or server.params.dtype != ours.dtype
+    ):
         theirs = tuple(server.params.shape) if isinstance(server.params, torch.Tensor) else type(server.params).__name__
-        raise CheckpointError(f"engine.server_state.params: the checkpoint's model has shape {theirs}, this run's "
-                              f"model {tuple(ours.shape)} (was the model changed?)")
+        raise CheckpointError(
+            f"engine.server_state.params: the checkpoint's model has shape {theirs}, this run's "
+            f"model {tuple(ours.shape)} (was the model changed?)"
+        )
     scheduler = decode(checkpoint.get("scheduler"), "scheduler")
     _check_parts(experiment.scheduler, scheduler, "scheduler")
     guard = decode(checkpoint.get("guard"), "guard")
@@ -338,8 +406,12 @@ def _check_keys(state: Any, expected: Any, where: str) -> None:
 
 def _is_part(value: Any) -> bool:
     """A component object of the scheduler (e.g. its arrival process): restored in place, never rebuilt."""
-    return hasattr(value, "__dict__") and not isinstance(value, type) and type(value) not in registered_classes().values() \
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(value, type)
+        and type(value) not in registered_classes().values()
         and type(value).__module__.split(".")[0] in ("fedsim", "strategies", "clients")
+    )
 
 
 def _parts_state(obj: Any) -> dict[str, Any]:
@@ -379,8 +451,11 @@ def data_fingerprint(data: Any) -> dict[str, Any]:
     digest = hashlib.sha256()
     train = np.asarray(data.num_samples, dtype=np.int64)
     digest.update(train.tobytes())
-    info: dict[str, Any] = {"num_clients": int(data.num_clients), "num_classes": int(data.num_classes),
-                            "train_samples": int(train.sum())}
+    info: dict[str, Any] = {
+        "num_clients": int(data.num_clients),
+        "num_classes": int(data.num_classes),
+        "train_samples": int(train.sum()),
+    }
     if hasattr(data, "test_offsets"):  # in-memory data: test split sizes and the labels too
         test = np.diff(np.asarray(data.test_offsets, dtype=np.int64))
         digest.update(test.tobytes())
@@ -397,8 +472,10 @@ def check_fingerprint(saved: Any, current: dict[str, Any], path: Path) -> None:
     """Refuse (one line, naming the first differing key) a checkpoint taken under another config or other data."""
     if type(saved) is not dict or type(saved.get("config")) is not dict or type(saved.get("data")) is not dict:
         raise CheckpointError(f"{path}: holds no run fingerprint")
-    for part, what in (("config", "config.yaml changed since the checkpoint"),
-                       ("data", "the task's data differs from the checkpoint's")):
+    for part, what in (
+        ("config", "config.yaml changed since the checkpoint"),
+        ("data", "the task's data differs from the checkpoint's"),
+    ):
         old, new = saved[part], current[part]
         for key in [*old, *(k for k in new if k not in old)]:
             before, now = old.get(key, "(not set)"), new.get(key, "(not set)")
@@ -434,7 +511,7 @@ class _History:
         return out
 
     @classmethod
-    def verified(cls, out: Path, recorder_state: Any, path: Path) -> "_History":
+    def verified(cls, out: Path, recorder_state: Any, path: Path) -> _History:
         """The history the checkpoint recorded, checked against the run folder's files (which are not changed)."""
         keys = {f"{name}_{what}" for name in HISTORY_FILES for what in ("lines", "sha256")}
         if type(recorder_state) is not dict or set(recorder_state) != keys:
@@ -447,10 +524,15 @@ class _History:
             file = out / f"{name}.jsonl"
             lines = file.read_bytes().splitlines(keepends=True) if file.is_file() else []
             prefix = b"".join(lines[:keep])
-            if len(lines) < keep or (keep and not lines[keep - 1].endswith(b"\n")) \
-                    or hashlib.sha256(prefix).hexdigest() != expected:
-                raise CheckpointError(f"{path} was not taken in this run folder: {file.name} does not hold the "
-                                      f"{keep} lines the checkpoint recorded")
+            if (
+                len(lines) < keep
+                or (keep and not lines[keep - 1].endswith(b"\n"))
+                or hashlib.sha256(prefix).hexdigest() != expected
+            ):
+                raise CheckpointError(
+                    f"{path} was not taken in this run folder: {file.name} does not hold the "
+                    f"{keep} lines the checkpoint recorded"
+                )
             prefixes[name] = prefix
         return cls(out, prefixes)
 
@@ -504,10 +586,16 @@ def _git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
@@ -524,11 +612,16 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         resumable = (out / CHECKPOINT_NAME).is_file() and not (out / "summary.json").is_file()
         raise ConfigError(
             f"output.out: {out} already holds a run; pick another --out"
-            + (f", pass --overwrite to replace it, or --resume {out} to continue it" if resumable
-               else " or pass --overwrite to replace it")
+            + (
+                f", pass --overwrite to replace it, or --resume {out} to continue it"
+                if resumable
+                else " or pass --overwrite to replace it"
+            )
         )
     if not any((out / marker).exists() for marker in RUN_FOLDER_MARKERS):
-        raise ConfigError(f"output.out: {out} is not empty and is not a fedsim run folder; --overwrite refuses to delete it")
+        raise ConfigError(
+            f"output.out: {out} is not empty and is not a fedsim run folder; --overwrite refuses to delete it"
+        )
 
 
 class _FolderLock:
@@ -546,7 +639,9 @@ class _FolderLock:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"output.out: another fedsim run (pid {holder}) is writing to {self.path.parent}") from None
+                raise ConfigError(
+                    f"output.out: another fedsim run (pid {holder}) is writing to {self.path.parent}"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -588,7 +683,7 @@ class _StopOnSignal:
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -631,8 +726,10 @@ def save_model(task: Task, params: torch.Tensor, out: Path) -> list[Path]:
         torch.export.save(program, out / "model.pt2")
         written.append(out / "model.pt2")
     except Exception as exc:  # noqa: BLE001  (a model torch.export cannot trace still has its state dict)
-        log.warning("model.pt2 not written (torch.export failed: %s); model_state.pt holds the weights",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning(
+            "model.pt2 not written (torch.export failed: %s); model_state.pt holds the weights",
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
     return written
 
 
@@ -675,9 +772,15 @@ def run_experiment(
         lock.release()
 
 
-def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: list[str] | None,
-                   early_logs: list[Any], checkpoint: dict[str, Any] | None = None,
-                   history: _History | None = None) -> tuple[dict[str, Any], Path]:
+def _run_in_folder(
+    config: RunConfig,
+    experiment: Experiment,
+    out: Path,
+    argv: list[str] | None,
+    early_logs: list[Any],
+    checkpoint: dict[str, Any] | None = None,
+    history: _History | None = None,
+) -> tuple[dict[str, Any], Path]:
     """Run into ``out``; ``checkpoint`` (already restored, with its verified ``history``) continues a run there."""
     engine, guard = experiment.engine, experiment.guard
     try:
@@ -686,29 +789,54 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
             (out / "config.yaml").write_text(yaml.safe_dump(resolved_config(config, experiment, argv), sort_keys=False))
         else:
             (out / "summary.json").unlink(missing_ok=True)  # the run is running again
-        recorder = RunRecorder(out, config.rounds, config.strategy.name, config.output.progress, config.output.tensorboard,
-                               hparams=hparams_of(config.to_dict()), early_logs=early_logs,
-                               resume=checkpoint["recorder"] if checkpoint is not None else None)
+        recorder = RunRecorder(
+            out,
+            config.rounds,
+            config.strategy.name,
+            config.output.progress,
+            config.output.tensorboard,
+            hparams=hparams_of(config.to_dict()),
+            early_logs=early_logs,
+            resume=checkpoint["recorder"] if checkpoint is not None else None,
+        )
         history = history if history is not None else _History(out)
     except BaseException:
         experiment.executor.close()
         raise
     # the checkpointer goes first: on an interrupted run's end it saves before the recorder closes its files
-    engine.callbacks.append(Checkpointer(out / CHECKPOINT_NAME, config.output.checkpoint_every,
-                                         lambda: snapshot(experiment, recorder, fingerprint, history),
-                                         every_time=config.output.checkpoint_every_time,
-                                         every_wall=config.output.checkpoint_every_wall))
+    engine.callbacks.append(
+        Checkpointer(
+            out / CHECKPOINT_NAME,
+            config.output.checkpoint_every,
+            lambda: snapshot(experiment, recorder, fingerprint, history),
+            every_time=config.output.checkpoint_every_time,
+            every_wall=config.output.checkpoint_every_wall,
+        )
+    )
     engine.callbacks.append(recorder)
     if checkpoint is not None:
-        log.info("resumed at update %d (virtual time %.1f s) from %s", engine.state.version, engine.now,
-                 out / CHECKPOINT_NAME)
+        log.info(
+            "resumed at update %d (virtual time %.1f s) from %s",
+            engine.state.version,
+            engine.now,
+            out / CHECKPOINT_NAME,
+        )
     if config.eval.every is not None and config.rounds < config.eval.every:
-        log.warning("rounds=%d is smaller than eval.every=%d: the model is evaluated only before the first and "
-                    "after the last update (set eval.every to see a curve)", config.rounds, config.eval.every)
+        log.warning(
+            "rounds=%d is smaller than eval.every=%d: the model is evaluated only before the first and "
+            "after the last update (set eval.every to see a curve)",
+            config.rounds,
+            config.eval.every,
+        )
     probs = experiment.population.participation.probabilities
     if probs is not None:
-        log.info("participation: %s, mean probability %.3g (min %.3g, max %.3g)",
-                 config.population.participation, probs.mean(), probs.min(), probs.max())
+        log.info(
+            "participation: %s, mean probability %.3g (min %.3g, max %.3g)",
+            config.population.participation,
+            probs.mean(),
+            probs.min(),
+            probs.max(),
+        )
     summary: dict[str, Any] | None = None
     crash: BaseException | None = None
     trace = ""
@@ -743,8 +871,9 @@ def _run_in_folder(config: RunConfig, experiment: Experiment, out: Path, argv: l
     return summary, out
 
 
-def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
-                      argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+def resume_experiment(
+    run_dir: str | Path, overrides: list[str] | None = None, argv: list[str] | None = None
+) -> tuple[dict[str, Any], Path]:
     """Continue the run in ``run_dir`` from its ``checkpoint.pt``, through the same ``build()`` as a fresh run.
 
     The config is ``run_dir/config.yaml`` (``overrides`` may change only ``output.*``);
@@ -756,8 +885,10 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
         raise ConfigError(f"--resume: {out} is not a fedsim run folder (no config.yaml)")
     for text in overrides or []:
         if not text.startswith("output."):
-            raise ConfigError(f"--resume: the config comes from {out / 'config.yaml'}; only output.* may change "
-                              f"(got {text.split('=')[0]})")
+            raise ConfigError(
+                f"--resume: the config comes from {out / 'config.yaml'}; only output.* may change "
+                f"(got {text.split('=')[0]})"
+            )
     config = load_config(out / "config.yaml", [*(overrides or []), f"output.out={out}"])
     if (out / "summary.json").is_file() and _read_status(out / "summary.json") == "completed":
         raise ConfigError(f"--resume: the run in {out} already completed (summary.json)")

@@ -83,8 +83,10 @@ def _plain_dtype(spec: Any) -> np.dtype:
     if isinstance(spec, (str, bytes)):
         dtype = np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec)
     if dtype is None or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        raise pickle.UnpicklingError(f"refusing numpy dtype {dtype if dtype is not None else type(spec).__name__} "
-                                     "(only numeric, bool, bytes and str arrays are allowed)")
+        raise pickle.UnpicklingError(
+            f"refusing numpy dtype {dtype if dtype is not None else type(spec).__name__} "
+            "(only numeric, bool, bytes and str arrays are allowed)"
+        )
     return np.dtype(dtype.str)
 
 

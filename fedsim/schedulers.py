@@ -38,7 +38,8 @@ processes wait for the next availability slot.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
@@ -49,8 +50,17 @@ from fedsim.registry import Registry
 from fedsim.rng import uniform, uniform_per_client
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["SCHEDULERS", "ARRIVALS", "SyncRounds", "Buffered", "Periodic", "Concurrency", "OpenArrivals",
-           "Anarchic", "build_scheduler"]
+__all__ = [
+    "SCHEDULERS",
+    "ARRIVALS",
+    "SyncRounds",
+    "Buffered",
+    "Periodic",
+    "Concurrency",
+    "OpenArrivals",
+    "Anarchic",
+    "build_scheduler",
+]
 
 # factory(RunConfig) -> scheduler / arrival process
 SCHEDULERS: Registry[Callable[..., Any]] = Registry("scheduler")
@@ -311,43 +321,67 @@ def _by_client(results: list[ClientResult]) -> list[ClientResult]:
 # --------------------------------------------------------------------------- registries
 
 
-@ARRIVALS.register("concurrency", "keep scheduler.concurrency clients training (FedScale, Fraboni et al.)",
-                   options=("scheduler.concurrency",))
+@ARRIVALS.register(
+    "concurrency",
+    "keep scheduler.concurrency clients training (FedScale, Fraboni et al.)",
+    options=("scheduler.concurrency",),
+)
 def _concurrency(config: Any, periodic: bool = False) -> Concurrency:
     return Concurrency(config.scheduler.concurrency, refill_on_finish=not periodic)
 
 
-@ARRIVALS.register("rate", "open arrivals at scheduler.arrival_rate per virtual second, constant or poisson (FLSim)",
-                   options=("scheduler.arrival_rate", "scheduler.arrival_process"))
+@ARRIVALS.register(
+    "rate",
+    "open arrivals at scheduler.arrival_rate per virtual second, constant or poisson (FLSim)",
+    options=("scheduler.arrival_rate", "scheduler.arrival_process"),
+)
 def _rate(config: Any, periodic: bool = False) -> OpenArrivals:
     return OpenArrivals(config.scheduler.arrival_rate, config.scheduler.arrival_process, config.seed)
 
 
-@ARRIVALS.register("anarchic", "clients pick their join times and local steps (scheduler.anarchic.*; AFA)",
-                   options=("scheduler.anarchic.idle_mean", "scheduler.anarchic.idle_sigma",
-                            "scheduler.anarchic.min_steps", "scheduler.anarchic.max_steps"))
+@ARRIVALS.register(
+    "anarchic",
+    "clients pick their join times and local steps (scheduler.anarchic.*; AFA)",
+    options=(
+        "scheduler.anarchic.idle_mean",
+        "scheduler.anarchic.idle_sigma",
+        "scheduler.anarchic.min_steps",
+        "scheduler.anarchic.max_steps",
+    ),
+)
 def _anarchic(config: Any, periodic: bool = False) -> Anarchic:
     a = config.scheduler.anarchic
     return Anarchic(a.idle_mean, a.idle_sigma, a.min_steps, a.max_steps, config.seed)
 
 
-@SCHEDULERS.register("sync", "synchronous rounds: select, wait for all (or deadline / first k), aggregate",
-                     options=("round_deadline", "scheduler.over_selection"))
+@SCHEDULERS.register(
+    "sync",
+    "synchronous rounds: select, wait for all (or deadline / first k), aggregate",
+    options=("round_deadline", "scheduler.over_selection"),
+)
 def _sync(config: Any) -> SyncRounds:
     return SyncRounds(config.round_deadline, config.scheduler.over_selection)
 
 
-@SCHEDULERS.register("buffered", "asynchronous: aggregate every buffer_size arrivals (FedAsync K=1, FedBuff, AFA)",
-                     options=("scheduler.buffer_size", "scheduler.arrivals", "scheduler.max_staleness"))
+@SCHEDULERS.register(
+    "buffered",
+    "asynchronous: aggregate every buffer_size arrivals (FedAsync K=1, FedBuff, AFA)",
+    options=("scheduler.buffer_size", "scheduler.arrivals", "scheduler.max_staleness"),
+)
 def _buffered(config: Any) -> Buffered:
     return Buffered(ARRIVALS.get(config.scheduler.arrivals)(config), config.scheduler.buffer_size)
 
 
-@SCHEDULERS.register("periodic", "asynchronous: aggregate every interval virtual seconds (FedFix)",
-                     options=("scheduler.interval", "scheduler.arrivals", "scheduler.max_staleness"))
+@SCHEDULERS.register(
+    "periodic",
+    "asynchronous: aggregate every interval virtual seconds (FedFix)",
+    options=("scheduler.interval", "scheduler.arrivals", "scheduler.max_staleness"),
+)
 def _periodic(config: Any) -> Periodic:
     if config.scheduler.interval is None:
-        raise ValueError("scheduler.interval (virtual seconds between server updates) must be set for scheduler 'periodic'")
+        raise ValueError(
+            "scheduler.interval (virtual seconds between server updates) must be set for scheduler 'periodic'"
+        )
     return Periodic(ARRIVALS.get(config.scheduler.arrivals)(config, periodic=True), config.scheduler.interval)
 
 

@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fedsim import registries
 from fedsim.registry import UnknownNameError
 
 __all__ = ["describe"]
 
-NOUNS = {"client": "client algorithm", "optimizer": "local optimizer", "participation": "participation model",
-         "speed": "speed model", "arrivals": "arrival process", "staleness": "staleness weighting"}
+NOUNS = {
+    "client": "client algorithm",
+    "optimizer": "local optimizer",
+    "participation": "participation model",
+    "speed": "speed model",
+    "arrivals": "arrival process",
+    "staleness": "staleness weighting",
+}
 
 
 def _signature_defaults(factory: Callable[..., Any], skip: int = 0) -> list[tuple[str, Any]]:
     params = list(inspect.signature(factory).parameters.values())[skip:]
-    return [(p.name, p.default if p.default is not inspect.Parameter.empty else "(required)")
-            for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [
+        (p.name, p.default if p.default is not inspect.Parameter.empty else "(required)")
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
 
 
 def _config_value(key: str) -> Any:
@@ -67,11 +77,15 @@ def _show_strategy(name: str) -> list[str]:
     values = {f"strategy.{k}": v for k, v in preset.options.items()}
     weighting = registries.get("weighting").get(preset.weighting)
     optimizer = registries.get("server_optimizer").get(preset.server_optimizer)
-    lines = [f"strategy preset {name}: {preset.description}",
-             f"  weighting {preset.weighting} (strategy.weighting): {registries.get('weighting').description(preset.weighting)}"]
+    lines = [
+        f"strategy preset {name}: {preset.description}",
+        f"  weighting {preset.weighting} (strategy.weighting): {registries.get('weighting').description(preset.weighting)}",
+    ]
     lines += _lines(_part_options(weighting, values))
-    lines.append(f"  server optimizer {preset.server_optimizer} (strategy.server_optimizer): "
-                 f"{registries.get('server_optimizer').description(preset.server_optimizer)}")
+    lines.append(
+        f"  server optimizer {preset.server_optimizer} (strategy.server_optimizer): "
+        f"{registries.get('server_optimizer').description(preset.server_optimizer)}"
+    )
     lines += _lines(_part_options(optimizer, values))
     shown = {key for key, _ in _part_options(weighting, values) + _part_options(optimizer, values)}
     others = [(key, value) for key, value in values.items() if key not in shown]
@@ -90,13 +104,20 @@ def _show_part(kind: str, name: str) -> list[str]:
     lines = [f"{NOUNS.get(kind, kind.replace('_', ' '))} {name}: {registry.description(name)}"]
     factory = registry.get(name)
     if kind == "server_optimizer" and hasattr(factory, "option_defaults"):  # a library optimizer
-        lines += _lines([("strategy.server_lr", factory.__signature__.parameters["lr"].default)]
-                        + [(f"strategy.server_optimizer_kwargs.{k}", v) for k, v in factory.option_defaults()])
+        lines += _lines(
+            [("strategy.server_lr", factory.__signature__.parameters["lr"].default)]
+            + [(f"strategy.server_optimizer_kwargs.{k}", v) for k, v in factory.option_defaults()]
+        )
     elif kind in ("weighting", "server_optimizer"):
         lines += _lines(_part_options(factory, {}))
     elif kind == "partitioner":
-        lines += _lines([(f"data.{arg}", _config_value(f"data.{arg}")) for arg, _ in _signature_defaults(factory, skip=3)
-                         if arg in registries_data_fields()])
+        lines += _lines(
+            [
+                (f"data.{arg}", _config_value(f"data.{arg}"))
+                for arg, _ in _signature_defaults(factory, skip=3)
+                if arg in registries_data_fields()
+            ]
+        )
     elif kind == "optimizer":
         pairs = []
         for arg, default in _signature_defaults(factory, skip=1):

@@ -20,8 +20,9 @@ import itertools
 import operator
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -80,7 +81,7 @@ class ClientStateStore:
         for cid, path in list(self._files.items()):
             yield cid, torch.load(path, weights_only=True)
 
-    def copy(self) -> "ClientStateStore":
+    def copy(self) -> ClientStateStore:
         """A shallow copy (new mapping, same state objects): enough for functional updates."""
         other = ClientStateStore(self.memory_limit, self._spill_root)
         other._states = collections.OrderedDict(self._states)
@@ -95,15 +96,20 @@ class ClientStateStore:
         return {"memory_limit": self.memory_limit, "states": [[cid, state] for cid, state in self.items()]}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], spill_dir: str | Path | None = None, **context: Any) -> "ClientStateStore":
+    def from_state_dict(
+        cls, state: dict[str, Any], spill_dir: str | Path | None = None, **context: Any
+    ) -> ClientStateStore:
         """A store holding ``state_dict()``'s states, all in memory: building it touches no file.
 
         ``spill_dir`` comes from the caller (the run's config), never from ``state``; the
         memory limit applies from the next ``put`` on.
         """
         if type(state) is not dict or set(state) != {"memory_limit", "states"}:
-            raise ValueError(f"a client state store takes exactly memory_limit and states, got {sorted(map(str, state))}"
-                             if isinstance(state, dict) else "a client state store's state is not a mapping")
+            raise ValueError(
+                f"a client state store takes exactly memory_limit and states, got {sorted(map(str, state))}"
+                if isinstance(state, dict)
+                else "a client state store's state is not a mapping"
+            )
         limit, states = state["memory_limit"], state["states"]
         if limit is not None and (type(limit) is not int or limit < 0):
             raise ValueError(f"memory_limit must be None or a non-negative int, got {limit!r}")

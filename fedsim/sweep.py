@@ -23,8 +23,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import yaml
 
@@ -93,7 +94,10 @@ def label(settings: dict[str, str]) -> str:
 
 
 def expand(
-    config_path: str | None, overrides: Sequence[str], axes: Sequence[Axis], values: dict[str, Any] | None = None,
+    config_path: str | None,
+    overrides: Sequence[str],
+    axes: Sequence[Axis],
+    values: dict[str, Any] | None = None,
 ) -> list[tuple[dict[str, str], RunConfig]]:
     """One validated config per combination; a bad combination fails before anything runs."""
     runs = []
@@ -107,7 +111,9 @@ def expand(
     folders = [label(settings) for settings, _ in runs]
     for folder in folders:
         if len(folder.encode()) > 255:  # the usual file-name limit; mkdir would fail after earlier runs ran
-            raise ConfigError(f"--sweep: the run folder name {folder[:60]}... is longer than 255 bytes; sweep fewer keys")
+            raise ConfigError(
+                f"--sweep: the run folder name {folder[:60]}... is longer than 255 bytes; sweep fewer keys"
+            )
         if folders.count(folder) > 1:
             raise ConfigError(f"--sweep: two runs would share the folder {folder} ('/' becomes '_' in folder names)")
     return runs
@@ -123,9 +129,11 @@ def done_line(summary: dict[str, Any], out: Path | str) -> str:
     timings = summary.get("executor_timings") or {}
     compiled = f" (compile {timings['compile_s']:.1f}s of it)" if timings.get("compile_s") else ""
     startup = f", ray start-up {timings['ray_startup_s']:.1f}s before" if timings.get("ray_startup_s") else ""
-    return (f"done: {summary['rounds']} rounds, virtual time {summary['virtual_time']:.1f}s, "
-            f"wall {summary['wall_time']:.1f}s{compiled}{startup}, test accuracy {acc:.4f}{best_text}, "
-            f"dropouts {summary['dropouts']} -> {out}")
+    return (
+        f"done: {summary['rounds']} rounds, virtual time {summary['virtual_time']:.1f}s, "
+        f"wall {summary['wall_time']:.1f}s{compiled}{startup}, test accuracy {acc:.4f}{best_text}, "
+        f"dropouts {summary['dropouts']} -> {out}"
+    )
 
 
 def _sweep_dir(out: str | None) -> Path:
@@ -167,11 +175,16 @@ def run_sweep(runs: list[tuple[dict[str, str], RunConfig]], out: str | None = No
         for key, value in settings.items():
             if value not in axes.setdefault(key, []):
                 axes[key].append(value)
-    (root / "sweep.yaml").write_text(yaml.safe_dump({
-        "command": "fedsim " + " ".join(sys.argv[1:]),
-        "axes": axes,
-        "runs": [{"folder": label(s), "settings": s} for s, _ in planned],
-    }, sort_keys=False))
+    (root / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "command": "fedsim " + " ".join(sys.argv[1:]),
+                "axes": axes,
+                "runs": [{"folder": label(s), "settings": s} for s, _ in planned],
+            },
+            sort_keys=False,
+        )
+    )
     shape = " x ".join(f"{key}: {len(v)}" for key, v in axes.items())
     how = "one after another" if jobs == 1 else f"{jobs} at a time on Ray"
     print(f"sweep: {len(planned)} runs ({shape}) into {root}, {how}", file=sys.stderr, flush=True)
@@ -208,8 +221,11 @@ def _progress(i: int, n: int, settings: dict[str, str], summary: dict[str, Any] 
         metrics += f" (best {best:.4f})"
     status = (summary or {}).get("status", "completed")
     ended = "" if status == "completed" else f" [{status}: {(summary or {}).get('reason', '')}]"
-    print(f"{head}: {metrics}, dropouts {(summary or {}).get('dropouts', 0)}, "
-          f"wall {(summary or {}).get('wall_time', 0.0):.1f}s{ended}", flush=True)
+    print(
+        f"{head}: {metrics}, dropouts {(summary or {}).get('dropouts', 0)}, "
+        f"wall {(summary or {}).get('wall_time', 0.0):.1f}s{ended}",
+        flush=True,
+    )
 
 
 def _run_sequential(planned: list[tuple[dict[str, str], RunConfig]]) -> list[str]:

@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fedsim.config import read_yaml
 from fedsim.metrics import flatten, read_jsonl
@@ -67,8 +68,12 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     found = list(dict.fromkeys(found))
     skipped = [p for p in found if not _has(p, "config.yaml")]
     if skipped:
-        log.warning("skipped %d folder%s with a metrics.jsonl but no config.yaml (not fedsim runs): %s",
-                    len(skipped), "s" if len(skipped) > 1 else "", ", ".join(map(str, skipped)))
+        log.warning(
+            "skipped %d folder%s with a metrics.jsonl but no config.yaml (not fedsim runs): %s",
+            len(skipped),
+            "s" if len(skipped) > 1 else "",
+            ", ".join(map(str, skipped)),
+        )
     runs = [p for p in found if p not in skipped]
     if not runs:
         raise ValueError(f"no fedsim run folder in {', '.join(map(str, paths))} (none has a config.yaml)")
@@ -116,13 +121,17 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     config_file = path / "config.yaml"
     if not config_file.is_file():
-        raise ValueError(f"{config_file} is {'a directory' if config_file.is_dir() else 'not a regular file'}, not a file")
+        raise ValueError(
+            f"{config_file} is {'a directory' if config_file.is_dir() else 'not a regular file'}, not a file"
+        )
     config = flatten(read_yaml(config_file))
     evals = []
     for number, row in read_jsonl(path / "metrics.jsonl"):
         if not _number(row.get("round")):
-            raise ValueError(f"{path / 'metrics.jsonl'} line {number}: 'round' is {json.dumps(row.get('round'))[:60]} "
-                             "(missing or not a number: not a fedsim evaluation row)")
+            raise ValueError(
+                f"{path / 'metrics.jsonl'} line {number}: 'round' is {json.dumps(row.get('round'))[:60]} "
+                "(missing or not a number: not a fedsim evaluation row)"
+            )
         for key, value in row.items():  # every field the recorder writes is a number or null
             _check_number(path / "metrics.jsonl", f" line {number}", key, value)
         evals.append(row)
@@ -185,6 +194,7 @@ def _determines(a: str, b: str, runs: Sequence[Run]) -> bool:
 
 def short_keys(keys: Sequence[str]) -> list[str]:
     """``data.alpha`` -> ``alpha``, ``strategy.name`` -> ``strategy``, where that is unique among ``keys``."""
+
     def short(key: str) -> str:
         parts = key.split(".")
         return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
@@ -220,7 +230,9 @@ def run_numbers(run: Run, metric: str, target: float | None, higher_is_better: b
         "final": final,
         "best": best,
         "rounds_to_target": float(reached["round"]) if reached else None,
-        "vtime_to_target": float(reached["virtual_time"]) if reached and reached.get("virtual_time") is not None else None,
+        "vtime_to_target": float(reached["virtual_time"])
+        if reached and reached.get("virtual_time") is not None
+        else None,
         "dropouts": float(dropouts) if dropouts is not None else None,
     }
 
@@ -266,7 +278,10 @@ def default_target(runs: Sequence[Run], metric: str, higher_is_better: bool) -> 
 
 
 def compare_table(
-    paths: Sequence[str | Path], metric: str = "test_accuracy", target: float | None = None, as_csv: bool = False,
+    paths: Sequence[str | Path],
+    metric: str = "test_accuracy",
+    target: float | None = None,
+    as_csv: bool = False,
 ) -> str:
     """The comparison table as markdown (or CSV with one column per mean, std and count)."""
     if target is not None and not math.isfinite(target):
@@ -279,16 +294,21 @@ def compare_table(
     if target is None:
         target = default_target(runs, metric, higher_is_better)
     keys, groups = group_runs(runs)
-    columns = [("final", f"final {metric}"), ("best", f"best {metric}"),
-               ("rounds_to_target", f"rounds to {target:g}"), ("vtime_to_target", f"virtual s to {target:g}"),
-               ("dropouts", "dropouts")]
+    columns = [
+        ("final", f"final {metric}"),
+        ("best", f"best {metric}"),
+        ("rounds_to_target", f"rounds to {target:g}"),
+        ("vtime_to_target", f"virtual s to {target:g}"),
+        ("dropouts", "dropouts"),
+    ]
     # personalization: the clients' own models beside the global model's (final values)
     personal = [key for key in PERSONAL_KEYS if key != metric and any(_values(r, key) for r in runs)]
     columns += [(key, f"final {key}") for key in personal]
     rows = []
     for group in groups:
-        numbers = [run_numbers(r, metric, target, higher_is_better) | {key: _final(r, key) for key in personal}
-                   for r in group]
+        numbers = [
+            run_numbers(r, metric, target, higher_is_better) | {key: _final(r, key) for key in personal} for r in group
+        ]
         stats = {col: mean_std([n[col] for n in numbers]) for col, _ in columns}
         rows.append((group, stats))
     if as_csv:
@@ -299,8 +319,14 @@ def compare_table(
 def _fmt(col: str, mean: float | None, std: float | None, count: int, total: int) -> str:
     if mean is None:
         return "-" if col.endswith("target") else "n/a"
-    digits = {"final": 4, "best": 4, "rounds_to_target": 1, "vtime_to_target": 1, "dropouts": 1,
-              "clients_unseen": 1}.get(col, 4)
+    digits = {
+        "final": 4,
+        "best": 4,
+        "rounds_to_target": 1,
+        "vtime_to_target": 1,
+        "dropouts": 1,
+        "clients_unseen": 1,
+    }.get(col, 4)
     if std is None and col in ("rounds_to_target", "dropouts"):
         digits = 0  # a single run's count
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
@@ -322,8 +348,11 @@ def _markdown(keys, columns, rows, runs) -> str:
     incomplete = [str(r.path) for r in runs if r.summary is None]
     if incomplete:
         notes.append(f"no summary.json (still running or interrupted): {', '.join(incomplete)}")
-    stopped = [f"{r.path} ({r.summary['status']})" for r in runs
-               if r.summary is not None and r.summary.get("status", "completed") != "completed"]
+    stopped = [
+        f"{r.path} ({r.summary['status']})"
+        for r in runs
+        if r.summary is not None and r.summary.get("status", "completed") != "completed"
+    ]
     if stopped:
         notes.append(f"runs that did not complete (their last evaluation counts as final): {', '.join(stopped)}")
     return "\n".join(lines) + "\n" + "".join(f"\n{note}" for note in notes) + ("\n" if notes else "")

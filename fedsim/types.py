@@ -41,7 +41,9 @@ class ClientJob:
     config: dict[str, Any]  # local instructions from Strategy.configure (lr, local steps, ...)
     seed: int  # seeds the client's torch.Generator (minibatch order, dropout, ...)
     state: Any = None  # client state from the ClientStateStore, if the algorithm keeps one
-    broadcast: Any = None  # per-version server payload (Strategy.broadcast, e.g. SCAFFOLD's c); shared by the version's jobs
+    broadcast: Any = (
+        None  # per-version server payload (Strategy.broadcast, e.g. SCAFFOLD's c); shared by the version's jobs
+    )
 
 
 @checkpointable
@@ -57,7 +59,9 @@ class ClientResult:
     metrics: dict[str, float] = field(default_factory=dict)
     duration: float = 0.0  # virtual seconds, set by the engine from the population model
     state: Any = None  # new client state (dict of flat tensors on the CPU), stored by the engine if not None
-    extras: dict[str, Any] | None = None  # flat tensors for the server (e.g. SCAFFOLD's change of c_i), checked like delta
+    extras: dict[str, Any] | None = (
+        None  # flat tensors for the server (e.g. SCAFFOLD's change of c_i), checked like delta
+    )
     staleness: int = 0  # server version at arrival - base_version, set by the engine
     base_params: Params | None = None  # the model the client started from, set by the engine (FedAsync mixing)
     error: str | None = None  # set when the client failed; such results are never aggregated

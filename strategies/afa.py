@@ -23,8 +23,8 @@ twice in one buffer contributes both updates to AFA-CD and its latest to AFA-CS.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,9 @@ class AFACS:
     def init(self, params: torch.Tensor, population: PopulationInfo) -> MemoryState:
         return init_memory(params, population)
 
-    def aggregate(self, state: MemoryState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, MemoryState]:
+    def aggregate(
+        self, state: MemoryState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, MemoryState]:
         _, new_state = store_updates(state, normalised(results))
         return new_state.mean, new_state
 

@@ -6,8 +6,9 @@ A strategy is functional in spirit (optax / FedJAX): ``init`` returns a ServerSt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -26,7 +27,7 @@ class ServerState:
     aggregator: Any = None  # weighting / aggregator state (e.g. FedAU interval statistics)
     transforms: tuple[Any, ...] = ()  # one state per aggregate transform (e.g. adaptive clipping's clip norm)
 
-    def replace(self, **changes: Any) -> "ServerState":
+    def replace(self, **changes: Any) -> ServerState:
         return replace(self, **changes)
 
 
@@ -45,6 +46,4 @@ class Aggregator(Protocol):
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> Any: ...
 
-    def aggregate(
-        self, state: Any, results: Sequence[ClientResult], round: int
-    ) -> tuple[torch.Tensor, Any]: ...
+    def aggregate(self, state: Any, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, Any]: ...

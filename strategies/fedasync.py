@@ -20,8 +20,8 @@ update; with a larger buffer the rebased updates are averaged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 

@@ -20,8 +20,8 @@ so a round costs O(participants) and state is three numbers per client.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ class FedAUWeighting:
             like=torch.zeros_like(params),
         )
 
-    def _settle_absences(self, state: FedAUState, ids: np.ndarray, round: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _settle_absences(
+        self, state: FedAUState, ids: np.ndarray, round: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Totals and counts after recording cutoff intervals for absences before ``round``."""
         absent = round - 1 - state.last_close[ids]  # rounds missed since the last closed interval
         total, count = state.total[ids].copy(), state.count[ids].copy()
@@ -72,7 +74,9 @@ class FedAUWeighting:
             absent = absent % self.cutoff
         return total, count, absent
 
-    def aggregate(self, state: FedAUState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, FedAUState]:
+    def aggregate(
+        self, state: FedAUState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, FedAUState]:
         if not results:
             return torch.zeros_like(state.like), state
         ids = np.array([r.client_id for r in results], dtype=np.int64)

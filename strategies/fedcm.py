@@ -15,8 +15,8 @@ Symbols: eta_g -> ``strategy.server_lr`` (default 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -40,7 +40,9 @@ class MomentumAggregator:
     def init(self, params: torch.Tensor, population: PopulationInfo) -> MomentumState:
         return MomentumState({"momentum": torch.zeros_like(params)})
 
-    def aggregate(self, state: MomentumState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, MomentumState]:
+    def aggregate(
+        self, state: MomentumState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, MomentumState]:
         m = state.broadcast["momentum"]
         if not results:
             return torch.zeros_like(m), state
@@ -57,16 +59,26 @@ def fedcm() -> MomentumAggregator:
 
 
 fedcm.server_part = "momentum"  # type: ignore[attr-defined]
-WEIGHTINGS.register("fedcm", "FedCM/MoFedSAM server: U = mean delta, momentum = mean of -delta/(K lr) (needs client fedcm or mofedsam)")(fedcm)
+WEIGHTINGS.register(
+    "fedcm", "FedCM/MoFedSAM server: U = mean delta, momentum = mean of -delta/(K lr) (needs client fedcm or mofedsam)"
+)(fedcm)
 
 
 from strategies.fedopt import FL_SIMULATOR_CLIENT, register_preset  # noqa: E402  (fedopt must not import this module)
 
 register_preset(
-    "fedcm", "FedCM: client-level momentum from the server (Xu et al. 2021)", "fedcm", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "fedcm", **FL_SIMULATOR_CLIENT}},
+    "fedcm",
+    "FedCM: client-level momentum from the server (Xu et al. 2021)",
+    "fedcm",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "fedcm", **FL_SIMULATOR_CLIENT}},
 )
 register_preset(
-    "mofedsam", "MoFedSAM: SAM client with server momentum (Qu et al. 2022)", "fedcm", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "mofedsam", **FL_SIMULATOR_CLIENT}},
+    "mofedsam",
+    "MoFedSAM: SAM client with server momentum (Qu et al. 2022)",
+    "fedcm",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "mofedsam", **FL_SIMULATOR_CLIENT}},
 )

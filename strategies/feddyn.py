@@ -18,8 +18,8 @@ round is not empty, so it has no such round; fedsim treats it like every other w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -44,7 +44,9 @@ class FedDynAggregator:
     def init(self, params: torch.Tensor, population: PopulationInfo) -> FedDynState:
         return FedDynState(torch.zeros_like(params, dtype=torch.float64), population.num_clients, params.dtype)
 
-    def aggregate(self, state: FedDynState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, FedDynState]:
+    def aggregate(
+        self, state: FedDynState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, FedDynState]:
         if not results:
             return torch.zeros_like(state.h_sum, dtype=state.dtype), state
         total = torch.zeros_like(state.h_sum)
@@ -60,12 +62,18 @@ def feddyn() -> FedDynAggregator:
 
 
 feddyn.server_part = "feddyn"  # type: ignore[attr-defined]
-WEIGHTINGS.register("feddyn", "FedDyn/FedSpeed server: U = mean delta + (1/N) sum_all h_i (needs client feddyn or fedspeed)")(feddyn)
+WEIGHTINGS.register(
+    "feddyn", "FedDyn/FedSpeed server: U = mean delta + (1/N) sum_all h_i (needs client feddyn or fedspeed)"
+)(feddyn)
 
 
 from strategies.fedopt import FL_SIMULATOR_CLIENT, register_preset  # noqa: E402  (fedopt must not import this module)
 
 register_preset(
-    "feddyn", "FedDyn: dynamic regularisation, server adds mean of all h_i (Acar et al. 2021)", "feddyn", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "feddyn", **FL_SIMULATOR_CLIENT, "lr_decay": 0.9995}},
+    "feddyn",
+    "FedDyn: dynamic regularisation, server adds mean of all h_i (Acar et al. 2021)",
+    "feddyn",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "feddyn", **FL_SIMULATOR_CLIENT, "lr_decay": 0.9995}},
 )

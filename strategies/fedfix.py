@@ -17,7 +17,7 @@ staleness is 0 and this is synchronous FedAvg's sample weighting.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

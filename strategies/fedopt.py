@@ -17,26 +17,35 @@ strategies/afa.py). Presets also choose their scheduler through ``config_default
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
+from clients.transforms import ClientTransformSpec
 from fedsim.registry import Registry
 from fedsim.types import ClientResult, PopulationInfo
-import numpy as np
-
-from clients.transforms import ClientTransformSpec
 from strategies.base import Aggregator, ServerState
-from strategies.transforms import AggregateTransform, ServerContext, describe_server
 from strategies.fedasync import rebase
 from strategies.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from strategies.staleness import STALENESS
+from strategies.transforms import AggregateTransform, ServerContext, describe_server
 from strategies.weighting import WEIGHTINGS
 
 __all__ = [
-    "FedOpt", "Preset", "STRATEGIES", "build_strategy", "resolve_parts", "resolved_options", "OPTION_FIELDS",
-    "register_preset", "server_part", "check_pairing", "FL_SIMULATOR_CLIENT",
+    "FedOpt",
+    "Preset",
+    "STRATEGIES",
+    "build_strategy",
+    "resolve_parts",
+    "resolved_options",
+    "OPTION_FIELDS",
+    "register_preset",
+    "server_part",
+    "check_pairing",
+    "FL_SIMULATOR_CLIENT",
 ]
 
 # StrategyConfig field -> keyword argument of the part that takes it
@@ -191,42 +200,89 @@ _register = register_preset
 FL_SIMULATOR_CLIENT = {"lr": 0.1, "lr_decay": 0.998, "weight_decay": 1e-3, "clip_norm": 10.0}
 
 
-_register("fedavg", "FedAvg: sample-weighted mean of deltas, server SGD (McMahan et al. 2017)", "samples", "sgd", server_lr=1.0)
-_register("fedavgm", "FedAvgM: FedAvg with server momentum 0.9 (Hsu et al. 2019)", "samples", "sgd", server_lr=1.0, momentum=0.9)
-_register("fedadagrad", "FedAdagrad: adaptive server step (Reddi et al. 2021)", "samples", "adagrad", server_lr=0.1, tau=1e-3)
+_register(
+    "fedavg",
+    "FedAvg: sample-weighted mean of deltas, server SGD (McMahan et al. 2017)",
+    "samples",
+    "sgd",
+    server_lr=1.0,
+)
+_register(
+    "fedavgm",
+    "FedAvgM: FedAvg with server momentum 0.9 (Hsu et al. 2019)",
+    "samples",
+    "sgd",
+    server_lr=1.0,
+    momentum=0.9,
+)
+_register(
+    "fedadagrad", "FedAdagrad: adaptive server step (Reddi et al. 2021)", "samples", "adagrad", server_lr=0.1, tau=1e-3
+)
 _register("fedadam", "FedAdam: Adam server step (Reddi et al. 2021)", "samples", "adam", server_lr=0.01, tau=1e-3)
 _register("fedyogi", "FedYogi: Yogi server step (Reddi et al. 2021)", "samples", "yogi", server_lr=0.01, tau=1e-3)
 _register(
-    "fedau", "FedAU: weights = online estimate of 1/p_n from participation intervals (Wang & Ji 2024)",
-    "fedau", "sgd", server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+    "fedau",
+    "FedAU: weights = online estimate of 1/p_n from participation intervals (Wang & Ji 2024)",
+    "fedau",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
 _register(
-    "fedavg_participating", "FedAU baseline: plain average over participants", "uniform", "sgd",
-    server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+    "fedavg_participating",
+    "FedAU baseline: plain average over participants",
+    "uniform",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
 _register(
-    "fedavg_all", "FedAU baseline: sum over participants divided by N", "average_all", "sgd",
-    server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+    "fedavg_all",
+    "FedAU baseline: sum over participants divided by N",
+    "average_all",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
 _register(
-    "fedavg_known", "FedAU baseline (oracle): weights 1/(N p_n) with the true probabilities", "known_prob", "sgd",
-    server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+    "fedavg_known",
+    "FedAU baseline (oracle): weights 1/(N p_n) with the true probabilities",
+    "known_prob",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
 _register(
-    "mifa", "FedAU baseline: MIFA, mean of every client's latest stored update (Gu et al. 2021)", "mifa", "sgd",
-    server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+    "mifa",
+    "FedAU baseline: MIFA, mean of every client's latest stored update (Gu et al. 2021)",
+    "mifa",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
 _register(
-    "fedvarp", "FedAU baseline: FedVARP, variance reduction with stored updates (Jhunjhunwala et al. 2022)",
-    "fedvarp", "sgd", server_lr=1.0, config_defaults=HETEROGENEOUS_PARTICIPATION,
+    "fedvarp",
+    "FedAU baseline: FedVARP, variance reduction with stored updates (Jhunjhunwala et al. 2022)",
+    "fedvarp",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=HETEROGENEOUS_PARTICIPATION,
 )
 _register(
-    "fedprox", "FedProx: proximal client, unweighted mean (Li et al. 2020)", "uniform", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "fedprox", **FL_SIMULATOR_CLIENT}},
+    "fedprox",
+    "FedProx: proximal client, unweighted mean (Li et al. 2020)",
+    "uniform",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "fedprox", **FL_SIMULATOR_CLIENT}},
 )
 _register(
-    "fedsam", "FedSAM: sharpness-aware client, unweighted mean (Qu et al. 2022)", "uniform", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "fedsam", **FL_SIMULATOR_CLIENT}},
+    "fedsam",
+    "FedSAM: sharpness-aware client, unweighted mean (Qu et al. 2022)",
+    "uniform",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "fedsam", **FL_SIMULATOR_CLIENT}},
 )
 
 # DP-FedAvg (McMahan et al., ICLR 2018, arXiv 1710.06963): Poisson-sampled cohorts, every delta
@@ -240,39 +296,79 @@ DP_DEFAULTS = {
     "rounds": 100,
     "eval": {"every": 10},
 }
-_register("dp-fedavg", "DP-FedAvg: clip to C, fixed denominator qN, Gaussian noise z*C on the sum (McMahan et al. 2018)",
-          "expected_cohort", "sgd", server_lr=1.0, config_defaults=DP_DEFAULTS)
-_register("dp-fedadam", "DP-FedAvg with a FedAdam server step (Reddi et al. 2021; Pelikan et al. 2023)",
-          "expected_cohort", "adam", server_lr=0.01, tau=1e-3, config_defaults=DP_DEFAULTS)
+_register(
+    "dp-fedavg",
+    "DP-FedAvg: clip to C, fixed denominator qN, Gaussian noise z*C on the sum (McMahan et al. 2018)",
+    "expected_cohort",
+    "sgd",
+    server_lr=1.0,
+    config_defaults=DP_DEFAULTS,
+)
+_register(
+    "dp-fedadam",
+    "DP-FedAvg with a FedAdam server step (Reddi et al. 2021; Pelikan et al. 2023)",
+    "expected_cohort",
+    "adam",
+    server_lr=0.01,
+    tau=1e-3,
+    config_defaults=DP_DEFAULTS,
+)
 
 
 ASYNC_SPEEDS = {"speed": "lognormal", "speed_sigma": 1.0}  # heavy-tailed client speeds: where asynchrony matters
 _register(
-    "fedasync", "FedAsync: mix each arrival into the model, alpha=0.9, polynomial staleness (Xie et al. 2019)",
-    "uniform", "sgd", server_lr=0.9, staleness="polynomial", staleness_a=0.5, mixing=True,
-    config_defaults={"scheduler": {"name": "buffered", "buffer_size": 1, "concurrency": 10},
-                     "population": ASYNC_SPEEDS, "rounds": 500, "eval": {"every": 50}},  # one update per arrival
+    "fedasync",
+    "FedAsync: mix each arrival into the model, alpha=0.9, polynomial staleness (Xie et al. 2019)",
+    "uniform",
+    "sgd",
+    server_lr=0.9,
+    staleness="polynomial",
+    staleness_a=0.5,
+    mixing=True,
+    config_defaults={
+        "scheduler": {"name": "buffered", "buffer_size": 1, "concurrency": 10},
+        "population": ASYNC_SPEEDS,
+        "rounds": 500,
+        "eval": {"every": 50},
+    },  # one update per arrival
 )
 _register(
-    "fedbuff", "FedBuff: average K=10 staleness-weighted deltas, then a server step (Nguyen et al. 2022)",
-    "uniform", "sgd", server_lr=1.0, staleness="polynomial", staleness_a=0.5,
-    config_defaults={"scheduler": {"name": "buffered", "buffer_size": 10, "concurrency": 20},
-                     "population": ASYNC_SPEEDS},
+    "fedbuff",
+    "FedBuff: average K=10 staleness-weighted deltas, then a server step (Nguyen et al. 2022)",
+    "uniform",
+    "sgd",
+    server_lr=1.0,
+    staleness="polynomial",
+    staleness_a=0.5,
+    config_defaults={
+        "scheduler": {"name": "buffered", "buffer_size": 10, "concurrency": 20},
+        "population": ASYNC_SPEEDS,
+    },
 )
 _register(
-    "fedfix", "FedFix: aggregate every interval, restart finished clients at the tick (Fraboni et al. 2023)",
-    "fedfix", "sgd", server_lr=1.0,
-    config_defaults={"scheduler": {"name": "periodic", "interval": 0.5, "concurrency": 20},
-                     "population": ASYNC_SPEEDS},
+    "fedfix",
+    "FedFix: aggregate every interval, restart finished clients at the tick (Fraboni et al. 2023)",
+    "fedfix",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"scheduler": {"name": "periodic", "interval": 0.5, "concurrency": 20}, "population": ASYNC_SPEEDS},
 )
 ANARCHIC = {"scheduler": {"name": "buffered", "buffer_size": 10, "arrivals": "anarchic"}, "population": ASYNC_SPEEDS}
 _register(
-    "afa-cd", "AFA-CD: anarchic clients, mean of step-normalised updates, eta=5 (Yang et al. 2022)",
-    "afa_cd", "sgd", server_lr=5.0, config_defaults=ANARCHIC,
+    "afa-cd",
+    "AFA-CD: anarchic clients, mean of step-normalised updates, eta=5 (Yang et al. 2022)",
+    "afa_cd",
+    "sgd",
+    server_lr=5.0,
+    config_defaults=ANARCHIC,
 )
 _register(
-    "afa-cs", "AFA-CS: anarchic clients, mean of every worker's latest normalised update (Yang et al. 2022)",
-    "afa_cs", "sgd", server_lr=5.0, config_defaults=ANARCHIC,
+    "afa-cs",
+    "AFA-CS: anarchic clients, mean of every worker's latest normalised update (Yang et al. 2022)",
+    "afa_cs",
+    "sgd",
+    server_lr=5.0,
+    config_defaults=ANARCHIC,
 )
 
 
@@ -330,8 +426,13 @@ def check_pairing(cfg: Any, algorithm: str) -> None:
     if need == have:
         return
     weighting = cfg.weighting or STRATEGIES.get(cfg.name).weighting
-    strategies = [n for n in STRATEGIES.names() if getattr(WEIGHTINGS.get(STRATEGIES.get(n).weighting), "server_part", None) == need]
+    strategies = [
+        n
+        for n in STRATEGIES.names()
+        if getattr(WEIGHTINGS.get(STRATEGIES.get(n).weighting), "server_part", None) == need
+    ]
     clients = [n for n in CLIENTS.names() if getattr(CLIENTS.get(n), "server_part", None) == have]
+
     def some(names: list[str]) -> str:
         return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "(none)"
 
@@ -353,7 +454,8 @@ def resolved_options(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"name": cfg.name, "weighting": weighting, "server_optimizer": optimizer}
     for factory, kwargs in ((WEIGHTINGS.get(weighting), w_kwargs), (SERVER_OPTIMIZERS.get(optimizer), o_kwargs)):
         defaults = {
-            name: p.default for name, p in inspect.signature(factory).parameters.items()
+            name: p.default
+            for name, p in inspect.signature(factory).parameters.items()
             if p.default is not inspect.Parameter.empty
         }
         for key, arg in OPTION_FIELDS.items():
@@ -430,10 +532,13 @@ def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0, byzantine: Any 
                 raise ValueError(
                     f"privacy.mode central: strategy '{cfg.name}' aggregates with weighting '{weighting}', whose "
                     "weights are not a fixed denominator; use a plain-average strategy (fedavg, fedadam, fedbuff, "
-                    "dp-fedavg, ...)")
+                    "dp-fedavg, ...)"
+                )
             if mixing:
-                raise ValueError(f"privacy.mode central: strategy '{cfg.name}' rebases updates onto the current "
-                                 "model (FedAsync mixing), which undoes the clipping; use fedbuff")
+                raise ValueError(
+                    f"privacy.mode central: strategy '{cfg.name}' rebases updates onto the current "
+                    "model (FedAsync mixing), which undoes the clipping; use fedbuff"
+                )
             aggregator = WEIGHTINGS.get("expected_cohort")(cohort=privacy.sampling.cohort)
             weighting = "expected_cohort"
             server_transforms = privacy.server_transforms(seed)
@@ -442,8 +547,9 @@ def build_strategy(cfg: Any, privacy: Any = None, seed: int = 0, byzantine: Any 
         from strategies.robust.attacks import ByzantineStage  # noqa: PLC0415
 
         client_transforms += tuple(byzantine.client_transforms())
-        stage = ByzantineStage(byzantine.attackers, byzantine.attack, byzantine.where, byzantine.options,
-                               byzantine.client_config())
+        stage = ByzantineStage(
+            byzantine.attackers, byzantine.attack, byzantine.where, byzantine.options, byzantine.client_config()
+        )
     return FedOpt(
         name=cfg.name,
         aggregator=aggregator,

@@ -15,6 +15,10 @@ from strategies import feddyn as _feddyn  # noqa: F401  (registers the "feddyn" 
 from strategies.fedopt import FL_SIMULATOR_CLIENT, register_preset
 
 register_preset(
-    "fedspeed", "FedSpeed: prox-correction + SAM client, FedDyn's server (Sun et al. 2023)", "feddyn", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "fedspeed", **FL_SIMULATOR_CLIENT}},
+    "fedspeed",
+    "FedSpeed: prox-correction + SAM client, FedDyn's server (Sun et al. 2023)",
+    "feddyn",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "fedspeed", **FL_SIMULATOR_CLIENT}},
 )

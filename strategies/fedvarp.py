@@ -26,7 +26,7 @@ counts once, with its latest update (S_t = the distinct clients).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -43,7 +43,9 @@ class FedVARP:
     def init(self, params: torch.Tensor, population: PopulationInfo) -> MemoryState:
         return init_memory(params, population)
 
-    def aggregate(self, state: MemoryState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, MemoryState]:
+    def aggregate(
+        self, state: MemoryState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, MemoryState]:
         if not results:
             return torch.zeros_like(state.total, dtype=state.dtype), state
         change, new_state = store_updates(state, results)  # change = sum_{n in S_t} (delta_n - G_n^old)

@@ -72,8 +72,11 @@ REFUSED: dict[str, str] = {
 @functools.cache
 def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
     """``torch.<Class>`` -> class for every torch.optim optimizer."""
-    return {f"{TORCH_PREFIX}{name}": cls for name, cls in sorted(vars(torch.optim).items())
-            if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer}
+    return {
+        f"{TORCH_PREFIX}{name}": cls
+        for name, cls in sorted(vars(torch.optim).items())
+        if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+    }
 
 
 @functools.cache
@@ -99,8 +102,9 @@ def _resolve(name: str) -> tuple[str, type[torch.optim.Optimizer]]:
     if name.lower().startswith(TORCH_PREFIX):
         found = {k.lower(): k for k in torch_optimizers()}.get(name.lower())
         if found is None:
-            raise UnknownNameError(f"unknown server optimizer {name!r}; torch.optim has: "
-                                   f"{', '.join(torch_optimizers())}")
+            raise UnknownNameError(
+                f"unknown server optimizer {name!r}; torch.optim has: {', '.join(torch_optimizers())}"
+            )
         canonical = found
         cls = torch_optimizers()[found]
     else:
@@ -112,12 +116,15 @@ def _resolve(name: str) -> tuple[str, type[torch.optim.Optimizer]]:
             torch_hint = f" (torch.optim's is spelled torch.{_torch_class(key)})" if _torch_class(key) else ""
             raise UnknownNameError(
                 f"unknown server optimizer {name!r}{torch_hint}; valid choices: {', '.join(HAND_WRITTEN)}, "
-                f"torch.<Class> (torch.optim) or a pytorch-optimizer name (`fedsim list server_optimizers`){hint}")
+                f"torch.<Class> (torch.optim) or a pytorch-optimizer name (`fedsim list server_optimizers`){hint}"
+            )
         canonical = f"{PACKAGE_PREFIX}{key}" if key in HAND_WRITTEN else key
         cls = packaged[key]
     if canonical in REFUSED:
-        raise UnknownNameError(f"server optimizer {canonical!r} {REFUSED[canonical]}: a server optimizer steps "
-                               "from the aggregated update alone; choose another (`fedsim list server_optimizers`)")
+        raise UnknownNameError(
+            f"server optimizer {canonical!r} {REFUSED[canonical]}: a server optimizer steps "
+            "from the aggregated update alone; choose another (`fedsim list server_optimizers`)"
+        )
     return canonical, cls
 
 
@@ -142,8 +149,9 @@ class LibraryOptimizer:
         if isinstance(default, torch.Tensor):
             default = float(default)
         P = inspect.Parameter
-        self.__signature__ = inspect.Signature([P("lr", P.KEYWORD_ONLY, default=default),
-                                                P("options", P.KEYWORD_ONLY, default=None)])
+        self.__signature__ = inspect.Signature(
+            [P("lr", P.KEYWORD_ONLY, default=default), P("options", P.KEYWORD_ONLY, default=None)]
+        )
 
     def option_defaults(self) -> list[tuple[str, Any]]:
         """(option, default) the class takes besides params and lr (``fedsim show``)."""
@@ -165,8 +173,10 @@ class LibraryOptimizer:
             unknown = [k for k in unknown if k == "params" or not reads_flag(self.cls, k)]
         if unknown:
             valid = ", ".join(k for k, _ in self.option_defaults())
-            raise ValueError(f"strategy.server_optimizer_kwargs: {self.name} ({self.cls.__name__}) has no option "
-                             f"{unknown[0]!r}; valid choices: {valid or 'none'}")
+            raise ValueError(
+                f"strategy.server_optimizer_kwargs: {self.name} ({self.cls.__name__}) has no option "
+                f"{unknown[0]!r}; valid choices: {valid or 'none'}"
+            )
         for key in ("betas",):  # YAML gives lists; the optimizers index them, some compare them as tuples
             if isinstance(options.get(key), list):
                 options[key] = tuple(options[key])
@@ -194,8 +204,10 @@ class LibraryOptimizer:
             optimizer.step()
         except Exception as exc:  # noqa: BLE001  (whatever the library raises: one line, naming the optimizer)
             message = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise ValueError(f"strategy.server_optimizer: {self.name} cannot step one flat parameter vector from "
-                             f"the aggregated update ({type(exc).__name__}: {message})") from None
+            raise ValueError(
+                f"strategy.server_optimizer: {self.name} cannot step one flat parameter vector from "
+                f"the aggregated update ({type(exc).__name__}: {message})"
+            ) from None
         build = self._build
 
         def init(params: torch.Tensor) -> dict[str, Any]:

@@ -28,8 +28,8 @@ client's LATEST update), so each client counts once per server update.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -93,7 +93,9 @@ class MIFA:
     def init(self, params: torch.Tensor, population: PopulationInfo) -> MemoryState:
         return init_memory(params, population)
 
-    def aggregate(self, state: MemoryState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, MemoryState]:
+    def aggregate(
+        self, state: MemoryState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, MemoryState]:
         _, new_state = store_updates(state, results)
         return new_state.mean, new_state
 

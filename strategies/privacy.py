@@ -24,7 +24,8 @@ cryptographically secure generator and secure aggregation.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,8 +64,10 @@ class ExpectedCohort:
         cohort = self.cohort
         if cohort is None:  # without privacy's own D: the expected participants of a round, sum_n p_n
             if population.participation_prob is None:
-                raise ValueError("strategy.weighting 'expected_cohort' needs participation probabilities "
-                                 "or privacy.mode (which sets the expected cohort size)")
+                raise ValueError(
+                    "strategy.weighting 'expected_cohort' needs participation probabilities "
+                    "or privacy.mode (which sets the expected cohort size)"
+                )
             # fsum is correctly rounded: for N equal probabilities q it is exactly the float q * N of the
             # privacy plan, so a DP run with z = 0 and an unreached clip equals this one bit for bit
             cohort = max(math.fsum(np.asarray(population.participation_prob, dtype=np.float64).tolist()), 1e-12)
@@ -95,13 +98,20 @@ class GaussianNoise:
     def __init__(self, noise_multiplier: float, clip: float, cohort: float, seed: int = 0):
         if noise_multiplier < 0:
             raise ValueError(f"privacy.noise_multiplier must be >= 0, got {noise_multiplier}")
-        self.noise_multiplier, self.clip, self.cohort, self.seed = float(noise_multiplier), float(clip), float(cohort), seed
+        self.noise_multiplier, self.clip, self.cohort, self.seed = (
+            float(noise_multiplier),
+            float(clip),
+            float(cohort),
+            seed,
+        )
         self.options = {"z": round(self.noise_multiplier, 6), "clip": self.clip, "cohort": self.cohort}
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> None:
         return None
 
-    def apply(self, aggregate: torch.Tensor, state: Any, ctx: ServerContext) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    def apply(
+        self, aggregate: torch.Tensor, state: Any, ctx: ServerContext
+    ) -> tuple[torch.Tensor, Any, dict[str, Any]]:
         clip = float(ctx.info.get("clip_norm", self.clip))
         std = self.noise_multiplier * clip / self.cohort
         if std == 0:
@@ -115,11 +125,17 @@ class AdaptiveClip:
 
     name = "adaptive_clip"
 
-    def __init__(self, clip: float, target_quantile: float, lr: float, count_noise: float, cohort: float, seed: int = 0):
+    def __init__(
+        self, clip: float, target_quantile: float, lr: float, count_noise: float, cohort: float, seed: int = 0
+    ):
         self.clip, self.target_quantile, self.lr = float(clip), float(target_quantile), float(lr)
         self.count_noise, self.cohort, self.seed = float(count_noise), float(cohort), seed
-        self.options = {"initial_clip": self.clip, "quantile": self.target_quantile, "lr": self.lr,
-                        "count_noise": round(self.count_noise, 6)}
+        self.options = {
+            "initial_clip": self.clip,
+            "quantile": self.target_quantile,
+            "lr": self.lr,
+            "count_noise": round(self.count_noise, 6),
+        }
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> dict[str, float]:
         return {"clip": self.clip}
@@ -127,7 +143,9 @@ class AdaptiveClip:
     def client_config(self, state: dict[str, float]) -> dict[str, Any]:
         return {"dp_clip_norm": state["clip"]}
 
-    def apply(self, aggregate: torch.Tensor, state: dict[str, float], ctx: ServerContext) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    def apply(
+        self, aggregate: torch.Tensor, state: dict[str, float], ctx: ServerContext
+    ) -> tuple[torch.Tensor, Any, dict[str, Any]]:
         kept, _ = first_per_client(ctx.results)
         unclipped = sum(float(r.metrics.get("dp_unclipped", 1.0)) for r in kept)
         g = torch.Generator(device="cpu")

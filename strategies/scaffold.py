@@ -15,8 +15,8 @@ A round without participants leaves x and c unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -53,7 +53,9 @@ class ScaffoldAggregator:
         c = torch.zeros_like(params)
         return ScaffoldState(c, population.num_clients, {"c": c})
 
-    def aggregate(self, state: ScaffoldState, results: Sequence[ClientResult], round: int) -> tuple[torch.Tensor, ScaffoldState]:
+    def aggregate(
+        self, state: ScaffoldState, results: Sequence[ClientResult], round: int
+    ) -> tuple[torch.Tensor, ScaffoldState]:
         if not results:
             return torch.zeros_like(state.c), state
         u = sum((r.delta.to(state.c.device) for r in results), torch.zeros_like(state.c)) / len(results)
@@ -69,12 +71,18 @@ def scaffold() -> ScaffoldAggregator:
 
 
 scaffold.server_part = "scaffold"  # type: ignore[attr-defined]
-WEIGHTINGS.register("scaffold", "SCAFFOLD server: U = mean delta, c += (1/N) sum delta_c (needs client scaffold)")(scaffold)
+WEIGHTINGS.register("scaffold", "SCAFFOLD server: U = mean delta, c += (1/N) sum delta_c (needs client scaffold)")(
+    scaffold
+)
 
 
 from strategies.fedopt import FL_SIMULATOR_CLIENT, register_preset  # noqa: E402  (fedopt must not import this module)
 
 register_preset(
-    "scaffold", "SCAFFOLD: control variates c, c_i correct client drift (Karimireddy et al. 2020)", "scaffold", "sgd",
-    server_lr=1.0, config_defaults={"client": {"algorithm": "scaffold", **FL_SIMULATOR_CLIENT}},
+    "scaffold",
+    "SCAFFOLD: control variates c, c_i correct client drift (Karimireddy et al. 2020)",
+    "scaffold",
+    "sgd",
+    server_lr=1.0,
+    config_defaults={"client": {"algorithm": "scaffold", **FL_SIMULATOR_CLIENT}},
 )

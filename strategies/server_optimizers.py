@@ -32,7 +32,8 @@ ones only.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -112,8 +113,12 @@ def sgd(lr: float = 1.0, momentum: float = 0.0) -> ServerOptimizer:
 
 
 def _moment_optimizer(
-    lr: float, beta1: float, tau: float, second_moment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    bias_correction: bool = False, beta2: float = 0.0,
+    lr: float,
+    beta1: float,
+    tau: float,
+    second_moment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    bias_correction: bool = False,
+    beta2: float = 0.0,
 ) -> ServerOptimizer:
     _check_lr(lr)
 
@@ -141,9 +146,7 @@ def adagrad(lr: float = 0.1, beta1: float = 0.0, tau: float = 1e-3) -> ServerOpt
 def adam(
     lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, bias_correction: bool = False
 ) -> ServerOptimizer:
-    return _moment_optimizer(
-        lr, beta1, tau, lambda v, u: beta2 * v + (1 - beta2) * u * u, bias_correction, beta2
-    )
+    return _moment_optimizer(lr, beta1, tau, lambda v, u: beta2 * v + (1 - beta2) * u * u, bias_correction, beta2)
 
 
 @SERVER_OPTIMIZERS.register("yogi", "FedYogi: v -= (1-b2) U^2 sign(v - U^2), x += lr * m / (sqrt(v) + tau)")

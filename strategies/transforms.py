@@ -20,8 +20,9 @@ give clients per-job instructions with ``client_config(state) -> dict``, which
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -42,7 +43,9 @@ class AggregateTransform(Protocol):
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> Any: ...
 
-    def apply(self, aggregate: torch.Tensor, state: Any, ctx: ServerContext) -> tuple[torch.Tensor, Any, dict[str, Any]]: ...
+    def apply(
+        self, aggregate: torch.Tensor, state: Any, ctx: ServerContext
+    ) -> tuple[torch.Tensor, Any, dict[str, Any]]: ...
 
 
 def describe_server(transform: Any) -> str:

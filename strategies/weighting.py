@@ -14,7 +14,8 @@ An empty round gives U = 0 for every rule.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -37,8 +37,9 @@ same job draws the same noise on every executor.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -47,9 +48,17 @@ from fedsim.registry import Registry
 from fedsim.types import ClientJob, ClientResult
 
 __all__ = [
-    "CLIENT_TRANSFORMS", "TRANSFORM_STATE_PREFIX", "algorithm_state", "state_prefix", "transform_state",
-    "ClientContext", "ClientTransform", "ClientTransformSpec", "build_client_transforms",
-    "apply_client_transforms", "describe",
+    "CLIENT_TRANSFORMS",
+    "TRANSFORM_STATE_PREFIX",
+    "algorithm_state",
+    "state_prefix",
+    "transform_state",
+    "ClientContext",
+    "ClientTransform",
+    "ClientTransformSpec",
+    "build_client_transforms",
+    "apply_client_transforms",
+    "describe",
 ]
 
 ClientTransformSpec = tuple[str, dict[str, Any]]  # (registry name, options): picklable
@@ -67,13 +76,16 @@ class ClientContext:
     client_ids: Sequence[int]
     versions: Sequence[int]
     configs: Sequence[dict[str, Any]]  # each job's local config (client options | strategy.configure)
-    states: Sequence[dict[str, torch.Tensor] | None] | None = None  # stateful transforms: this transform's state per row
+    states: Sequence[dict[str, torch.Tensor] | None] | None = (
+        None  # stateful transforms: this transform's state per row
+    )
 
 
 class ClientTransform(Protocol):
     name: str
 
     def apply(self, updates: torch.Tensor, ctx: ClientContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
     # a transform with ``stateful = True`` returns (updates, metrics, new states: one dict per row)
 
 
@@ -108,12 +120,15 @@ def transform_state(state: Any, prefix: str) -> dict[str, torch.Tensor] | None:
     """The part of a client's stored state under ``prefix``, keys without it (None if there is none)."""
     if not isinstance(state, dict):
         return None
-    part = {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    part = {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
     return part or None
 
 
 def apply_client_transforms(
-    transforms: Sequence[ClientTransform], results: Sequence[ClientResult], jobs: Sequence[ClientJob], layout: ParamLayout
+    transforms: Sequence[ClientTransform],
+    results: Sequence[ClientResult],
+    jobs: Sequence[ClientJob],
+    layout: ParamLayout,
 ) -> None:
     """Transform the deltas of the successful ``results`` (``jobs[i]`` made ``results[i]``) in place, as one stack.
 
@@ -152,14 +167,16 @@ def apply_client_transforms(
         if kept[k]:
             own = results[i].state if results[i].state is not None else algorithm_state(jobs[i].state)
             if own is not None and not isinstance(own, dict):
-                raise TypeError(f"client transforms keep per-client state beside the algorithm's, which must then be "
-                                f"a dict of tensors, got {type(own).__name__}")
+                raise TypeError(
+                    f"client transforms keep per-client state beside the algorithm's, which must then be "
+                    f"a dict of tensors, got {type(own).__name__}"
+                )
             results[i].state = {**(own or {}), **kept[k]}
 
 
 # the built-in transforms register themselves
-from clients.transforms import clip as _clip  # noqa: E402,F401
-from clients.transforms import local_noise as _local_noise  # noqa: E402,F401
 from clients.transforms import attacks as _attacks  # noqa: E402,F401
+from clients.transforms import clip as _clip  # noqa: E402,F401
 from clients.transforms import compress as _compress  # noqa: E402,F401
 from clients.transforms import link_noise as _link_noise  # noqa: E402,F401
+from clients.transforms import local_noise as _local_noise  # noqa: E402,F401

@@ -35,7 +35,9 @@ LAYER_BUDGETS = ("uniform", "dimension")
 
 
 def _clip_norms(ctx: ClientContext, default: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([float(c.get(CLIP_NORM_KEY, default)) for c in ctx.configs], dtype=like.dtype, device=like.device)
+    return torch.tensor(
+        [float(c.get(CLIP_NORM_KEY, default)) for c in ctx.configs], dtype=like.dtype, device=like.device
+    )
 
 
 def layer_budgets(layout: ParamLayout, clip: float, budget: str) -> list[float]:

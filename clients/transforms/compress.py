@@ -48,7 +48,8 @@ are grouped by level.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,20 @@ from fedsim.params import ParamLayout
 from fedsim.registry import Registry
 from fedsim.rng import derive_seed
 
-__all__ = ["COMPRESSORS", "Compressor", "TopK", "RandomK", "QSGD", "Sign", "PowerSGD", "LGreCo", "topk_count",
-           "choose_levels", "blocks_of", "LGRECO_BUCKETS"]
+__all__ = [
+    "COMPRESSORS",
+    "Compressor",
+    "TopK",
+    "RandomK",
+    "QSGD",
+    "Sign",
+    "PowerSGD",
+    "LGreCo",
+    "topk_count",
+    "choose_levels",
+    "blocks_of",
+    "LGRECO_BUCKETS",
+]
 
 COMPRESSORS: Registry[Callable[..., Any]] = Registry("compressor")
 LGRECO_BUCKETS = 10_000  # L-GreCo's discretisation of the error budget
@@ -111,13 +124,23 @@ class Compressor:
 
     def upload_bytes(self, layout: ParamLayout, state: dict[str, torch.Tensor] | None = None) -> int:
         """Bytes one upload takes for a client with this stored state (known at dispatch)."""
-        return sum(self.block_bytes(shape, level)
-                   for (_, _, shape), level in zip(blocks_of(layout, self.per_layer), self.levels(layout, state)))
+        return sum(
+            self.block_bytes(shape, level)
+            for (_, _, shape), level in zip(blocks_of(layout, self.per_layer), self.levels(layout, state))
+        )
 
     # ------------------------------------------------------------------ the transform
 
-    def compress(self, x: torch.Tensor, shape: tuple[int, ...], block: int, levels: list[Any], ctx: ClientContext,
-                 states: list[dict | None], new_states: list[dict]) -> torch.Tensor:
+    def compress(
+        self,
+        x: torch.Tensor,
+        shape: tuple[int, ...],
+        block: int,
+        levels: list[Any],
+        ctx: ClientContext,
+        states: list[dict | None],
+        new_states: list[dict],
+    ) -> torch.Tensor:
         """(k, n) -> (k, n): the decompressed rows of one block."""
         raise NotImplementedError
 
@@ -129,8 +152,9 @@ class Compressor:
         states = list(ctx.states) if ctx.states is not None else [None] * k
         p = updates
         if self.error_feedback:
-            residual = torch.stack([s["residual"].to(updates) if s and "residual" in s else torch.zeros_like(updates[0])
-                                    for s in states])
+            residual = torch.stack(
+                [s["residual"].to(updates) if s and "residual" in s else torch.zeros_like(updates[0]) for s in states]
+            )
             p = updates + residual
         per_row_levels = [self.levels(ctx.layout, s) for s in states]
         out = torch.empty_like(p)
@@ -190,7 +214,9 @@ class TopK(Compressor):
         return out
 
 
-@COMPRESSORS.register("randomk", "keep ceil(ratio n) random entries per tensor, unscaled (FLSim sparsity_method=random)")
+@COMPRESSORS.register(
+    "randomk", "keep ceil(ratio n) random entries per tensor, unscaled (FLSim sparsity_method=random)"
+)
 class RandomK(TopK):
     name = "randomk"
 
@@ -302,16 +328,21 @@ class PowerSGD(_LowRank):
         return [self.rank for _ in blocks_of(layout, self.per_layer)]
 
 
-def choose_levels(sizes: Sequence[Sequence[float]], errors: Sequence[Sequence[float]], default: Sequence[int],
-                  alpha: float, buckets: int = LGRECO_BUCKETS) -> list[int]:
+def choose_levels(
+    sizes: Sequence[Sequence[float]],
+    errors: Sequence[Sequence[float]],
+    default: Sequence[int],
+    alpha: float,
+    buckets: int = LGRECO_BUCKETS,
+) -> list[int]:
     """L-GreCo's choice: one candidate index per layer minimising sum(size) s.t. sum(error) <= alpha * default error.
 
     Errors are discretised into ``buckets`` units of (alpha x default error) / buckets, rounded up;
     the bound is non-strict. If nothing is feasible after rounding, or the choice is not smaller
     than the default, the default is returned.
     """
-    budget = alpha * sum(errors[l][c] for l, c in enumerate(default))
-    default_size = sum(sizes[l][c] for l, c in enumerate(default))
+    budget = alpha * sum(errors[layer][c] for layer, c in enumerate(default))
+    default_size = sum(sizes[layer][c] for layer, c in enumerate(default))
     if not budget > 0:
         return list(default)
     unit = budget / buckets
@@ -343,13 +374,21 @@ def choose_levels(sizes: Sequence[Sequence[float]], errors: Sequence[Sequence[fl
     return picked[::-1]
 
 
-@COMPRESSORS.register("lgreco", "L-GreCo: per-tensor PowerSGD rank / top-k ratio chosen by DP under an error budget "
-                                "(Markov et al. 2024)")
+@COMPRESSORS.register(
+    "lgreco", "L-GreCo: per-tensor PowerSGD rank / top-k ratio chosen by DP under an error budget (Markov et al. 2024)"
+)
 class LGreCo(_LowRank):
     name = "lgreco"
 
-    def __init__(self, base: str = "powersgd", rank: int = 1, ratio: float = 0.01, error_budget: float = 1.0,
-                 error_feedback: bool | None = None, per_layer: bool = True):
+    def __init__(
+        self,
+        base: str = "powersgd",
+        rank: int = 1,
+        ratio: float = 0.01,
+        error_budget: float = 1.0,
+        error_feedback: bool | None = None,
+        per_layer: bool = True,
+    ):
         super().__init__(error_feedback, per_layer)
         if base not in ("powersgd", "topk"):
             raise ValueError(f"communication.lgreco_base '{base}' is not one of powersgd, topk")
@@ -366,8 +405,11 @@ class LGreCo(_LowRank):
         if not self.compressible(shape, self.rank):
             return [self.rank], 0  # sent dense whatever the rank: nothing to choose
         n0, m = _matrix(shape)
-        ranks = [r for r in range(max(1, self.rank // 2), math.ceil(2 * self.rank) + 1)
-                 if r <= min(n0, m) and self.compressible(shape, r)]
+        ranks = [
+            r
+            for r in range(max(1, self.rank // 2), math.ceil(2 * self.rank) + 1)
+            if r <= min(n0, m) and self.compressible(shape, r)
+        ]
         return ranks, ranks.index(self.rank)
 
     def levels(self, layout, state):
@@ -404,12 +446,16 @@ class LGreCo(_LowRank):
         blocks = blocks_of(ctx.layout, self.per_layer)
         table = [self.candidates(shape) for _, _, shape in blocks]
         sizes = [[self.block_bytes(shape, lv) for lv in cands] for (_, _, shape), (cands, _) in zip(blocks, table)]
-        errs = [self.errors(p[:, a:b], shape, cands).tolist() if len(cands) > 1 else [[0.0]] * p.shape[0]
-                for (a, b, shape), (cands, _) in zip(blocks, table)]
+        errs = [
+            self.errors(p[:, a:b], shape, cands).tolist() if len(cands) > 1 else [[0.0]] * p.shape[0]
+            for (a, b, shape), (cands, _) in zip(blocks, table)
+        ]
         default = [d for _, d in table]
         for r in range(p.shape[0]):
             picked = choose_levels(sizes, [e[r] for e in errs], default, self.alpha)
-            new_states[r]["levels"] = torch.tensor([cands[c] for (cands, _), c in zip(table, picked)], dtype=torch.int64)
+            new_states[r]["levels"] = torch.tensor(
+                [cands[c] for (cands, _), c in zip(table, picked)], dtype=torch.int64
+            )
 
 
 @CLIENT_TRANSFORMS.register("compress", "compress the delta with a registered compressor (communication.compressor)")

@@ -27,10 +27,16 @@ CONFIG = Path(__file__).resolve().parents[1] / "async_vs_sync.yaml"
 
 
 def run(executor: str, max_time: float, task=None):
-    config = load_config(CONFIG, values={
-        "strategy": {"name": "fedbuff"}, "scheduler": {"concurrency": 20, "max_time": max_time},
-        "executor": {"name": executor}, "eval": {"every_time": None, "target_accuracy": None},
-        "output": {"progress": False, "tensorboard": False}})
+    config = load_config(
+        CONFIG,
+        values={
+            "strategy": {"name": "fedbuff"},
+            "scheduler": {"concurrency": 20, "max_time": max_time},
+            "executor": {"name": executor},
+            "eval": {"every_time": None, "target_accuracy": None},
+            "output": {"progress": False, "tensorboard": False},
+        },
+    )
     experiment = build(config, task=task)
     start = time.process_time()
     summary = experiment.run()
@@ -51,8 +57,10 @@ def main() -> None:
             times[executor].append(seconds)
             finals[executor] = experiment.engine.state.params
     serial, vmap = statistics.median(times["serial"]), statistics.median(times["vmap"])
-    print(f"FedBuff, {summary['jobs_dispatched']} jobs, {summary['rounds']} server updates, "
-          f"mean executor batch {summary['executor_batch_mean']:.1f} jobs")
+    print(
+        f"FedBuff, {summary['jobs_dispatched']} jobs, {summary['rounds']} server updates, "
+        f"mean executor batch {summary['executor_batch_mean']:.1f} jobs"
+    )
     print(f"serial {serial:.2f} CPU-s, vmap {vmap:.2f} CPU-s: vmap is {serial / vmap:.2f}x serial")
     print(f"max |serial - vmap| parameter difference: {(finals['serial'] - finals['vmap']).abs().max():.2e}")
 

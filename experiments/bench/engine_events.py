@@ -72,9 +72,18 @@ def make_engine(population_size: int, jobs: int, mode: str) -> tuple[Engine, Any
     strategy = FedOpt("noop", WEIGHTINGS.get("uniform")(), sgd(1.0))
     buffer = 100
     updates = jobs // IN_FLIGHT if mode == "sync" else jobs // buffer
-    engine = Engine(strategy=strategy, algorithm=NoOpClient(), client_config={}, population=population,
-                    executor=NoOpExecutor(), evaluator=NoEval(), params=torch.zeros(DIM), seed=0,
-                    max_updates=updates, eval_every=None)
+    engine = Engine(
+        strategy=strategy,
+        algorithm=NoOpClient(),
+        client_config={},
+        population=population,
+        executor=NoOpExecutor(),
+        evaluator=NoEval(),
+        params=torch.zeros(DIM),
+        seed=0,
+        max_updates=updates,
+        eval_every=None,
+    )
     scheduler = SyncRounds() if mode == "sync" else Buffered(Concurrency(IN_FLIGHT), buffer)
     return engine, scheduler
 
@@ -86,8 +95,12 @@ def one(population_size: int, jobs: int, mode: str) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     done = summary["jobs_dispatched"] - engine.in_flight
     return {
-        "mode": mode, "population": population_size, "jobs": done, "seconds": seconds,
-        "jobs_per_s": done / seconds, "jobs_per_cpu_s": done / cpu,
+        "mode": mode,
+        "population": population_size,
+        "jobs": done,
+        "seconds": seconds,
+        "jobs_per_s": done / seconds,
+        "jobs_per_cpu_s": done / cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "batch_mean": summary["executor_batch_mean"],
     }
@@ -104,18 +117,29 @@ def main() -> None:
     rows = []
     for mode in ("sync", "buffered"):
         for population in (1_000, 1_000_000):
-            out = subprocess.run([sys.executable, __file__, "--jobs", str(args.jobs), "--one", mode, str(population)],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--jobs", str(args.jobs), "--one", mode, str(population)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             rows.append(json.loads(out.splitlines()[-1]))
             r = rows[-1]
-            print(f"{r['mode']:>8}  N={r['population']:>9,}  {r['jobs']:>7,} jobs  {r['jobs_per_s']:>9,.0f} jobs/s  "
-                  f"{r['jobs_per_cpu_s']:>9,.0f} jobs/CPU-s  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB  (mean executor batch {r['batch_mean']:.0f})", flush=True)
+            print(
+                f"{r['mode']:>8}  N={r['population']:>9,}  {r['jobs']:>7,} jobs  {r['jobs_per_s']:>9,.0f} jobs/s  "
+                f"{r['jobs_per_cpu_s']:>9,.0f} jobs/CPU-s  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB  (mean executor batch {r['batch_mean']:.0f})",
+                flush=True,
+            )
     print(f"\nload average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print("\n| mode | population | in flight | jobs/s (wall) | jobs per CPU-second | peak RSS (MB) |\n|---|---|---|---|---|---|")
+    print(
+        "\n| mode | population | in flight | jobs/s (wall) | jobs per CPU-second | peak RSS (MB) |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['mode']} | {r['population']:,} | {IN_FLIGHT:,} | {r['jobs_per_s']:,.0f} | {r['jobs_per_cpu_s']:,.0f} "
-              f"| {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['mode']} | {r['population']:,} | {IN_FLIGHT:,} | {r['jobs_per_s']:,.0f} | {r['jobs_per_cpu_s']:,.0f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

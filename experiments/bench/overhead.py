@@ -25,13 +25,20 @@ from fedsim.run import build, initial_params
 
 
 def make_config(rounds: int, seed: int):
-    return load_config(values={
-        "seed": seed, "rounds": rounds, "task": {"name": "synthetic"},
-        "data": {"num_clients": 100}, "population": {"participation": "uniform", "clients_per_round": 10},
-        "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
-        "strategy": {"name": "fedavg"}, "eval": {"every": rounds}, "executor": {"name": "serial"},
-        "output": {"progress": False, "tensorboard": False},
-    })
+    return load_config(
+        values={
+            "seed": seed,
+            "rounds": rounds,
+            "task": {"name": "synthetic"},
+            "data": {"num_clients": 100},
+            "population": {"participation": "uniform", "clients_per_round": 10},
+            "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
+            "strategy": {"name": "fedavg"},
+            "eval": {"every": rounds},
+            "executor": {"name": "serial"},
+            "output": {"progress": False, "tensorboard": False},
+        }
+    )
 
 
 def run_fedsim(config, task) -> tuple[float, torch.Tensor]:
@@ -92,8 +99,10 @@ def main() -> None:
         fedsim_times.append(t)
     max_diff = float((plain_params - fedsim_params).abs().max())
     f, p = statistics.median(fedsim_times), statistics.median(plain_times)
-    print(f"workload: synthetic logreg, 100 clients, 10/round, 1 epoch, batch 10, {args.rounds} rounds, "
-          f"{args.threads} thread(s), median of {args.reps}")
+    print(
+        f"workload: synthetic logreg, 100 clients, 10/round, 1 epoch, batch 10, {args.rounds} rounds, "
+        f"{args.threads} thread(s), median of {args.reps}"
+    )
     print("| side | time (s) | per round (ms) |")
     print("|---|---|---|")
     print(f"| plain PyTorch loop | {p:.3f} | {1000 * p / args.rounds:.1f} |")

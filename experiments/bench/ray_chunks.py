@@ -36,8 +36,14 @@ def workload(args: argparse.Namespace, executor: dict[str, Any]) -> dict[str, An
     return {
         "seed": 0,
         "rounds": args.rounds,
-        "task": {"name": "synthetic", "model": "logreg", "num_features": 60, "num_classes": 10,
-                 "min_samples": 250, "max_samples": 250},
+        "task": {
+            "name": "synthetic",
+            "model": "logreg",
+            "num_features": 60,
+            "num_classes": 10,
+            "min_samples": 250,
+            "max_samples": 250,
+        },
         "data": {"num_clients": args.clients, "partition": "natural", "test_fraction": 0.2},
         "population": {"participation": "uniform", "clients_per_round": args.clients_per_round},
         "client": {"lr": 0.05, "local_epochs": 1, "batch_size": 10},
@@ -71,10 +77,15 @@ def timed_run(values: dict[str, Any]) -> dict[str, Any]:
     if hasattr(executor, "actor_stats"):
         stats = executor.actor_stats()
         beyond = executor.run_s - max(s["busy_s"] for s in stats)  # driver time beyond the busiest actor
-        row |= {"startup_s": executor.startup_s, "calls": executor.calls, "jobs": executor.jobs_sent,
-                "per_call_ms": 1000 * beyond / executor.calls, "per_job_ms": 1000 * beyond / executor.jobs_sent,
-                "busiest_actor_s_per_round": max(s["busy_s"] for s in stats) / len(rounds),
-                "cpu_per_busy": sum(s["cpu_s"] for s in stats) / max(1e-9, sum(s["busy_s"] for s in stats))}
+        row |= {
+            "startup_s": executor.startup_s,
+            "calls": executor.calls,
+            "jobs": executor.jobs_sent,
+            "per_call_ms": 1000 * beyond / executor.calls,
+            "per_job_ms": 1000 * beyond / executor.jobs_sent,
+            "busiest_actor_s_per_round": max(s["busy_s"] for s in stats) / len(rounds),
+            "cpu_per_busy": sum(s["cpu_s"] for s in stats) / max(1e-9, sum(s["busy_s"] for s in stats)),
+        }
     close()
     return row
 
@@ -109,31 +120,45 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     serial, vmap = rows["serial"], rows["vmap"]
-    print(f"\nlogreg 60->10, {args.clients} clients x 200 train samples, {args.clients_per_round} clients per round, "
-          f"1 epoch, batch 10; {args.rounds} rounds, steady = mean of rounds 2..{args.rounds}; "
-          f"{os.cpu_count()} CPUs, {args.threads} torch thread(s) per process, torch {torch.__version__}; "
-          f"load average at start {load:.1f}\n")
-    print("| executor | s/round | vs serial | vs vmap | max abs diff vs serial params | start-up (s) | "
-          "remote calls | jobs/call | ms per call | ms per job |")
+    print(
+        f"\nlogreg 60->10, {args.clients} clients x 200 train samples, {args.clients_per_round} clients per round, "
+        f"1 epoch, batch 10; {args.rounds} rounds, steady = mean of rounds 2..{args.rounds}; "
+        f"{os.cpu_count()} CPUs, {args.threads} torch thread(s) per process, torch {torch.__version__}; "
+        f"load average at start {load:.1f}\n"
+    )
+    print(
+        "| executor | s/round | vs serial | vs vmap | max abs diff vs serial params | start-up (s) | "
+        "remote calls | jobs/call | ms per call | ms per job |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         diff = float((row["params"] - serial["params"]).abs().max())
         ray_cols = "- | - | - | - | -"
         if "calls" in row:
-            ray_cols = (f"{row['startup_s']:.1f} | {row['calls']} | {row['jobs'] / row['calls']:.1f} | "
-                        f"{row['per_call_ms']:.2f} | {row['per_job_ms']:.3f}")
-        print(f"| {name} | {row['round_s']:.4f} ± {row['round_s_stdev']:.4f} | {serial['round_s'] / row['round_s']:.2f}x "
-              f"| {vmap['round_s'] / row['round_s']:.2f}x | {diff:.1e} | {ray_cols} |")
+            ray_cols = (
+                f"{row['startup_s']:.1f} | {row['calls']} | {row['jobs'] / row['calls']:.1f} | "
+                f"{row['per_call_ms']:.2f} | {row['per_job_ms']:.3f}"
+            )
+        print(
+            f"| {name} | {row['round_s']:.4f} ± {row['round_s_stdev']:.4f} | {serial['round_s'] / row['round_s']:.2f}x "
+            f"| {vmap['round_s'] / row['round_s']:.2f}x | {diff:.1e} | {ray_cols} |"
+        )
     for name, row in rows.items():
         if "calls" in row:
-            print(f"{name}: busiest actor computes {row['busiest_actor_s_per_round']:.4f} s per round; actors' CPU / "
-                  f"wall time in calls {row['cpu_per_busy']:.2f} (below 1: they wait for a core)")
+            print(
+                f"{name}: busiest actor computes {row['busiest_actor_s_per_round']:.4f} s per round; actors' CPU / "
+                f"wall time in calls {row['cpu_per_busy']:.2f} (below 1: they wait for a core)"
+            )
     chunks = rows["ray, vmap chunks"]
-    print(f"\nlocal Ray instance start-up: {ray_init_s:.1f} s (once); each Ray executor's start-up (actors ready) "
-          "is the start-up column; neither is in any round.")
-    print(f"ray vmap chunks / vmap, seconds per round: {chunks['round_s'] / vmap['round_s']:.2f} "
-          f"(goal <= 1.00: ray with chunks at least as fast as vmap alone); "
-          f"ray vmap chunks params equal vmap's bit for bit: {torch.equal(chunks['params'], vmap['params'])}")
+    print(
+        f"\nlocal Ray instance start-up: {ray_init_s:.1f} s (once); each Ray executor's start-up (actors ready) "
+        "is the start-up column; neither is in any round."
+    )
+    print(
+        f"ray vmap chunks / vmap, seconds per round: {chunks['round_s'] / vmap['round_s']:.2f} "
+        f"(goal <= 1.00: ray with chunks at least as fast as vmap alone); "
+        f"ray vmap chunks params equal vmap's bit for bit: {torch.equal(chunks['params'], vmap['params'])}"
+    )
     return 0
 
 

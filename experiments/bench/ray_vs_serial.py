@@ -98,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients-per-round", type=int, default=20)
     parser.add_argument("--local-epochs", type=int, default=5)
-    parser.add_argument("--serial-threads", type=int, default=0,
-                        help="also time serial with this many torch threads on the digits CNN (0: skip)")
+    parser.add_argument(
+        "--serial-threads",
+        type=int,
+        default=0,
+        help="also time serial with this many torch threads on the digits CNN (0: skip)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be >= 2 (round 1 is warm-up)")
@@ -128,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.shutdown()
 
-    labels = {"digits": f"digits CNN, {args.clients_per_round} clients x {args.local_epochs} epochs",
-              "empty": f"near-empty jobs (synthetic, 1 step), {args.clients_per_round} clients"}
+    labels = {
+        "digits": f"digits CNN, {args.clients_per_round} clients x {args.local_epochs} epochs",
+        "empty": f"near-empty jobs (synthetic, 1 step), {args.clients_per_round} clients",
+    }
     for kind in ("digits", "empty"):
         serial, ray_ = results[kind, "serial"], results[kind, "ray"]
         same = torch.equal(serial["params"], ray_["params"])
@@ -137,39 +143,65 @@ def main(argv: list[str] | None = None) -> int:
         if (kind, "serial-mt") in results:
             mt = results[kind, "serial-mt"]
             speedup = f"{serial['round_ms'] / mt['round_ms']:.2f}"
-            rows.append((labels[kind], "serial", f"1 x {args.serial_threads}", mt, speedup,
-                         "yes" if torch.equal(serial["params"], mt["params"]) else "no"))
-        rows.append((labels[kind], "ray", f"{args.workers} x 1", ray_,
-                     f"{serial['round_ms'] / ray_['round_ms']:.2f}", "yes" if same else "no"))
+            rows.append(
+                (
+                    labels[kind],
+                    "serial",
+                    f"1 x {args.serial_threads}",
+                    mt,
+                    speedup,
+                    "yes" if torch.equal(serial["params"], mt["params"]) else "no",
+                )
+            )
+        rows.append(
+            (
+                labels[kind],
+                "ray",
+                f"{args.workers} x 1",
+                ray_,
+                f"{serial['round_ms'] / ray_['round_ms']:.2f}",
+                "yes" if same else "no",
+            )
+        )
 
-    print(f"\nRay executor vs serial ({args.device}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.rounds} rounds (near-empty: >= 20); time per round = mean of rounds 2..R; "
-          f"local Ray start-up {ray_start:.1f} s; load average at start {load:.1f})\n")
-    print("| workload | executor | workers x threads | time/round (ms) | speed-up vs serial | same params as serial | "
-          "build (s) | ray.put calls |")
+    print(
+        f"\nRay executor vs serial ({args.device}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.rounds} rounds (near-empty: >= 20); time per round = mean of rounds 2..R; "
+        f"local Ray start-up {ray_start:.1f} s; load average at start {load:.1f})\n"
+    )
+    print(
+        "| workload | executor | workers x threads | time/round (ms) | speed-up vs serial | same params as serial | "
+        "build (s) | ray.put calls |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for label, name, shape, r, speedup, same in rows:
         puts = "-" if r["puts"] is None else str(r["puts"])
-        print(f"| {label} | {name} | {shape} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {speedup} | {same} | "
-              f"{r['build_s']:.1f} | {puts} |")
+        print(
+            f"| {label} | {name} | {shape} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {speedup} | {same} | "
+            f"{r['build_s']:.1f} | {puts} |"
+        )
     for kind in ("digits", "empty"):
         stats = results[kind, "ray"]["actor_stats"]
         jobs = sum(s["jobs"] for s in stats)
         wall = sum(s["busy_s"] for s in stats)
         cpu = sum(s["cpu_s"] for s in stats)
         serial_job = results[kind, "serial"]["round_ms"] / args.clients_per_round
-        print(f"\n{labels[kind]}: a ray job takes {1000 * wall / jobs:.1f} ms wall / {1000 * cpu / jobs:.1f} ms CPU "
-              f"inside its actor (serial: {serial_job:.1f} ms per job); wall >> CPU means the actors wait for a core.")
+        print(
+            f"\n{labels[kind]}: a ray job takes {1000 * wall / jobs:.1f} ms wall / {1000 * cpu / jobs:.1f} ms CPU "
+            f"inside its actor (serial: {serial_job:.1f} ms per job); wall >> CPU means the actors wait for a core."
+        )
     empty_serial, empty_ray = results["empty", "serial"], results["empty", "ray"]
     overhead = empty_ray["round_ms"] - empty_serial["round_ms"]
     # the round's wall time beyond the busiest actor's compute: dispatch, transfer, waiting
     rounds_ms = empty_ray["rounds_ms"]
     busiest_ms = 1000 * max(s["busy_s"] for s in empty_ray["actor_stats"]) / len(rounds_ms)
     beyond = statistics.mean(rounds_ms) - busiest_ms
-    print(f"\nRay executor overhead, near-empty jobs ({args.clients_per_round} per round over {args.workers} workers, "
-          f"{len(rounds_ms)} rounds): ray - serial = {overhead:.1f} ms per round; round wall time beyond the busiest "
-          f"actor's compute (dispatch + transfer + waiting) = {beyond:.1f} ms per round, "
-          f"{beyond / args.clients_per_round:.2f} ms per job.")
+    print(
+        f"\nRay executor overhead, near-empty jobs ({args.clients_per_round} per round over {args.workers} workers, "
+        f"{len(rounds_ms)} rounds): ray - serial = {overhead:.1f} ms per round; round wall time beyond the busiest "
+        f"actor's compute (dispatch + transfer + waiting) = {beyond:.1f} ms per round, "
+        f"{beyond / args.clients_per_round:.2f} ms per job."
+    )
     return 0
 
 

@@ -41,8 +41,15 @@ MODELS = {
     "mlp200": {"model": "mlp", "num_features": 784, "hidden": 200, "hidden_layers": 2},
 }
 ALGORITHMS = ["sgd", "fedprox", "scaffold", "feddyn", "fedsam", "fedcm", "mofedsam", "fedspeed"]
-STRATEGY_OF = {"scaffold": "scaffold", "feddyn": "feddyn", "fedspeed": "fedspeed", "fedcm": "fedcm", "mofedsam": "mofedsam",
-               "fedprox": "fedprox", "fedsam": "fedsam"}
+STRATEGY_OF = {
+    "scaffold": "scaffold",
+    "feddyn": "feddyn",
+    "fedspeed": "fedspeed",
+    "fedcm": "fedcm",
+    "mofedsam": "mofedsam",
+    "fedprox": "fedprox",
+    "fedsam": "fedsam",
+}
 
 
 def _sync(device: str) -> None:
@@ -71,8 +78,15 @@ def make_config(model: str, num_clients: int, algorithm: str, device: str):
     })  # fmt: skip
 
 
-def bench_model(model: str, algorithms: list[str], clients: list[int], reps: int, device: str,
-                threads: int | None, compiled: bool = False) -> list[dict[str, Any]]:
+def bench_model(
+    model: str,
+    algorithms: list[str],
+    clients: list[int],
+    reps: int,
+    device: str,
+    threads: int | None,
+    compiled: bool = False,
+) -> list[dict[str, Any]]:
     num_clients = max(clients)
     spec = task_spec(make_config(model, num_clients, "sgd", device))
     task = build_task(spec)
@@ -84,12 +98,15 @@ def bench_model(model: str, algorithms: list[str], clients: list[int], reps: int
     gen = torch.Generator().manual_seed(0)
     d = params.numel()
     broadcast = {"c": 0.01 * torch.randn(d, generator=gen), "momentum": 0.01 * torch.randn(d, generator=gen)}
-    states = [{"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)}
-              for _ in range(num_clients)]
+    states = [
+        {"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)}
+        for _ in range(num_clients)
+    ]
     rows = []
     for algorithm in algorithms:
-        rows += bench_algorithm(model, algorithm, task, spec, params, broadcast, states, clients, reps, device, threads,
-                                compiled)
+        rows += bench_algorithm(
+            model, algorithm, task, spec, params, broadcast, states, clients, reps, device, threads, compiled
+        )
     return rows
 
 
@@ -98,7 +115,11 @@ def bench_algorithm(model, algorithm, task, spec, params, broadcast, states, cli
     worker_spec = WorkerSpec(task=spec, client=algorithm, device=device, threads=threads)
     serial = EXECUTORS.get("serial")(config.executor, worker_spec, task)
     vmap = EXECUTORS.get("vmap")(config.executor.model_copy(update={"compile": "off"}), worker_spec, task)
-    vmapc = EXECUTORS.get("vmap")(config.executor.model_copy(update={"compile": "on"}), worker_spec, task) if compiled else None
+    vmapc = (
+        EXECUTORS.get("vmap")(config.executor.model_copy(update={"compile": "on"}), worker_spec, task)
+        if compiled
+        else None
+    )
     client_config = config.client.model_dump()
     rows = []
     for n in clients:
@@ -111,7 +132,9 @@ def bench_algorithm(model, algorithm, task, spec, params, broadcast, states, cli
         max_diff = max(float((a.delta - b.delta).abs().max()) for a, b in zip(reference, batched))
         compile_before = vmapc.compile_s if vmapc else 0.0
         if vmapc:
-            max_diff = max(max_diff, *(float((a.delta - b.delta).abs().max()) for a, b in zip(reference, vmapc.run(jobs))))
+            max_diff = max(
+                max_diff, *(float((a.delta - b.delta).abs().max()) for a, b in zip(reference, vmapc.run(jobs)))
+            )
         t_serial, t_vmap, t_compiled = [], [], []
         for _ in range(reps):
             t_serial.append(vmap_bench_time(serial, jobs, device))
@@ -152,26 +175,36 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     rows = []
     for model in args.models.split(","):
-        rows += bench_model(model, args.algorithms.split(","), clients, args.reps, args.device, args.threads, args.compile)
+        rows += bench_model(
+            model, args.algorithms.split(","), clients, args.reps, args.device, args.threads, args.compile
+        )
     base = {(r["model"], r["clients"]): r for r in rows if r["algorithm"] == "sgd"}
     for r in rows:
         ref = base.get((r["model"], r["clients"]))
         r["serial_x_sgd"] = r["serial_s"] / ref["serial_s"] if ref else float("nan")
         r["vmap_x_sgd"] = r["vmap_s"] / ref["vmap_s"] if ref else float("nan")
     print()
-    print(f"synthetic 60 features -> 10 classes, 200 train samples/client, batch 10, 1 epoch (20 steps), wd 1e-3, clip 10, "
-          f"device {args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-          f"median of {args.reps}")
+    print(
+        f"synthetic 60 features -> 10 classes, 200 train samples/client, batch 10, 1 epoch (20 steps), wd 1e-3, clip 10, "
+        f"device {args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+        f"median of {args.reps}"
+    )
     print()
     compiled = " compiled (s) | serial/compiled | compile (s) |" if args.compile else ""
-    print("| model | algorithm | clients | serial (s) | vmap (s) | serial/vmap |" + compiled + " serial x sgd | vmap x sgd "
-          "| vmap ms/client | max abs delta diff |")
+    print(
+        "| model | algorithm | clients | serial (s) | vmap (s) | serial/vmap |"
+        + compiled
+        + " serial x sgd | vmap x sgd "
+        "| vmap ms/client | max abs delta diff |"
+    )
     print("|---|---|---|---|---|---|" + ("---|---|---|" if args.compile else "") + "---|---|---|---|")
     for r in rows:
-        extra = (f" {r['compiled_s']:.3f} | {r['compiled_ratio']:.1f}x | {r['compile_s']:.1f} |" if args.compile else "")
-        print(f"| {r['model']} | {r['algorithm']} | {r['clients']} | {r['serial_s']:.3f} | {r['vmap_s']:.3f} | "
-              f"{r['ratio']:.1f}x |{extra} {r['serial_x_sgd']:.2f} | {r['vmap_x_sgd']:.2f} | {r['vmap_ms_per_client']:.3f} | "
-              f"{r['max_abs_delta_diff']:.1e} |")
+        extra = f" {r['compiled_s']:.3f} | {r['compiled_ratio']:.1f}x | {r['compile_s']:.1f} |" if args.compile else ""
+        print(
+            f"| {r['model']} | {r['algorithm']} | {r['clients']} | {r['serial_s']:.3f} | {r['vmap_s']:.3f} | "
+            f"{r['ratio']:.1f}x |{extra} {r['serial_x_sgd']:.2f} | {r['vmap_x_sgd']:.2f} | {r['vmap_ms_per_client']:.3f} | "
+            f"{r['max_abs_delta_diff']:.1e} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)

@@ -49,8 +49,14 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "label": "logreg 60->10, 100 clients x 200, 10/round, 30 rounds",
         "values": {
             "rounds": 30,
-            "task": {"name": "synthetic", "model": "logreg", "num_features": 60, "num_classes": 10,
-                     "min_samples": 250, "max_samples": 250},
+            "task": {
+                "name": "synthetic",
+                "model": "logreg",
+                "num_features": 60,
+                "num_classes": 10,
+                "min_samples": 250,
+                "max_samples": 250,
+            },
             "data": {"num_clients": 100, "partition": "natural", "test_fraction": 0.2},
             "population": {"participation": "uniform", "clients_per_round": 10},
         },
@@ -59,8 +65,16 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "label": "MLP 784-200-200-10, 20 clients x 600, 5/round, 5 rounds",
         "values": {
             "rounds": 5,
-            "task": {"name": "synthetic", "model": "mlp", "num_features": 784, "num_classes": 10, "hidden": 200,
-                     "hidden_layers": 2, "min_samples": 750, "max_samples": 750},
+            "task": {
+                "name": "synthetic",
+                "model": "mlp",
+                "num_features": 784,
+                "num_classes": 10,
+                "hidden": 200,
+                "hidden_layers": 2,
+                "min_samples": 750,
+                "max_samples": 750,
+            },
             "data": {"num_clients": 20, "partition": "natural", "test_fraction": 0.2},
             "population": {"participation": "uniform", "clients_per_round": 5},
         },
@@ -133,15 +147,19 @@ def run_one(workload: str, runner: str, out: Path, threads: int) -> None:
     in_process = time.perf_counter() - started
     rounds = [b - a for a, b in zip(stamps, stamps[1:])]  # round r's time = aggregation r - aggregation r-1
     torch.save(params, out.with_suffix(".pt"))
-    out.write_text(json.dumps({
-        "in_process_s": in_process,
-        "compile_s": timings.get("compile_s", 0.0),
-        "executor": "flower" if runner == "flower" else executor_name,
-        "round_ms": 1000 * statistics.mean(rounds) if rounds else float("nan"),
-        "round_ms_stdev": 1000 * statistics.stdev(rounds) if len(rounds) > 1 else 0.0,
-        "accuracy": accuracy,
-        "rounds": len(stamps),
-    }))
+    out.write_text(
+        json.dumps(
+            {
+                "in_process_s": in_process,
+                "compile_s": timings.get("compile_s", 0.0),
+                "executor": "flower" if runner == "flower" else executor_name,
+                "round_ms": 1000 * statistics.mean(rounds) if rounds else float("nan"),
+                "round_ms_stdev": 1000 * statistics.stdev(rounds) if len(rounds) > 1 else 0.0,
+                "accuracy": accuracy,
+                "rounds": len(stamps),
+            }
+        )
+    )
 
 
 def _run_flower(config: Any, stamps: list[float]):
@@ -168,11 +186,19 @@ def _run_flower(config: Any, stamps: list[float]):
 
     @server.main()
     def main(grid, context):
-        strategy.start(grid, initial_arrays=strategy.codec.encode(initial_params(task, config.seed)),
-                       num_rounds=config.rounds, timeout=600)
+        strategy.start(
+            grid,
+            initial_arrays=strategy.codec.encode(initial_params(task, config.seed)),
+            num_rounds=config.rounds,
+            timeout=600,
+        )
 
-    run_simulation(server, make_client_app(task), num_supernodes=config.data.num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    run_simulation(
+        server,
+        make_client_app(task),
+        num_supernodes=config.data.num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
     if strategy.state is None or strategy.state.version != config.rounds:
         raise RuntimeError("the Flower simulation did not complete its rounds")
     lost = sum(record["absent"] for record in strategy.history)
@@ -189,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="logreg,mlp")
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--out", default="runs/bench-vs-flower", help="folder for the per-run results")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the fedsim runners (Flower: 1 per ClientApp)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the fedsim runners (Flower: 1 per ClientApp)"
+    )
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -214,8 +242,17 @@ def main(argv: list[str] | None = None) -> int:
         for runner in runners:
             result = out / f"{workload}-{runner}.json"
             print(f"[vs_flower] {workload} / {runner} ...", flush=True)
-            command = [sys.executable, __file__, "--one", workload, runner, "--result", str(result),
-                       "--threads", str(args.threads)]
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                workload,
+                runner,
+                "--result",
+                str(result),
+                "--threads",
+                str(args.threads),
+            ]
             start = time.perf_counter()  # whole process: from creating the child until it exits
             proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
@@ -230,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # noqa: PLC0415
 
-    print(f"\nfedsim vs Flower simulation (FedAvg; {os.cpu_count()} CPUs, load average at start {load:.1f}; "
-          f"torch {torch.__version__}; fedsim {args.threads} thread(s) per worker, ray executor {WORKERS} workers; "
-          f"Flower: Ray backend, 1 CPU per ClientApp)\n")
-    print("| workload | runner | whole process (s) | in-process run (s) | compile (s) | steady round (ms) "
-          "| Flower / this, whole | Flower / this, in-process | Flower / this, round | test accuracy "
-          "| max param diff vs Flower |")
+    print(
+        f"\nfedsim vs Flower simulation (FedAvg; {os.cpu_count()} CPUs, load average at start {load:.1f}; "
+        f"torch {torch.__version__}; fedsim {args.threads} thread(s) per worker, ray executor {WORKERS} workers; "
+        f"Flower: Ray backend, 1 CPU per ClientApp)\n"
+    )
+    print(
+        "| workload | runner | whole process (s) | in-process run (s) | compile (s) | steady round (ms) "
+        "| Flower / this, whole | Flower / this, in-process | Flower / this, round | test accuracy "
+        "| max param diff vs Flower |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
     for workload in workloads:
@@ -250,9 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             inside_ratio = f"{flower['in_process_s'] / r['in_process_s']:.1f}x" if flower else "-"
             round_ratio = f"{flower['round_ms'] / r['round_ms']:.1f}x" if flower else "-"
             label = runner if runner != "auto" else f"auto ({r['executor']})"
-            print(f"| {WORKLOADS[workload]['label']} | {label} | {r['whole_s']:.1f} | {r['in_process_s']:.2f} | "
-                  f"{r['compile_s']:.1f} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {whole_ratio} | "
-                  f"{inside_ratio} | {round_ratio} | {r['accuracy']:.4f} | {diff:.1e}{'' if same else ' DIFFERENT'} |")
+            print(
+                f"| {WORKLOADS[workload]['label']} | {label} | {r['whole_s']:.1f} | {r['in_process_s']:.2f} | "
+                f"{r['compile_s']:.1f} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {whole_ratio} | "
+                f"{inside_ratio} | {round_ratio} | {r['accuracy']:.4f} | {diff:.1e}{'' if same else ' DIFFERENT'} |"
+            )
     print("\nsame final model and accuracy in every run:", "yes" if ok else "NO")
     return 0 if ok else 1
 

@@ -172,15 +172,26 @@ def run_fedsim(side: str, threads: int, size: dict[str, int], data_file: Path) -
     model = ResidentModel(experiment.task.build_model())
     model.load(experiment.engine.state.params)
     x, y = experiment.task.data.global_test()
-    return {"start": start, "stamps": stamps, "accuracy": accuracy(model.model, x, y), "threads": torch.get_num_threads(),
-            "cohorts": cohorts}
+    return {
+        "start": start,
+        "stamps": stamps,
+        "accuracy": accuracy(model.model, x, y),
+        "threads": torch.get_num_threads(),
+        "cohorts": cohorts,
+    }
 
 
 # ----------------------------------------------------------------------------- pfl side (child process, pfl's venv)
 
 
-def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path, channels_last: bool,
-            cohorts: list[list[int]] | None) -> dict[str, Any]:
+def run_pfl(
+    threads: int,
+    size: dict[str, int],
+    data_file: Path,
+    init_file: Path,
+    channels_last: bool,
+    cohorts: list[list[int]] | None,
+) -> dict[str, Any]:
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
@@ -223,8 +234,11 @@ def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path
 
     module = PflCNN()
     module.net.load_state_dict(torch.load(init_file))
-    model = PyTorchModel(model=module, local_optimizer_create=torch.optim.SGD,
-                         central_optimizer=torch.optim.SGD(module.parameters(), 1.0))
+    model = PyTorchModel(
+        model=module,
+        local_optimizer_create=torch.optim.SGD,
+        central_optimizer=torch.optim.SGD(module.parameters(), 1.0),
+    )
 
     def sampled_users():  # fedsim's cohorts when given, else pfl draws its own uniform ones
         if cohorts is not None:
@@ -252,8 +266,12 @@ def run_pfl(threads: int, size: dict[str, int], data_file: Path, init_file: Path
         model_train_params=NNTrainHyperParams(local_learning_rate=LR, local_num_epochs=None,
                                               local_num_steps=LOCAL_STEPS, local_batch_size=BATCH_SIZE),
         callbacks=[Stamp()])  # fmt: skip
-    return {"start": start, "stamps": stamps, "accuracy": accuracy(module.net, x_test, y_test),
-            "threads": torch.get_num_threads()}
+    return {
+        "start": start,
+        "stamps": stamps,
+        "accuracy": accuracy(module.net, x_test, y_test),
+        "threads": torch.get_num_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------- vmap vs serial on the CNN
@@ -293,10 +311,21 @@ def crossover(threads_list: list[int], size: dict[str, int], data_file: Path, re
                     times[name].append(time.perf_counter() - start)
             s, v = statistics.median(times["serial"]), statistics.median(times["vmap"])
             steps = n * LOCAL_STEPS
-            rows.append({"threads": threads, "clients": n, "serial_ms_per_step": 1000 * s / steps,
-                         "vmap_ms_per_step": 1000 * v / steps, "serial_over_vmap": s / v, "max_delta_diff": diff})
-            print(f"  [crossover] threads {threads}, {n:3d} clients: serial {1000 * s / steps:.2f} ms/step, "
-                  f"vmap {1000 * v / steps:.2f} ms/step, serial/vmap {s / v:.2f}x", flush=True)
+            rows.append(
+                {
+                    "threads": threads,
+                    "clients": n,
+                    "serial_ms_per_step": 1000 * s / steps,
+                    "vmap_ms_per_step": 1000 * v / steps,
+                    "serial_over_vmap": s / v,
+                    "max_delta_diff": diff,
+                }
+            )
+            print(
+                f"  [crossover] threads {threads}, {n:3d} clients: serial {1000 * s / steps:.2f} ms/step, "
+                f"vmap {1000 * v / steps:.2f} ms/step, serial/vmap {s / v:.2f}x",
+                flush=True,
+            )
         serial.close()
         vmap.close()
     return rows
@@ -304,7 +333,6 @@ def crossover(threads_list: list[int], size: dict[str, int], data_file: Path, re
 
 def conv_kernels(size: dict[str, int], data_file: Path, clients: int = 5) -> list[str]:
     """The convolution ops (name and input shapes) that one vmap executor.run calls, from the torch profiler."""
-    import torch  # noqa: PLC0415
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     from fedsim.executors import EXECUTORS, WorkerSpec  # noqa: PLC0415
@@ -317,8 +345,10 @@ def conv_kernels(size: dict[str, int], data_file: Path, clients: int = 5) -> lis
     task = build_task(spec)
     params = initial_params(task, 0)
     vmap = EXECUTORS.get("vmap")(config.executor, WorkerSpec(task=spec, client="sgd", threads=1), task)
-    jobs = [ClientJob(job_id=c, client_id=c, version=0, params=params, config=config.client.model_dump(), seed=c)
-            for c in range(clients)]
+    jobs = [
+        ClientJob(job_id=c, client_id=c, version=0, params=params, config=config.client.model_dump(), seed=c)
+        for c in range(clients)
+    ]
     vmap.run(jobs)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         vmap.run(jobs)
@@ -349,8 +379,15 @@ def pfl_available(python: str) -> str | None:
     """None if ``python`` imports pfl and torch, else why not."""
     if not Path(python).exists():
         return f"{python} does not exist"
-    proc = subprocess.run([python, "-c", "import pfl, torch; print(pfl.__version__ if hasattr(pfl, '__version__') "
-                           "else '?', torch.__version__)"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            python,
+            "-c",
+            "import pfl, torch; print(pfl.__version__ if hasattr(pfl, '__version__') else '?', torch.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["import failed"])[-1]
 
 
@@ -360,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1", help="comma-separated torch thread counts; every side runs at each")
     parser.add_argument("--rounds", type=int, default=None, help=f"rounds per side (default {FULL['rounds']})")
     parser.add_argument("--quick", action="store_true", help="tiny size, for checking the script")
-    parser.add_argument("--crossover", action="store_true", help="also time serial vs vmap per call and profile vmap's convs")
+    parser.add_argument(
+        "--crossover", action="store_true", help="also time serial vs vmap per call and profile vmap's convs"
+    )
     parser.add_argument("--pfl-python", default=DEFAULT_PFL_PYTHON, help="a python that imports pfl (its own venv)")
     parser.add_argument("--out", default="runs/bench-vs-pfl", help="folder for the data file and per-side results")
     parser.add_argument("--one", nargs=2, metavar=("SIDE", "THREADS"), help=argparse.SUPPRESS)
@@ -400,8 +439,21 @@ def main(argv: list[str] | None = None) -> int:
         for side in run_order:
             result = out / f"{side}-{threads}.json"
             python = args.pfl_python if side.startswith("pfl") else sys.executable
-            command = [python, __file__, "--one", side, str(threads), "--size", json.dumps(size), "--data",
-                       str(data_file), "--init", str(init_file), "--result", str(result)]
+            command = [
+                python,
+                __file__,
+                "--one",
+                side,
+                str(threads),
+                "--size",
+                json.dumps(size),
+                "--data",
+                str(data_file),
+                "--init",
+                str(init_file),
+                "--result",
+                str(result),
+            ]
             if side.startswith("pfl") and cohorts_file.exists():
                 command += ["--cohorts", str(cohorts_file)]
             print(f"[vs_pfl] {side}, {threads} thread(s) ...", flush=True)
@@ -429,11 +481,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # noqa: PLC0415
 
-    print(f"\nfedsim vs pfl-research: CNN (conv_net, 3x32x32 -> 10), {size['users']} users x {size['samples']} samples, "
-          f"cohort {size['cohort']}, {LOCAL_STEPS} local steps of batch {BATCH_SIZE}, lr {LR}, FedAvg, "
-          f"{size['rounds']} rounds ({os.cpu_count()} CPUs, load average at start {load:.1f}, torch {torch.__version__})\n")
-    print("| side | threads | whole process (s) | first round (s) | steady round (s) | pfl / this, whole "
-          "| pfl / this, round | test accuracy |")
+    print(
+        f"\nfedsim vs pfl-research: CNN (conv_net, 3x32x32 -> 10), {size['users']} users x {size['samples']} samples, "
+        f"cohort {size['cohort']}, {LOCAL_STEPS} local steps of batch {BATCH_SIZE}, lr {LR}, FedAvg, "
+        f"{size['rounds']} rounds ({os.cpu_count()} CPUs, load average at start {load:.1f}, torch {torch.__version__})\n"
+    )
+    print(
+        "| side | threads | whole process (s) | first round (s) | steady round (s) | pfl / this, whole "
+        "| pfl / this, round | test accuracy |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for threads in threads_list:
         pfl = results.get(("pfl", threads))
@@ -441,22 +497,30 @@ def main(argv: list[str] | None = None) -> int:
             r = results[side, threads]
             whole_ratio = f"{pfl['whole_s'] / r['whole_s']:.2f}x" if pfl else "-"
             round_ratio = f"{pfl['round_s'] / r['round_s']:.2f}x" if pfl else "-"
-            print(f"| {side} | {r['threads']} | {r['whole_s']:.1f} | {r['first_round_s']:.2f} | "
-                  f"{r['round_s']:.2f} ± {r['round_stdev']:.2f} | "
-                  f"{whole_ratio} | {round_ratio} | {r['accuracy']:.3f} |")
+            print(
+                f"| {side} | {r['threads']} | {r['whole_s']:.1f} | {r['first_round_s']:.2f} | "
+                f"{r['round_s']:.2f} ± {r['round_stdev']:.2f} | "
+                f"{whole_ratio} | {round_ratio} | {r['accuracy']:.3f} |"
+            )
     accuracies = [r["accuracy"] for r in results.values()]
     same_cohorts = "the same cohorts" if cohorts_file.exists() else "their own cohorts"
-    print(f"\ntest accuracy range over sides: {min(accuracies):.3f} .. {max(accuracies):.3f} (every side trains "
-          f"{same_cohorts}; the minibatch order inside a user differs between pfl and fedsim, so only the range "
-          "is comparable)")
+    print(
+        f"\ntest accuracy range over sides: {min(accuracies):.3f} .. {max(accuracies):.3f} (every side trains "
+        f"{same_cohorts}; the minibatch order inside a user differs between pfl and fedsim, so only the range "
+        "is comparable)"
+    )
     if rows:
         print("\nserial vs vmap executor on this CNN, one executor.run(jobs) from the same model, median of 3:\n")
-        print("| threads | clients per call | serial ms per client-step | vmap ms per client-step | serial / vmap "
-              "| max delta diff |")
+        print(
+            "| threads | clients per call | serial ms per client-step | vmap ms per client-step | serial / vmap "
+            "| max delta diff |"
+        )
         print("|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['threads']} | {r['clients']} | {r['serial_ms_per_step']:.2f} | {r['vmap_ms_per_step']:.2f} | "
-                  f"{r['serial_over_vmap']:.2f}x | {r['max_delta_diff']:.1e} |")
+            print(
+                f"| {r['threads']} | {r['clients']} | {r['serial_ms_per_step']:.2f} | {r['vmap_ms_per_step']:.2f} | "
+                f"{r['serial_over_vmap']:.2f}x | {r['max_delta_diff']:.1e} |"
+            )
         print("\nconvolution ops in one vmap executor.run of 5 clients (count x op [input, weight shapes]):")
         for line in kernels:
             print("  " + line)

@@ -9,7 +9,8 @@ population of 10^6 clients costs only its ``num_samples`` array.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -69,9 +70,7 @@ def _as_labels(y: np.ndarray | Tensor) -> Tensor:
 
 def _check_labels(y: Tensor, num_classes: int) -> None:
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}); got range [{int(y.min())}, {int(y.max())}]"
-        )
+        raise ValueError(f"labels must lie in [0, {num_classes}); got range [{int(y.min())}, {int(y.max())}]")
 
 
 def _histograms(labels: np.ndarray, row_of_sample: np.ndarray, num_rows: int, num_classes: int) -> np.ndarray:
@@ -126,7 +125,7 @@ class ArrayFederatedData:
         test_indices: Sequence[np.ndarray],
         num_classes: int,
         device: str | torch.device = "cpu",
-    ) -> "ArrayFederatedData":
+    ) -> ArrayFederatedData:
         """Build from explicit per-client train and test row indices into ``(x, y)``.
 
         Every row may be used at most once overall. Rows are gathered once into
@@ -166,7 +165,7 @@ class ArrayFederatedData:
         test_fraction: float,
         seed: int,
         device: str | torch.device = "cpu",
-    ) -> "ArrayFederatedData":
+    ) -> ArrayFederatedData:
         """Shuffle each client's indices (seeded per client) and split them into train/test."""
         _check_test_fraction(test_fraction)
         sizes = np.array([len(idx) for idx in client_indices], dtype=np.int64)

@@ -9,7 +9,8 @@ parameters and its output.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,7 @@ def _check_enough_samples(num_samples: int, num_clients: int, per_client: int = 
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if num_samples < num_clients * per_client:
-        raise ValueError(
-            f"{num_samples} samples cannot give {num_clients} clients {per_client} sample(s) each"
-        )
+        raise ValueError(f"{num_samples} samples cannot give {num_clients} clients {per_client} sample(s) each")
 
 
 def _group_by_owner(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
@@ -97,7 +96,9 @@ def _top_up_small_clients(owner: np.ndarray, sizes: np.ndarray, min_samples: int
             sizes[cid] += count
 
 
-@PARTITIONERS.register("shards", "sort by label, give each client shards_per_client random shards (McMahan et al. 2017)")
+@PARTITIONERS.register(
+    "shards", "sort by label, give each client shards_per_client random shards (McMahan et al. 2017)"
+)
 def shards(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, shards_per_client: int = 2
 ) -> list[np.ndarray]:

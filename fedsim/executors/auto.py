@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -63,35 +64,50 @@ def why_not_vmap(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any])
 
 
 def resolve_compile(mode: str, planned_steps: int | None) -> str:
-    """"on" or "off" for ``executor.compile`` (``auto`` against the planned batched steps)."""
+    """ "on" or "off" for ``executor.compile`` (``auto`` against the planned batched steps)."""
     if mode != "auto":
         return mode
     return "on" if planned_steps is not None and planned_steps >= COMPILE_PAYS_AFTER else "off"
 
 
-def vmap_pays(num_params: int, clients_per_call: float, compiled: bool, device: str, convolutions: bool = False) -> str | None:
+def vmap_pays(
+    num_params: int, clients_per_call: float, compiled: bool, device: str, convolutions: bool = False
+) -> str | None:
     """Why serial is faster for this workload (None: vmap is at least as fast)."""
     if device.startswith("cuda"):
         return None
     if convolutions:
         return "a model with convolutions on CPU: batched (grouped) convolutions are slower than serial's"
     if compiled:
-        stack = (1 << max(0, math.ceil(clients_per_call) - 1).bit_length()) if math.isfinite(clients_per_call) else math.inf
+        stack = (
+            (1 << max(0, math.ceil(clients_per_call) - 1).bit_length()) if math.isfinite(clients_per_call) else math.inf
+        )
         if stack * num_params > COMPILED_MAX_STACK:
-            return (f"a stack of {stack:g} clients (~{clients_per_call:g} per call, padded) x {num_params:,} parameters "
-                    f"exceeds {COMPILED_MAX_STACK:,}: serial is faster there")
+            return (
+                f"a stack of {stack:g} clients (~{clients_per_call:g} per call, padded) x {num_params:,} parameters "
+                f"exceeds {COMPILED_MAX_STACK:,}: serial is faster there"
+            )
         return None
     if num_params > EAGER_MAX_PARAMS:
-        return (f"a {num_params:,}-parameter model: the uncompiled batched step is slower than serial above "
-                f"{EAGER_MAX_PARAMS:,} parameters (--compile on makes it faster)")
+        return (
+            f"a {num_params:,}-parameter model: the uncompiled batched step is slower than serial above "
+            f"{EAGER_MAX_PARAMS:,} parameters (--compile on makes it faster)"
+        )
     if clients_per_call < EAGER_MIN_CLIENTS:
-        return (f"about {clients_per_call:g} clients per call: the uncompiled batched step pays from "
-                f"{EAGER_MIN_CLIENTS} (--compile on makes it faster)")
+        return (
+            f"about {clients_per_call:g} clients per call: the uncompiled batched step pays from "
+            f"{EAGER_MIN_CLIENTS} (--compile on makes it faster)"
+        )
     return None
 
 
-def why_serial(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any],
-               clients_per_call: float | None = None, compiled: bool = False) -> str | None:
+def why_serial(
+    spec: WorkerSpec,
+    task: Task,
+    client_config: Mapping[str, Any],
+    clients_per_call: float | None = None,
+    compiled: bool = False,
+) -> str | None:
     """Why serial is the better path for these jobs (None: vmap), from the capability check and
     the measured crossovers. ``clients_per_call`` None: unknown, judged as if calls were large."""
     reason = why_not_vmap(spec, task, client_config)
@@ -100,25 +116,44 @@ def why_serial(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any],
     model = task.build_model()
     num_params = sum(p.numel() for p in model.parameters())
     convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return vmap_pays(num_params, clients_per_call if clients_per_call is not None else float("inf"),
-                     compiled, spec.device, convolutions)
+    return vmap_pays(
+        num_params,
+        clients_per_call if clients_per_call is not None else float("inf"),
+        compiled,
+        spec.device,
+        convolutions,
+    )
 
 
-def choose_executor(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any],
-                    clients_per_call: float | None = None, compiled: bool = False) -> str:
-    """"vmap" or "serial" for these clients, with one log line saying which and why."""
+def choose_executor(
+    spec: WorkerSpec,
+    task: Task,
+    client_config: Mapping[str, Any],
+    clients_per_call: float | None = None,
+    compiled: bool = False,
+) -> str:
+    """ "vmap" or "serial" for these clients, with one log line saying which and why."""
     reason = why_serial(spec, task, client_config, clients_per_call, compiled)
     if reason is not None:
         log.info("executor auto: serial (%s)", reason)
         return "serial"
     per_call = f"~{clients_per_call:g} clients per call, " if clients_per_call is not None else ""
-    log.info("executor auto: vmap (%s%s; --executor serial to debug)", per_call,
-             "compiled batched step" if compiled else f"client '{spec.client}' with this model batches")
+    log.info(
+        "executor auto: vmap (%s%s; --executor serial to debug)",
+        per_call,
+        "compiled batched step" if compiled else f"client '{spec.client}' with this model batches",
+    )
     return "vmap"
 
 
-def build_executor(config: Any, spec: WorkerSpec, task: Task | None, client_config: Mapping[str, Any],
-                   planned_steps: int | None = None, clients_per_call: float | None = None) -> Executor:
+def build_executor(
+    config: Any,
+    spec: WorkerSpec,
+    task: Task | None,
+    client_config: Mapping[str, Any],
+    planned_steps: int | None = None,
+    clients_per_call: float | None = None,
+) -> Executor:
     """The executor ``config.name`` names, resolving ``auto`` (executor and compile) first.
 
     ``planned_steps``: server updates x local steps of a mean client (for ``compile: auto``);
@@ -133,8 +168,11 @@ def build_executor(config: Any, spec: WorkerSpec, task: Task | None, client_conf
     if name == "serial" and requested == "on":
         log.warning("executor.compile=on compiles the batched client step; the serial executor runs uncompiled")
     if name != "serial" and requested == "auto" and mode == "on":
-        log.info("executor: compiling the batched client step (~%d steps planned >= %d; --compile off to skip)",
-                 planned_steps, COMPILE_PAYS_AFTER)
+        log.info(
+            "executor: compiling the batched client step (~%d steps planned >= %d; --compile off to skip)",
+            planned_steps,
+            COMPILE_PAYS_AFTER,
+        )
     if hasattr(config, "model_copy"):
         config = config.model_copy(update={"compile": mode})
     return EXECUTORS.get(name)(config, spec, task)

@@ -7,7 +7,8 @@ cannot change any result.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from fedsim.registry import Registry
 from fedsim.types import ClientJob, ClientResult

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fedsim.executors.base import EXECUTORS
 from fedsim.executors.worker import Worker, WorkerSpec

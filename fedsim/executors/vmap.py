@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,14 @@ from fedsim.params import ParamLayout
 from fedsim.tasks import Task, build_task
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["VmapExecutor", "why_not_batched", "model_reason", "flat_batch_schedule", "DEFAULT_CPU_BUDGET", "MAX_BATCH_CAP"]
+__all__ = [
+    "VmapExecutor",
+    "why_not_batched",
+    "model_reason",
+    "flat_batch_schedule",
+    "DEFAULT_CPU_BUDGET",
+    "MAX_BATCH_CAP",
+]
 
 log = logging.getLogger("fedsim")
 
@@ -148,7 +156,9 @@ def _bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _pad_clients(carry: dict[str, Tensor], rows: Tensor, weights: Tensor, size: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+def _pad_clients(
+    carry: dict[str, Tensor], rows: Tensor, weights: Tensor, size: int
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """The chunk's stacked carry [B, ...], rows and weights [T, B, W] padded to ``size`` clients
     with copies of client 0 (their results are discarded)."""
     extra = size - rows.shape[1]
@@ -267,7 +277,7 @@ class VmapExecutor:
         if key not in self._options:
             try:
                 self._options[key] = self.algorithm.options(config)
-            except Exception as exc:  # the serial worker reports the exact error for this client
+            except Exception as exc:  # noqa: BLE001  (the serial worker reports the exact error for this client)
                 self._options[key] = exc
         value = self._options[key]
         if isinstance(value, Exception):
@@ -284,10 +294,19 @@ class VmapExecutor:
                 x, y = client_train_data(self.task, job)
                 n = len(x)
                 steps = self.algorithm.num_steps(config, n) if n else 0
-                item = _Item(pos=pos, job=job, x=x, y=y, n=n, steps=steps, batch_size=int(config["batch_size"]),
-                             options=options, lr=local_lr(config, job.version))
+                item = _Item(
+                    pos=pos,
+                    job=job,
+                    x=x,
+                    y=y,
+                    n=n,
+                    steps=steps,
+                    batch_size=int(config["batch_size"]),
+                    options=options,
+                    lr=local_lr(config, job.version),
+                )
             params_ok = isinstance(job.params, Tensor) and job.params.shape == (self.numel,)
-        except Exception:  # the serial worker reports the exact error for this client
+        except Exception:  # noqa: BLE001  (the serial worker reports the exact error for this client)
             raise _Fallback("a job with an invalid config or client id") from None
         if options is None:
             raise _Fallback(f"optimizer '{config.get('optimizer')}' (torch.optim)")
@@ -320,7 +339,7 @@ class VmapExecutor:
         try:
             with torch.no_grad():
                 self.model(torch.zeros(1, *self.task.input_shape, device=self.device))
-        except Exception:
+        except Exception:  # noqa: BLE001  (any failure of the batched path falls back to the serial worker)
             total[0] = 4 * in_numel
         finally:
             for h in handles:
@@ -362,7 +381,7 @@ class VmapExecutor:
                 log.warning("vmap executor: out of memory with %d clients per call; using %d", len(items), half)
                 return self._run_chunk_safely(items[:half]) + self._run_chunk_safely(items[half:])
             self._notice("a client that runs out of memory even alone")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure of the batched path falls back to the serial worker)
             message = str(exc).splitlines()[0] if str(exc) else ""
             self._notice(f"a chunk that failed in the batched path ({type(exc).__name__}: {message})")
         return list(zip(items, self._serial_executor().run([it.job for it in items])))
@@ -396,11 +415,14 @@ class VmapExecutor:
                 else:  # a run meets one graph per stack size: more than dynamo's default of 8
                     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                         out = compiled(carry, batch)
-            except Exception as exc:  # no C++ compiler, an op inductor cannot lower... or the step itself raised
+            except Exception as exc:  # noqa: BLE001  (no C++ compiler, an op inductor cannot lower... or the step itself raised)
                 out = self._vstep(options, weighted)(carry, batch)  # raises the step's own error, if it is one
                 message = str(exc).strip().splitlines()
-                log.warning("vmap executor: torch.compile of the batched step failed (%s: %s); running it uncompiled",
-                            type(exc).__name__, message[0][:200] if message else "")
+                log.warning(
+                    "vmap executor: torch.compile of the batched step failed (%s: %s); running it uncompiled",
+                    type(exc).__name__,
+                    message[0][:200] if message else "",
+                )
                 self.compile = False
                 self._compiled.clear()
                 return out
@@ -434,8 +456,9 @@ class VmapExecutor:
             state = algorithm_state(it.job.state)  # without the client transforms' keys
             if state is not None:
                 state = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in state.items()}
-            carries.append(self.algorithm.start(it.options, to_device(it.job.params), state,
-                                                to_device(it.job.broadcast), it.lr))
+            carries.append(
+                self.algorithm.start(it.options, to_device(it.job.params), state, to_device(it.job.broadcast), it.lr)
+            )
         return {key: torch.stack([c[key] for c in carries]) for key in carries[0]}
 
     def _chunk_data(self, items: list[_Item]) -> tuple[Tensor, Tensor, Tensor]:
@@ -556,8 +579,9 @@ class VmapExecutor:
 @EXECUTORS.register("vmap", "many clients of a small model per kernel call (torch.func.vmap)")
 def vmap_executor(config: Any, spec: WorkerSpec, task: Task | None = None) -> VmapExecutor:
     # "auto" was resolved to on/off by build_executor, which knows the planned work
-    return VmapExecutor(spec, task, max_batch=getattr(config, "max_batch", None),
-                        compile=getattr(config, "compile", "off") == "on")
+    return VmapExecutor(
+        spec, task, max_batch=getattr(config, "max_batch", None), compile=getattr(config, "compile", "off") == "on"
+    )
 
 
 # ----------------------------------------------------------------------------- capability check
@@ -587,7 +611,7 @@ def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any])
     config = ClientConfig().model_dump() | dict(client_config)
     try:
         options = CLIENTS.get(spec.client)().options(config)
-    except Exception as exc:  # the run reports the exact error; auto just does not pick vmap
+    except Exception as exc:  # noqa: BLE001  (the run reports the exact error; auto just does not pick vmap)
         return f"a client config the algorithm refuses ({type(exc).__name__})"
     if options is None:
         return f"optimizer '{config.get('optimizer')}'"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -33,8 +34,18 @@ from fedsim.rng import derive_seed
 from fedsim.tasks import Task, TaskSpec, build_task
 from fedsim.types import ClientJob, ClientResult
 
-__all__ = ["WorkerSpec", "Worker", "resolve_device", "check_result", "failed_result", "CLIENT_BUG_ERRORS",
-           "torch_threads", "job_rng", "to_cpu", "train_one"]
+__all__ = [
+    "WorkerSpec",
+    "Worker",
+    "resolve_device",
+    "check_result",
+    "failed_result",
+    "CLIENT_BUG_ERRORS",
+    "torch_threads",
+    "job_rng",
+    "to_cpu",
+    "train_one",
+]
 
 # Exceptions that mean the client code is wrong, not that one client failed: they stop the run.
 CLIENT_BUG_ERRORS = (AttributeError, TypeError, NameError, ImportError, SyntaxError, NotImplementedError)
@@ -60,8 +71,13 @@ def resolve_device(device: str) -> torch.device:
 def failed_result(job: ClientJob, error: str, trace: str | None = None) -> ClientResult:
     """The result of a job that produced no update (a dropout); never aggregated."""
     return ClientResult(
-        client_id=job.client_id, base_version=job.version, delta=torch.empty(0),
-        num_samples=0, num_steps=0, error=error, traceback=trace,
+        client_id=job.client_id,
+        base_version=job.version,
+        delta=torch.empty(0),
+        num_samples=0,
+        num_steps=0,
+        error=error,
+        traceback=trace,
     )
 
 
@@ -130,7 +146,8 @@ def to_cpu(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
         return tensors
     return {
         k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu())
-        if isinstance(v, torch.Tensor) else v
+        if isinstance(v, torch.Tensor)
+        else v
         for k, v in tensors.items()
     }
 
@@ -154,8 +171,18 @@ def train_one(
     options = algorithm.options(config) if hasattr(algorithm, "options") else None  # no options: train only
     if options is not None and not any(context.model.layout.is_buffer):
         grad = grad if grad is not None else resident_grad_fn(context.model, context.loss_fn)
-        result = run_client(algorithm, options, grad, params, data, config, _to_device(state, context.device),
-                            _to_device(broadcast, context.device), rng, version)
+        result = run_client(
+            algorithm,
+            options,
+            grad,
+            params,
+            data,
+            config,
+            _to_device(state, context.device),
+            _to_device(broadcast, context.device),
+            rng,
+            version,
+        )
     elif hasattr(algorithm, "train"):
         result = algorithm.train(context, params, data, config | {"lr": local_lr(config, version)}, state, rng)
     else:
@@ -189,11 +216,21 @@ class Worker:
                 rng = torch.Generator(device=self.device)
                 rng.manual_seed(job.seed)
                 params = job.params.to(self.device, non_blocking=True)
-                result = train_one(self.algorithm, self.context, params, data, job.config, algorithm_state(job.state), job.broadcast,
-                                   rng, job.version, self.grad)
+                result = train_one(
+                    self.algorithm,
+                    self.context,
+                    params,
+                    data,
+                    job.config,
+                    algorithm_state(job.state),
+                    job.broadcast,
+                    rng,
+                    job.version,
+                    self.grad,
+                )
         except CLIENT_BUG_ERRORS:
             raise  # a bug in the client code, not a dropout
-        except Exception as exc:  # a failing client is a dropout, not a crash
+        except Exception as exc:  # noqa: BLE001  (a failing client is a dropout, not a crash)
             result = failed_result(job, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         result.client_id = job.client_id
         result.base_version = job.version
@@ -206,5 +243,3 @@ def _to_device(tensors: dict[str, Any] | None, device: torch.device) -> dict[str
     if tensors is None:
         return None
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
-
-

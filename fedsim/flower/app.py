@@ -22,8 +22,9 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.clientapp import ClientApp
@@ -31,6 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients import CLIENTS
 from clients.personal import bind_client_config
+from fedsim.attacks import plan_byzantine
 from fedsim.communication import plan_communication
 from fedsim.config import ConfigError, RunConfig, load_config, set_dotted
 from fedsim.flower.arrays import ArrayCodec
@@ -39,10 +41,9 @@ from fedsim.flower.sampling import AllConnected, ParticipationSampler, Sampler, 
 from fedsim.flower.strategy import FedsimStrategy
 from fedsim.params import ParamLayout, ResidentModel
 from fedsim.population import PARTICIPATION
+from fedsim.privacy import plan_privacy
 from fedsim.run import initial_params, task_spec
 from fedsim.tasks import Task, TaskSpec, build_task
-from fedsim.attacks import plan_byzantine
-from fedsim.privacy import plan_privacy
 from strategies import build_strategy
 
 __all__ = [
@@ -70,7 +71,7 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, di
     flower = dict(FLOWER_DEFAULTS)
     for key, value in run_config.items():
         if key.startswith("flower."):
-            name = key[len("flower."):].replace("-", "_")
+            name = key[len("flower.") :].replace("-", "_")
             if name not in FLOWER_DEFAULTS:
                 raise ConfigError(f"config error: flower.{name}: unknown key; valid keys: {', '.join(FLOWER_DEFAULTS)}")
             flower[name] = value
@@ -113,7 +114,9 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
     privacy = plan_privacy(config, task.data.num_clients)  # client transforms travel in each job's config
     byzantine = plan_byzantine(config, task.data.num_clients)  # attackers are node indices, as fedsim's client ids
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
-    plan_communication(config, ParamLayout.of(task.build_model()), task.data.num_clients).attach(strategy)  # compression
+    plan_communication(config, ParamLayout.of(task.build_model()), task.data.num_clients).attach(
+        strategy
+    )  # compression
     return FedsimStrategy(
         strategy,
         ArrayCodec(task.build_model()),
@@ -169,8 +172,12 @@ def make_server_app() -> ServerApp:
         }
         final = result.evaluate_metrics_serverapp.get(config.rounds)
         if final is not None:
-            log.info("fedsim %s: final test accuracy %.4f after %d rounds",
-                     config.strategy.name, final["test_accuracy"], config.rounds)
+            log.info(
+                "fedsim %s: final test accuracy %.4f after %d rounds",
+                config.strategy.name,
+                final["test_accuracy"],
+                config.rounds,
+            )
         if config.output.out:  # the server's run folder: where the ServerApp runs
             out = Path(config.output.out)
             out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ Flower node it lives in ``Context.state`` as an ArrayRecord (:func:`state_to_rec
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +33,7 @@ class ArrayCodec:
         state = model.state_dict()
         float_names = set(self.layout.names)
         self.names = tuple(state)  # state_dict order: parameters and buffers as torch lists them
-        self.int_buffers = {
-            name: t.detach().cpu().clone() for name, t in state.items() if name not in float_names
-        }
+        self.int_buffers = {name: t.detach().cpu().clone() for name, t in state.items() if name not in float_names}
         self._offsets = dict(zip(self.layout.names, self.layout.offsets()))
         self._shapes = dict(zip(self.layout.names, self.layout.shapes))
 
@@ -99,7 +98,7 @@ def record_to_state(record: ArrayRecord | None) -> Any:
         return None
     if set(record) == {_TENSOR_KEY}:
         return torch.from_numpy(np.array(record[_TENSOR_KEY].numpy()))
-    return {k[len(_DICT_PREFIX):]: torch.from_numpy(np.array(v.numpy())) for k, v in record.items()}
+    return {k[len(_DICT_PREFIX) :]: torch.from_numpy(np.array(v.numpy())) for k, v in record.items()}
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

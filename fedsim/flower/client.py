@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -82,8 +83,13 @@ class _NodeWorkers:
             # the task is given, so the spec's TaskSpec is never used to rebuild it
             # one torch thread per job, as fedsim's executors (executor.threads default): the same floats
             specs = tuple((str(name), dict(options)) for name, options in json.loads(transforms))
-            spec = WorkerSpec(task=None, client=algorithm, device=self.device, threads=1,  # type: ignore[arg-type]
-                              client_transforms=specs)
+            spec = WorkerSpec(
+                task=None,
+                client=algorithm,
+                device=self.device,
+                threads=1,  # type: ignore[arg-type]
+                client_transforms=specs,
+            )
             self._workers[key] = Worker(spec, task)
         return self._workers[key]
 
@@ -131,7 +137,12 @@ def make_client_app(
             seed = derive_seed(0, "flower-client-train", pid, version)
         name = _resolve(algorithm, context) or job_config.get("algorithm") or "sgd"
         job = {
-            "job_id": 0, "client_id": pid, "version": version, "params": params, "config": job_config, "seed": seed,
+            "job_id": 0,
+            "client_id": pid,
+            "version": version,
+            "params": params,
+            "config": job_config,
+            "seed": seed,
             "state": record_to_state(context.state.array_records.get(STATE_KEY)),
         }
         if KEYS.BROADCAST in msg.content.array_records:
@@ -162,11 +173,13 @@ def make_client_app(
         model.load(params.to(model.device))
         x, y = resolved.data.test(pid)
         scores = resolved.evaluate(model.model, x, y)
-        metrics = MetricRecord({
-            "eval_loss": float(scores["loss"]) if len(y) else 0.0,
-            "eval_accuracy": float(scores["accuracy"]) if len(y) else 0.0,
-            KEYS.NUM_EXAMPLES: int(len(y)),
-        })
+        metrics = MetricRecord(
+            {
+                "eval_loss": float(scores["loss"]) if len(y) else 0.0,
+                "eval_accuracy": float(scores["accuracy"]) if len(y) else 0.0,
+                KEYS.NUM_EXAMPLES: int(len(y)),
+            }
+        )
         return Message(RecordDict({KEYS.METRICS: metrics}), reply_to=msg)
 
     @app.query()

@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -56,9 +57,7 @@ class NodeIndex:
     def indices(self, node_ids: Iterable[int]) -> list[int]:
         return [self._index_of[n] for n in node_ids]
 
-    def add(
-        self, new_nodes: Mapping[int, tuple[int | None, int]], connected: Iterable[int] = ()
-    ) -> list[int]:
+    def add(self, new_nodes: Mapping[int, tuple[int | None, int]], connected: Iterable[int] = ()) -> list[int]:
         """Index nodes not seen before: node id -> (partition id or None, train samples).
 
         Returns the indices created (not those taken back by returning partitions).
@@ -77,8 +76,12 @@ class NodeIndex:
                 self.node_of[held] = node_id
                 continue
             if held is not None:
-                log.warning("nodes %d and %d both report partition %d; indexing them separately",
-                            self.node_of[held], node_id, partition)
+                log.warning(
+                    "nodes %d and %d both report partition %d; indexing them separately",
+                    self.node_of[held],
+                    node_id,
+                    partition,
+                )
             index = len(self.node_of)
             self._index_of[node_id] = index
             self.node_of.append(node_id)

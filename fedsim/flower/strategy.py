@@ -121,11 +121,16 @@ class FedsimStrategy(FlowerStrategy):
     # ------------------------------------------------------------------ Flower hooks
 
     def summary(self) -> None:
-        log.info("fedsim strategy %s, sampler %s, evaluate fraction %.2f",
-                 getattr(self.strategy, "name", type(self.strategy).__name__),
-                 type(self.sampler).__name__, self.fraction_evaluate)
+        log.info(
+            "fedsim strategy %s, sampler %s, evaluate fraction %.2f",
+            getattr(self.strategy, "name", type(self.strategy).__name__),
+            type(self.sampler).__name__,
+            self.fraction_evaluate,
+        )
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         connected = self._wait_for_nodes(grid)
         self._index_new_nodes(grid, connected)
         state = self._ensure_state(arrays)
@@ -142,13 +147,15 @@ class FedsimStrategy(FlowerStrategy):
             self._dispatch_counts[index] = count + 1
             seed = derive_seed(self.seed, "client-train", index, state.version, count)
             record = ConfigRecord(dict(config))
-            record.update({
-                "server-round": server_round,
-                KEYS.JOB_CONFIG: json.dumps(job_config),
-                KEYS.SEED: seed,
-                KEYS.VERSION: state.version,
-                KEYS.CLIENT_INDEX: index,
-            })
+            record.update(
+                {
+                    "server-round": server_round,
+                    KEYS.JOB_CONFIG: json.dumps(job_config),
+                    KEYS.SEED: seed,
+                    KEYS.VERSION: state.version,
+                    KEYS.CLIENT_INDEX: index,
+                }
+            )
             transforms = getattr(self.strategy, "client_transforms", ())
             if transforms:  # the ClientApp clips/noises the delta before it leaves the node
                 record[KEYS.CLIENT_TRANSFORMS] = json.dumps([[name, options] for name, options in transforms])
@@ -157,11 +164,19 @@ class FedsimStrategy(FlowerStrategy):
                 content[KEYS.BROADCAST] = broadcast
             messages.append(Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN))
             self._sampled[node_id] = index
-        log.info("round %d (version %d): %d of %d connected nodes sampled (%d indexed)",
-                 server_round, state.version, len(messages), len(connected), len(self.nodes))
+        log.info(
+            "round %d (version %d): %d of %d connected nodes sampled (%d indexed)",
+            server_round,
+            state.version,
+            len(messages),
+            len(connected),
+            len(self.nodes),
+        )
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         state = self.state
         if state is None:
             raise RuntimeError("aggregate_train called before configure_train")
@@ -173,8 +188,13 @@ class FedsimStrategy(FlowerStrategy):
                 continue
             if msg.has_error():
                 failed += 1
-                log.warning("node %d (client %d) failed in round %d: %s",
-                            msg.metadata.src_node_id, index, server_round, msg.error.reason)
+                log.warning(
+                    "node %d (client %d) failed in round %d: %s",
+                    msg.metadata.src_node_id,
+                    index,
+                    server_round,
+                    msg.error.reason,
+                )
                 continue
             result = self._to_result(msg.content, index, state)
             if not result.ok:
@@ -199,13 +219,17 @@ class FedsimStrategy(FlowerStrategy):
         metrics = MetricRecord({k: v for k, v in record.items() if isinstance(v, (int, float))})
         return self.codec.encode(self.state.params, self.int_buffers), metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if self.fraction_evaluate == 0.0:
             return []
         connected = sorted(grid.get_node_ids())
         k = max(1, int(round(self.fraction_evaluate * len(connected))))
         rng = numpy_generator(self.seed, "flower-evaluate", server_round)
-        chosen = sorted(np.asarray(connected)[rng.choice(len(connected), size=min(k, len(connected)), replace=False)].tolist())
+        chosen = sorted(
+            np.asarray(connected)[rng.choice(len(connected), size=min(k, len(connected)), replace=False)].tolist()
+        )
         record = ConfigRecord(dict(config))
         record["server-round"] = server_round
         content = RecordDict({KEYS.ARRAYS: arrays, KEYS.CONFIG: record})
@@ -261,7 +285,9 @@ class FedsimStrategy(FlowerStrategy):
         info = {n: (None, 0) for n in new}
         if self.discover:
             query = ConfigRecord({KEYS.QUERY: KEYS.NODE_INFO})
-            messages = [Message(RecordDict({KEYS.CONFIG: query}), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
+            messages = [
+                Message(RecordDict({KEYS.CONFIG: query}), dst_node_id=n, message_type=MessageType.QUERY) for n in new
+            ]
             for reply in grid.send_and_receive(messages, timeout=self.query_timeout):
                 if reply.has_error() or KEYS.NODE_INFO not in reply.content.metric_records:
                     continue

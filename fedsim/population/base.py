@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -134,7 +135,9 @@ class Population:
         extra = rng.choice(rest, size=min(k - len(chosen), len(rest)), replace=False) if len(rest) else rest
         return np.concatenate([np.asarray(chosen, dtype=np.int64), extra.astype(np.int64)])
 
-    def round_participants(self, round: int, now: float, busy: Collection[int] = (), extra_fraction: float = 0.0) -> np.ndarray:
+    def round_participants(
+        self, round: int, now: float, busy: Collection[int] = (), extra_fraction: float = 0.0
+    ) -> np.ndarray:
         """Sync rounds: the clients that take part in ``round`` starting at ``now`` (sorted).
 
         Every available idle client, unless the model selects among them (``uniform``: the
@@ -148,9 +151,16 @@ class Population:
 
     # ------------------------------------------------------------------ job timing
 
-    def timing(self, client_ids: np.ndarray, steps: np.ndarray, dispatch_counts: np.ndarray,
-               dropouts: bool = True, up_bits: np.ndarray | None = None, down_bits: np.ndarray | None = None,
-               now: float = 0.0) -> JobTiming:
+    def timing(
+        self,
+        client_ids: np.ndarray,
+        steps: np.ndarray,
+        dispatch_counts: np.ndarray,
+        dropouts: bool = True,
+        up_bits: np.ndarray | None = None,
+        down_bits: np.ndarray | None = None,
+        now: float = 0.0,
+    ) -> JobTiming:
         """Virtual seconds each job takes: local steps x step time + communication + random delay.
 
         Communication moves ``down_bits`` then ``up_bits`` per job (default: the dense model each
@@ -159,8 +169,12 @@ class Population:
         dispatch count).
         """
         ids = np.asarray(client_ids, dtype=np.int64)
-        plain = self.extra_delay == 0 and (self.dropout_prob == 0 or not dropouts) and self.bandwidth is None \
+        plain = (
+            self.extra_delay == 0
+            and (self.dropout_prob == 0 or not dropouts)
+            and self.bandwidth is None
             and self.link is None
+        )
         if plain and len(ids) == 1:  # the common asynchronous refill: skip array arithmetic
             duration = float(steps[0]) * float(self.step_times[ids[0]]) + self.comm_time
             return JobTiming(np.array([duration]), np.zeros(1, dtype=bool))
@@ -228,4 +242,3 @@ def build_population(config: Any, data: Any, seed: int, model_bits: float = 0.0,
 def slot_of(now: float, round_length: float) -> int:
     """The availability slot containing virtual time ``now``."""
     return int(math.floor(now / round_length + 1e-9))
-

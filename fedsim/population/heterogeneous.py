@@ -207,8 +207,10 @@ class TraceParticipation:
         self.probabilities = self._expand(trace.availability_fraction())
         if not np.any(self.probabilities > 0):  # nobody could ever train: refuse instead of running empty rounds
             used = min(num_clients, trace.num_clients)
-            raise ValueError(f"population.trace_path: none of the {used} trace clients this population uses is ever "
-                             "available (no interval of positive length)")
+            raise ValueError(
+                f"population.trace_path: none of the {used} trace clients this population uses is ever "
+                "available (no interval of positive length)"
+            )
 
     def _expand(self, per_trace_client: np.ndarray) -> np.ndarray:
         k = self.trace.num_clients
@@ -223,28 +225,54 @@ class TraceParticipation:
         return np.flatnonzero(self._expand(self.trace.available(round * self.round_length))).astype(np.int64)
 
 
-@PARTICIPATION.register("bernoulli", "each client joins each round independently with heterogeneous p_n (FedAU)",
-                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data"))
+@PARTICIPATION.register(
+    "bernoulli",
+    "each client joins each round independently with heterogeneous p_n (FedAU)",
+    options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data"),
+)
 def bernoulli(config: Any, data: Any, seed: int) -> BernoulliParticipation:
     return BernoulliParticipation(participation_probabilities(config, data, seed), seed, config.round_length)
 
 
-@PARTICIPATION.register("markov", "two-state Markov chain per client, stationary prob p_n, join prob markov_rate",
-                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data", "population.markov_rate"))
+@PARTICIPATION.register(
+    "markov",
+    "two-state Markov chain per client, stationary prob p_n, join prob markov_rate",
+    options=(
+        "population.mean_prob",
+        "population.min_prob",
+        "population.prob_alpha",
+        "population.correlate_with_data",
+        "population.markov_rate",
+    ),
+)
 def markov(config: Any, data: Any, seed: int) -> MarkovParticipation:
-    return MarkovParticipation(participation_probabilities(config, data, seed), config.markov_rate, seed, config.round_length)
+    return MarkovParticipation(
+        participation_probabilities(config, data, seed), config.markov_rate, seed, config.round_length
+    )
 
 
-@PARTICIPATION.register("cyclic", "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)",
-                        options=("population.mean_prob", "population.min_prob", "population.prob_alpha", "population.correlate_with_data", "population.cyclic_period"))
+@PARTICIPATION.register(
+    "cyclic",
+    "each client alternates inactive/active blocks over cyclic_period rounds (FedAU)",
+    options=(
+        "population.mean_prob",
+        "population.min_prob",
+        "population.prob_alpha",
+        "population.correlate_with_data",
+        "population.cyclic_period",
+    ),
+)
 def cyclic(config: Any, data: Any, seed: int) -> CyclicParticipation:
     return CyclicParticipation(
         participation_probabilities(config, data, seed), config.cyclic_period, seed, config.round_length
     )
 
 
-@PARTICIPATION.register("trace", "availability from trace_path (CSV client_id,start,end or FedScale pickle)",
-                        options=("population.trace_path", "population.round_length"))
+@PARTICIPATION.register(
+    "trace",
+    "availability from trace_path (CSV client_id,start,end or FedScale pickle)",
+    options=("population.trace_path", "population.round_length"),
+)
 def trace(config: Any, data: Any, seed: int) -> TraceParticipation:
     if config.trace_path is None:
         raise ValueError("population.trace_path must be set for population.participation=trace")

@@ -25,8 +25,11 @@ def sampling_rate(config: Any, num_clients: int) -> float:
     return float(config.probability_range(num_clients)[0])
 
 
-@PARTICIPATION.register("poisson", "each client joins each round independently with the same q (DP sampling)",
-                        options=("population.mean_prob", "population.clients_per_round"))
+@PARTICIPATION.register(
+    "poisson",
+    "each client joins each round independently with the same q (DP sampling)",
+    options=("population.mean_prob", "population.clients_per_round"),
+)
 def poisson(config: Any, data: Any, seed: int) -> BernoulliParticipation:
     q = sampling_rate(config, data.num_clients)
     return BernoulliParticipation(np.full(data.num_clients, q), seed, config.round_length)

@@ -102,8 +102,11 @@ def speed_tiers_problem(tiers: list[list[float]]) -> str | None:
     Fractions are shares of the clients: each in [0, 1], together 1; slowdowns multiply the
     step time: each > 0. At most MAX_SPEED_TIERS tiers.
     """
-    if not isinstance(tiers, (list, tuple)) or not tiers or any(
-            not isinstance(t, (list, tuple)) or len(t) != 2 for t in tiers):
+    if (
+        not isinstance(tiers, (list, tuple))
+        or not tiers
+        or any(not isinstance(t, (list, tuple)) or len(t) != 2 for t in tiers)
+    ):
         return "must be a non-empty list of [fraction, slowdown] pairs"
     if len(tiers) > MAX_SPEED_TIERS:
         return f"has {len(tiers)} tiers; at most {MAX_SPEED_TIERS}"
@@ -146,7 +149,9 @@ def load_device_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"population.device_file: no such file {str(path)!r}")
     raw = safe_pickle.load(path, what="population.device_file")  # plain data only: cannot run code
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"population.device_file {path}: expected a non-empty dict id -> {{'computation', 'communication'}}")
+        raise ValueError(
+            f"population.device_file {path}: expected a non-empty dict id -> {{'computation', 'communication'}}"
+        )
     keys = sorted(raw, key=lambda k: (str(type(k)), k))
     compute, bandwidth = [], []
     for key in keys:
@@ -183,32 +188,45 @@ def always(config: Any, data: Any, seed: int) -> AlwaysParticipation:
     return AlwaysParticipation(data.num_clients)
 
 
-@PARTICIPATION.register("uniform", "always available; a sync round samples clients_per_round uniformly (FedAvg)",
-                        options=("population.clients_per_round",))
+@PARTICIPATION.register(
+    "uniform",
+    "always available; a sync round samples clients_per_round uniformly (FedAvg)",
+    options=("population.clients_per_round",),
+)
 def uniform_sampling(config: Any, data: Any, seed: int) -> UniformParticipation:
     return UniformParticipation(data.num_clients, config.clients_per_round, seed)
 
 
-@SPEEDS.register("constant", "every client takes step_time virtual seconds per local step",
-                 options=("population.step_time",))
+@SPEEDS.register(
+    "constant", "every client takes step_time virtual seconds per local step", options=("population.step_time",)
+)
 def constant(config: Any, data: Any, seed: int, batch_size: int = 1) -> ConstantSpeed:
     return ConstantSpeed(config.step_time)
 
 
-@SPEEDS.register("lognormal", "per-client step time = step_time * exp(speed_sigma * N(0,1))",
-                 options=("population.step_time", "population.speed_sigma"))
+@SPEEDS.register(
+    "lognormal",
+    "per-client step time = step_time * exp(speed_sigma * N(0,1))",
+    options=("population.step_time", "population.speed_sigma"),
+)
 def lognormal(config: Any, data: Any, seed: int, batch_size: int = 1) -> LognormalSpeed:
     return LognormalSpeed(config.step_time, config.speed_sigma, seed)
 
 
-@SPEEDS.register("tiered", "device tiers: speed_tiers = [[fraction, slowdown], ...] times step_time",
-                 options=("population.step_time", "population.speed_tiers"))
+@SPEEDS.register(
+    "tiered",
+    "device tiers: speed_tiers = [[fraction, slowdown], ...] times step_time",
+    options=("population.step_time", "population.speed_tiers"),
+)
 def tiered(config: Any, data: Any, seed: int, batch_size: int = 1) -> TieredSpeed:
     return TieredSpeed(config.step_time, config.speed_tiers, seed)
 
 
-@SPEEDS.register("device_file", "FedScale device capacity pickle (device_file): compute ms/sample, kbit/s",
-                 options=("population.device_file",))
+@SPEEDS.register(
+    "device_file",
+    "FedScale device capacity pickle (device_file): compute ms/sample, kbit/s",
+    options=("population.device_file",),
+)
 def device_file(config: Any, data: Any, seed: int, batch_size: int = 1) -> DeviceSpeed:
     if config.device_file is None:
         raise ValueError("population.device_file must be set for population.speed=device_file")

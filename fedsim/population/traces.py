@@ -91,8 +91,9 @@ class AvailabilityTrace:
         return np.minimum(np.bincount(owner, weights=length, minlength=self.num_clients) / self.periods, 1.0)
 
 
-def from_intervals(ids: Any, starts: np.ndarray, ends: np.ndarray, periods: dict[Any, float] | float,
-                   closed: bool, all_ids: Any = None) -> AvailabilityTrace:
+def from_intervals(
+    ids: Any, starts: np.ndarray, ends: np.ndarray, periods: dict[Any, float] | float, closed: bool, all_ids: Any = None
+) -> AvailabilityTrace:
     """Build a trace from flat per-interval arrays (any order).
 
     ``ids`` names each interval's client; ``all_ids`` (default: the distinct ``ids``) lists every

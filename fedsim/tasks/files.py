@@ -46,11 +46,31 @@ import torch
 from torch import Tensor, nn
 
 from fedsim.data.federated import ArrayFederatedData
-from fedsim.safe_pickle import DataFileError, load as safe_load
-from fedsim.tasks.base import TASKS, Task, TaskSpec, channels_last_images, conv_net, mlp, partition_pool, resolve_options
+from fedsim.safe_pickle import DataFileError
+from fedsim.safe_pickle import load as safe_load
+from fedsim.tasks.base import (
+    TASKS,
+    Task,
+    TaskSpec,
+    channels_last_images,
+    conv_net,
+    mlp,
+    partition_pool,
+    resolve_options,
+)
 
-__all__ = ["data_memory_limit", "read_idx", "load_mnist", "load_cifar10", "load_femnist", "load_npz", "build_mnist", "build_cifar10",
-           "build_femnist", "build_npz"]
+__all__ = [
+    "data_memory_limit",
+    "read_idx",
+    "load_mnist",
+    "load_cifar10",
+    "load_femnist",
+    "load_npz",
+    "build_mnist",
+    "build_cifar10",
+    "build_femnist",
+    "build_npz",
+]
 
 # model choices, minimum values, strict upper bounds of the file tasks' options
 _OPTION_CHECKS = ({"model": ("cnn", "mlp")}, {"hidden": 1, "dropout": 0.0}, {"dropout": 1.0})
@@ -88,8 +108,10 @@ def _check_fits(where: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse an array of ``shape`` before allocating it if it would not fit in :func:`data_memory_limit`."""
     need = math.prod(shape) * max(dtype.itemsize, 8)
     if need > data_memory_limit():
-        raise DataFileError(f"{where} declares shape {shape} ({math.prod(shape)} values, {need / 2**30:.3g} GiB "
-                            f"loaded); the limit is {data_memory_limit() / 2**30:.3g} GiB (half the physical memory)")
+        raise DataFileError(
+            f"{where} declares shape {shape} ({math.prod(shape)} values, {need / 2**30:.3g} GiB "
+            f"loaded); the limit is {data_memory_limit() / 2**30:.3g} GiB (half the physical memory)"
+        )
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -111,15 +133,21 @@ def read_idx(path: str | Path) -> np.ndarray:
             dims = struct.unpack(f">{ndim}I", raw_dims)
             nbytes = math.prod(dims) * dtype.itemsize
             if not gzipped and os.path.getsize(path) - 4 - 4 * ndim < nbytes:
-                raise DataFileError(f"{path} is truncated: its header promises {math.prod(dims)} values of {dtype.itemsize} bytes")
+                raise DataFileError(
+                    f"{path} is truncated: its header promises {math.prod(dims)} values of {dtype.itemsize} bytes"
+                )
             _check_fits(str(path), dims, dtype)
             raw = f.read(nbytes)
             if len(raw) < nbytes:
-                raise DataFileError(f"{path} is truncated: its header promises {math.prod(dims)} values of {dtype.itemsize} bytes")
+                raise DataFileError(
+                    f"{path} is truncated: its header promises {math.prod(dims)} values of {dtype.itemsize} bytes"
+                )
             if f.read(1):
                 raise DataFileError(f"{path} has data after the {math.prod(dims)} values its header declares")
     except (OSError, EOFError, zlib.error) as exc:  # corrupt or truncated gzip, unreadable file
-        raise DataFileError(f"{path}: cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise DataFileError(
+            f"{path}: cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
@@ -127,8 +155,9 @@ def _check_classes(where: str, y: np.ndarray) -> None:
     """A classifier needs at least two classes in its training labels."""
     classes = np.unique(y)
     if len(classes) < 2:
-        raise DataFileError(f"{where} has a single class ({classes[0] if len(classes) else 'none'}); "
-                            "a classifier needs at least two")
+        raise DataFileError(
+            f"{where} has a single class ({classes[0] if len(classes) else 'none'}); a classifier needs at least two"
+        )
 
 
 def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +165,12 @@ def load_mnist(path: str | None) -> tuple[np.ndarray, np.ndarray]:
     folder = _data_folder(path, "mnist")
     images, labels = [], []
     for prefix, required in (("train", True), ("t10k", False)):
-        image_file = _find_file(folder, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], "mnist", required)
-        label_file = _find_file(folder, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], "mnist", required)
+        image_file = _find_file(
+            folder, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"], "mnist", required
+        )
+        label_file = _find_file(
+            folder, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"], "mnist", required
+        )
         if image_file is None or label_file is None:
             continue
         x, y = read_idx(image_file), read_idx(label_file)
@@ -166,18 +199,26 @@ def load_cifar10(path: str | None) -> tuple[np.ndarray, np.ndarray]:
             raise FileNotFoundError(f"task.path {str(folder)!r} has no {name} (task 'cifar10')")
         batch = safe_load(file, what="CIFAR-10 batch", encoding="bytes")
         if not isinstance(batch, dict):
-            raise DataFileError(f"CIFAR-10 batch {file}: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
+            raise DataFileError(
+                f"CIFAR-10 batch {file}: expected a dict with 'data' and 'labels', got {type(batch).__name__}"
+            )
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         if "data" not in batch or "labels" not in batch:
             raise DataFileError(f"CIFAR-10 batch {file}: missing key {'data' if 'data' not in batch else 'labels'!r}")
         data, y = batch["data"], np.asarray(batch["labels"])
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             shape = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-            raise DataFileError(f"CIFAR-10 batch {file}: 'data' must be a uint8 array of rows of 3072 pixels, got {shape}")
+            raise DataFileError(
+                f"CIFAR-10 batch {file}: 'data' must be a uint8 array of rows of 3072 pixels, got {shape}"
+            )
         if y.dtype.kind not in "iu" or y.ndim != 1:
-            raise DataFileError(f"CIFAR-10 batch {file}: 'labels' must be a list of integers, got {y.dtype} of shape {y.shape}")
+            raise DataFileError(
+                f"CIFAR-10 batch {file}: 'labels' must be a list of integers, got {y.dtype} of shape {y.shape}"
+            )
         if len(data) != len(y) or (len(y) and (y.min() < 0 or y.max() > 9)):
-            raise DataFileError(f"CIFAR-10 batch {file}: {len(data)} images but {len(y)} labels, or labels outside 0..9")
+            raise DataFileError(
+                f"CIFAR-10 batch {file}: {len(data)} images but {len(y)} labels, or labels outside 0..9"
+            )
         images.append(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
         labels.append(y.astype(np.int64))
     _check_classes(f"the CIFAR-10 labels in {folder}", np.concatenate(labels))
@@ -204,9 +245,13 @@ def _read_leaf_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 if x.ndim != 2 or x.shape[1] != 784:
                     raise DataFileError(f"{where} has inputs of shape {x.shape}; expected 784 pixels per input")
                 if not np.isfinite(x).all():  # JSON as Python reads it allows NaN and Infinity
-                    raise DataFileError(f"{where} has {int((~np.isfinite(x)).sum())} pixel values that are not finite numbers")
+                    raise DataFileError(
+                        f"{where} has {int((~np.isfinite(x)).sum())} pixel values that are not finite numbers"
+                    )
                 if y.ndim != 1 or y.dtype.kind not in "iu":
-                    raise DataFileError(f"{where}: 'y' must be a list of integer labels, got {y.dtype} of shape {y.shape}")
+                    raise DataFileError(
+                        f"{where}: 'y' must be a list of integer labels, got {y.dtype} of shape {y.shape}"
+                    )
                 if len(x) != len(y):
                     raise DataFileError(f"{where} has {len(x)} inputs but {len(y)} labels")
                 if len(y) and (y.min() < 0 or y.max() >= 62):
@@ -216,15 +261,21 @@ def _read_leaf_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 seen[user] = file
                 users[user] = (x, y.astype(np.int64))
         except KeyError as exc:
-            raise DataFileError(f"LEAF file {file}: missing key {exc.args[0]!r} (expected 'users' and 'user_data' with 'x' and 'y')") from None
+            raise DataFileError(
+                f"LEAF file {file}: missing key {exc.args[0]!r} (expected 'users' and 'user_data' with 'x' and 'y')"
+            ) from None
         except (TypeError, ValueError) as exc:
             if isinstance(exc, DataFileError):
                 raise
-            raise DataFileError(f"LEAF file {file}: {str(exc).splitlines()[0]} (expected 784 pixels per input, integer labels)") from None
+            raise DataFileError(
+                f"LEAF file {file}: {str(exc).splitlines()[0]} (expected 784 pixels per input, integer labels)"
+            ) from None
     return users
 
 
-def load_femnist(path: str | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]] | None]:
+def load_femnist(
+    path: str | None,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]] | None]:
     """(train users, test users or None if the folder has no LEAF train/test split)."""
     folder = _data_folder(path, "femnist")
     if (folder / "train").is_dir() and (folder / "test").is_dir():
@@ -247,11 +298,21 @@ def _image_task(spec: TaskSpec, data, opts: dict, channels: int, side: int, num_
             return conv_net(channels, side, num_classes, float(opts["dropout"]))
         return mlp(channels * side * side, int(opts["hidden"]), num_classes, dropout=float(opts["dropout"]))
 
-    return Task(name=spec.name, data=data, build_model=build_model, num_classes=num_classes, input_shape=input_shape,
-                options=opts)
+    return Task(
+        name=spec.name,
+        data=data,
+        build_model=build_model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        options=opts,
+    )
 
 
-@TASKS.register("mnist", "MNIST from local IDX files in task.path (no download)", options={"path": None, "model": "mlp", "hidden": 200})
+@TASKS.register(
+    "mnist",
+    "MNIST from local IDX files in task.path (no download)",
+    options={"path": None, "model": "mlp", "hidden": 200},
+)
 def build_mnist(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, {"path": None, "model": "mlp", "hidden": 200, "dropout": 0.0}, *_OPTION_CHECKS)
     x, y = load_mnist(opts["path"])
@@ -259,7 +320,11 @@ def build_mnist(spec: TaskSpec) -> Task:
     return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 1, 28, 10)
 
 
-@TASKS.register("cifar10", "CIFAR-10 from local python pickle batches in task.path (no download)", options={"path": None, "model": "cnn", "hidden": 256})
+@TASKS.register(
+    "cifar10",
+    "CIFAR-10 from local python pickle batches in task.path (no download)",
+    options={"path": None, "model": "cnn", "hidden": 256},
+)
 def build_cifar10(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 256, "dropout": 0.0}, *_OPTION_CHECKS)
     x, y = load_cifar10(opts["path"])
@@ -267,7 +332,11 @@ def build_cifar10(spec: TaskSpec) -> Task:
     return _image_task(spec, partition_pool(spec, x.reshape(-1, *shape), y, 10), opts, 3, 32, 10)
 
 
-@TASKS.register("femnist", "LEAF FEMNIST json files in task.path; one client per writer (62 classes)", options={"path": None, "model": "cnn", "hidden": 200})
+@TASKS.register(
+    "femnist",
+    "LEAF FEMNIST json files in task.path; one client per writer (62 classes)",
+    options={"path": None, "model": "cnn", "hidden": 200},
+)
 def build_femnist(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, {"path": None, "model": "cnn", "hidden": 200, "dropout": 0.0}, *_OPTION_CHECKS)
     train_users, test_users = load_femnist(opts["path"])
@@ -313,16 +382,22 @@ def _npy_header(file: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
     with archive.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version not in _NPY_HEADER_READERS:
-            raise DataFileError(f"{file}: {info.filename} is .npy format {version[0]}.{version[1]}; fedsim reads 1.0 and 2.0")
+            raise DataFileError(
+                f"{file}: {info.filename} is .npy format {version[0]}.{version[1]}; fedsim reads 1.0 and 2.0"
+            )
         shape, _, dtype = _NPY_HEADER_READERS[version](f)
         if dtype.hasobject:
-            raise DataFileError(f"{file}: {info.filename} is an object array (a pickle); fedsim does not unpickle "
-                                f".npz arrays: save {_NPZ_ROLE.get(info.filename[:-4], 'arrays')} as numbers")
+            raise DataFileError(
+                f"{file}: {info.filename} is an object array (a pickle); fedsim does not unpickle "
+                f".npz arrays: save {_NPZ_ROLE.get(info.filename[:-4], 'arrays')} as numbers"
+            )
         data_bytes = info.file_size - f.tell()
     declared = math.prod(shape) * dtype.itemsize
     if declared != data_bytes:
-        raise DataFileError(f"{file}: {info.filename} declares shape {shape} of {dtype} ({declared} bytes) but holds "
-                            f"{data_bytes} bytes of data")
+        raise DataFileError(
+            f"{file}: {info.filename} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+            f"{data_bytes} bytes of data"
+        )
     return shape, dtype
 
 
@@ -338,22 +413,29 @@ def _check_npz_layout(file: Path, headers: dict[str, tuple[tuple[int, ...], np.d
         if dtype.kind == "c":
             raise DataFileError(f"{file}: {name} has complex values; {role} must be real numbers")
         if dtype.kind not in ("biuf" if role == "features" else "iuf") or dtype.fields is not None:
-            raise DataFileError(f"{file}: {name} has dtype {dtype}; {role} must be "
-                                f"{'numbers' if role == 'features' else 'integers'}")
+            raise DataFileError(
+                f"{file}: {name} has dtype {dtype}; {role} must be {'numbers' if role == 'features' else 'integers'}"
+            )
         if role == "features":
             if not 2 <= len(shape) <= 4:
-                raise DataFileError(f"{file}: {name} has shape {shape}; features must be (N, F), (N, H, W) or "
-                                    "(N, C, H, H) images, one row per sample")
+                raise DataFileError(
+                    f"{file}: {name} has shape {shape}; features must be (N, F), (N, H, W) or "
+                    "(N, C, H, H) images, one row per sample"
+                )
             if len(shape) == 4 and shape[2] != shape[3]:
-                raise DataFileError(f"{file}: {name} has shape {shape}; images must be square and channels-first, "
-                                    "(N, C, H, H) (channels-last arrays: x.transpose(0, 3, 1, 2))")
+                raise DataFileError(
+                    f"{file}: {name} has shape {shape}; images must be square and channels-first, "
+                    "(N, C, H, H) (channels-last arrays: x.transpose(0, 3, 1, 2))"
+                )
             if math.prod(shape[1:]) == 0:
                 raise DataFileError(f"{file}: {name} has shape {shape}: its rows hold no values")
         elif len(shape) != 1:
             raise DataFileError(f"{file}: {name} has shape {shape}; {role} must be one value per row, shape (N,)")
     for features, other in (("x", "y"), ("x", "client"), ("x_test", "y_test")):
         if features in headers and other in headers and headers[features][0][0] != headers[other][0][0]:
-            raise DataFileError(f"{file}: {features} has {headers[features][0][0]} rows but {other} has {headers[other][0][0]}")
+            raise DataFileError(
+                f"{file}: {features} has {headers[features][0][0]} rows but {other} has {headers[other][0][0]}"
+            )
     if headers["x"][0][0] == 0 or headers.get("x_test", ((1,), None))[0][0] == 0:
         raise DataFileError(f"{file}: {'x' if headers['x'][0][0] == 0 else 'x_test'} has no rows")
     if "x_test" in headers and headers["x_test"][0][1:] != headers["x"][0][1:]:
@@ -362,8 +444,10 @@ def _check_npz_layout(file: Path, headers: dict[str, tuple[tuple[int, ...], np.d
     if values > data_memory_limit():
         biggest = max(headers, key=lambda n: math.prod(headers[n][0]))
         _check_fits(f"{file}: {biggest}", headers[biggest][0], headers[biggest][1])
-        raise DataFileError(f"{file}: its arrays take {values / 2**30:.3g} GiB loaded; the limit is "
-                            f"{data_memory_limit() / 2**30:.3g} GiB (half the physical memory)")
+        raise DataFileError(
+            f"{file}: its arrays take {values / 2**30:.3g} GiB loaded; the limit is "
+            f"{data_memory_limit() / 2**30:.3g} GiB (half the physical memory)"
+        )
 
 
 def _finite_features(file: Path, name: str, x: np.ndarray) -> np.ndarray:
@@ -389,11 +473,15 @@ def _whole_numbers(file: Path, name: str, values: np.ndarray) -> np.ndarray:
             raise DataFileError(f"{file}: {name} has {nan} NaN values; {role} must be whole numbers")
         fraction = np.isfinite(values) & (values != np.floor(values))
         if fraction.any():
-            raise DataFileError(f"{file}: {name} has {int(fraction.sum())} values with a fraction (e.g. "
-                                f"{values[fraction][0]}); {role} must be whole numbers")
+            raise DataFileError(
+                f"{file}: {name} has {int(fraction.sum())} values with a fraction (e.g. "
+                f"{values[fraction][0]}); {role} must be whole numbers"
+            )
     if len(values) and values.min() < 0:
-        raise DataFileError(f"{file}: {name} has {int((values < 0).sum())} negative values (smallest "
-                            f"{values.min()}); {role} must be 0, 1, 2, ...")
+        raise DataFileError(
+            f"{file}: {name} has {int((values < 0).sum())} negative values (smallest "
+            f"{values.min()}); {role} must be 0, 1, 2, ..."
+        )
     if len(values) and values.max() >= 2**31:
         raise DataFileError(f"{file}: {name} has values up to {values.max()}; {role} must be below 2**31")
     return values.astype(np.int64)
@@ -406,11 +494,15 @@ def _check_labels(file: Path, arrays: dict[str, np.ndarray]) -> None:
         raise DataFileError(f"{file}: y has a single class ({len(counts) - 1}); a classifier needs at least two")
     missing = np.flatnonzero(counts == 0)
     if len(missing):
-        raise DataFileError(f"{file}: y has no rows of class {missing[0]} ({len(missing)} of 0..{len(counts) - 1} "
-                            "empty); labels must be 0..C-1 with every class present (1-based labels?)")
+        raise DataFileError(
+            f"{file}: y has no rows of class {missing[0]} ({len(missing)} of 0..{len(counts) - 1} "
+            "empty); labels must be 0..C-1 with every class present (1-based labels?)"
+        )
     if "y_test" in arrays and arrays["y_test"].max() >= len(counts):
-        raise DataFileError(f"{file}: y_test has labels up to {arrays['y_test'].max()} but y only 0..{len(counts) - 1}; "
-                            "the model never trains on those classes")
+        raise DataFileError(
+            f"{file}: y_test has labels up to {arrays['y_test'].max()} but y only 0..{len(counts) - 1}; "
+            "the model never trains on those classes"
+        )
 
 
 def load_npz(path: str | None) -> dict[str, np.ndarray]:
@@ -432,8 +524,10 @@ def load_npz(path: str | None) -> dict[str, np.ndarray]:
             for info in archive.infolist():
                 name = info.filename.removesuffix(".npy")
                 if name not in _NPZ_ARRAYS or not info.filename.endswith(".npy") or name in members:
-                    raise DataFileError(f"{file}: {'duplicate' if name in members else 'unexpected'} member "
-                                        f"{info.filename!r}; valid arrays: {', '.join(_NPZ_ARRAYS)}")
+                    raise DataFileError(
+                        f"{file}: {'duplicate' if name in members else 'unexpected'} member "
+                        f"{info.filename!r}; valid arrays: {', '.join(_NPZ_ARRAYS)}"
+                    )
                 members[name] = info
             headers = {name: _npy_header(file, archive, info) for name, info in members.items()}
             _check_npz_layout(file, headers)
@@ -443,11 +537,25 @@ def load_npz(path: str | None) -> dict[str, np.ndarray]:
                     raw[name] = np.lib.format.read_array(f, allow_pickle=False)
     except DataFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError,
-            NotImplementedError) as exc:  # not a zip, truncated, corrupt, encrypted, bad .npy header
-        raise DataFileError(f"{file}: cannot read it as an .npz file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    out = {name: _finite_features(file, name, raw[name]) if _NPZ_ROLE[name] == "features"
-           else _whole_numbers(file, name, raw[name]) for name in raw}
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        OSError,
+        EOFError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:  # not a zip, truncated, corrupt, encrypted, bad .npy header
+        raise DataFileError(
+            f"{file}: cannot read it as an .npz file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
+    out = {
+        name: _finite_features(file, name, raw[name])
+        if _NPZ_ROLE[name] == "features"
+        else _whole_numbers(file, name, raw[name])
+        for name in raw
+    }
     _check_labels(file, out)
     return out
 
@@ -456,31 +564,51 @@ class _HeldOutFederatedData(ArrayFederatedData):
     """Client data as in ArrayFederatedData, but global evaluation uses a separate held-out set."""
 
     def __init__(self, data: ArrayFederatedData, x_test: Tensor, y_test: Tensor):
-        super().__init__(data.x_train, data.y_train, data.train_offsets, data.x_test, data.y_test, data.test_offsets,
-                         data.num_classes)
+        super().__init__(
+            data.x_train,
+            data.y_train,
+            data.train_offsets,
+            data.x_test,
+            data.y_test,
+            data.test_offsets,
+            data.num_classes,
+        )
         self._held_out = (x_test, y_test)
 
     def global_test(self) -> tuple[Tensor, Tensor]:
         return self._held_out
 
 
-@TASKS.register("npz", "arrays x, y [, client, x_test, y_test] from the .npz file task.path", options={"path": None, "model": None, "hidden": 200})
+@TASKS.register(
+    "npz",
+    "arrays x, y [, client, x_test, y_test] from the .npz file task.path",
+    options={"path": None, "model": None, "hidden": 200},
+)
 def build_npz(spec: TaskSpec) -> Task:
-    opts = resolve_options(spec, {"path": None, "model": None, "hidden": 200, "dropout": 0.0},
-                           {"model": (None, "cnn", "mlp")}, {"hidden": 1, "dropout": 0.0}, {"dropout": 1.0})
+    opts = resolve_options(
+        spec,
+        {"path": None, "model": None, "hidden": 200, "dropout": 0.0},
+        {"model": (None, "cnn", "mlp")},
+        {"hidden": 1, "dropout": 0.0},
+        {"dropout": 1.0},
+    )
     arrays = load_npz(opts["path"])
     x, y = arrays["x"], arrays["y"]
     num_classes = int(y.max()) + 1  # load_npz checked: every class 0..max in y, test labels within
     images = x.ndim == 4 and x.shape[2] == x.shape[3] >= 10  # conv_net's two conv+pool stages need 10x10 at least
     model = opts["model"] or ("cnn" if images else "mlp")
     if model == "cnn" and not images:
-        raise ValueError(f"task.model 'cnn' needs square images x of shape (N, C, H, H) with H >= 10; "
-                         f"{opts['path']} has x of shape {x.shape}")
+        raise ValueError(
+            f"task.model 'cnn' needs square images x of shape (N, C, H, H) with H >= 10; "
+            f"{opts['path']} has x of shape {x.shape}"
+        )
     opts = {**opts, "model": model}
 
     if spec.partition == "natural":
         if "client" not in arrays:
-            raise ValueError(f"partition 'natural' needs an array 'client' in {opts['path']} (the client id of each row)")
+            raise ValueError(
+                f"partition 'natural' needs an array 'client' in {opts['path']} (the client id of each row)"
+            )
         if spec.partition_params:
             raise ValueError(f"partition 'natural' takes no parameters, got {sorted(spec.partition_params)}")
         available = int(arrays["client"].max()) + 1 if len(y) else 0
@@ -489,7 +617,9 @@ def build_npz(spec: TaskSpec) -> Task:
         order = np.argsort(arrays["client"], kind="stable")
         bounds = np.searchsorted(arrays["client"][order], np.arange(spec.num_clients + 1))
         rows = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        data = ArrayFederatedData.from_partition(x, y, rows, num_classes, spec.test_fraction, spec.seed, device=spec.device)
+        data = ArrayFederatedData.from_partition(
+            x, y, rows, num_classes, spec.test_fraction, spec.seed, device=spec.device
+        )
     else:
         data = partition_pool(spec, x, y, num_classes)
     if "x_test" in arrays:
@@ -500,5 +630,11 @@ def build_npz(spec: TaskSpec) -> Task:
     if model == "cnn":
         return _image_task(spec, data, opts, x.shape[1], x.shape[2], num_classes)
     features = int(np.prod(x.shape[1:]))
-    return Task(name=spec.name, data=data, num_classes=num_classes, input_shape=tuple(x.shape[1:]), options=opts,
-                build_model=lambda: mlp(features, int(opts["hidden"]), num_classes, dropout=float(opts["dropout"])))
+    return Task(
+        name=spec.name,
+        data=data,
+        num_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
+        options=opts,
+        build_model=lambda: mlp(features, int(opts["hidden"]), num_classes, dropout=float(opts["dropout"])),
+    )

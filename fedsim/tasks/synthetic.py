@@ -50,9 +50,17 @@ DEFAULTS = {
     "max_test_clients": 1000,
 }
 MODELS = ("logreg", "mlp")
-MINIMUM = {"alpha": 0.0, "beta": 0.0, "num_features": 1, "num_classes": 2, "hidden": 1, "hidden_layers": 1,
-           "min_samples": 1,
-           "max_samples": 1, "max_test_clients": 1}
+MINIMUM = {
+    "alpha": 0.0,
+    "beta": 0.0,
+    "num_features": 1,
+    "num_classes": 2,
+    "hidden": 1,
+    "hidden_layers": 1,
+    "min_samples": 1,
+    "max_samples": 1,
+    "max_test_clients": 1,
+}
 
 
 def synthetic_sizes(seed: int, client_ids: np.ndarray, min_samples: int = 50, max_samples: int = 1000) -> np.ndarray:
@@ -93,11 +101,15 @@ def generate_client(
     return x.astype(np.float32), y.astype(np.int64)
 
 
-@TASKS.register("synthetic", "LEAF Synthetic(alpha, beta) logistic-regression data (FedProx generator)", options=DEFAULTS)
+@TASKS.register(
+    "synthetic", "LEAF Synthetic(alpha, beta) logistic-regression data (FedProx generator)", options=DEFAULTS
+)
 def build_synthetic(spec: TaskSpec) -> Task:
     opts = resolve_options(spec, DEFAULTS, {"model": MODELS}, MINIMUM)
     if opts["max_samples"] < opts["min_samples"]:
-        raise ValueError(f"task.max_samples ({opts['max_samples']}) must be >= task.min_samples ({opts['min_samples']})")
+        raise ValueError(
+            f"task.max_samples ({opts['max_samples']}) must be >= task.min_samples ({opts['min_samples']})"
+        )
     num_features, num_classes = int(opts["num_features"]), int(opts["num_classes"])
     client_ids = np.arange(spec.num_clients)
     total_sizes = synthetic_sizes(spec.seed, client_ids, int(opts["min_samples"]), int(opts["max_samples"]))

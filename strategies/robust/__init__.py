@@ -17,9 +17,23 @@ from strategies.robust.nnm import NNMTrimmedMean, nearest_neighbour_mixing
 from strategies.robust.trimmed_mean import TrimmedMean, trimmed_mean_of
 
 __all__ = [
-    "ByzantineStage", "alie_z", "RobustAggregator", "coordinate_median", "Bulyan", "bulyan_select", "CenteredClipping",
-    "centered_clip", "GeometricMedian", "weiszfeld", "Krum", "krum_scores", "Median", "NNMTrimmedMean",
-    "nearest_neighbour_mixing", "TrimmedMean", "trimmed_mean_of",
+    "ByzantineStage",
+    "alie_z",
+    "RobustAggregator",
+    "coordinate_median",
+    "Bulyan",
+    "bulyan_select",
+    "CenteredClipping",
+    "centered_clip",
+    "GeometricMedian",
+    "weiszfeld",
+    "Krum",
+    "krum_scores",
+    "Median",
+    "NNMTrimmedMean",
+    "nearest_neighbour_mixing",
+    "TrimmedMean",
+    "trimmed_mean_of",
 ]
 
 from strategies.robust import presets as _presets  # noqa: E402,F401  (registers the presets)

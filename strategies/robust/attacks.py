@@ -26,9 +26,10 @@ It knows which clients attack (fedsim/attacks.py chose them) and does two things
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -45,8 +46,9 @@ def alie_z(n: int, f: int) -> float:
 
 
 class ByzantineStage:
-    def __init__(self, attackers: frozenset[int], attack: str, where: str, options: dict[str, Any],
-                 client_config: dict[str, Any]):
+    def __init__(
+        self, attackers: frozenset[int], attack: str, where: str, options: dict[str, Any], client_config: dict[str, Any]
+    ):
         self.attackers = frozenset(attackers)
         self.attack, self.where, self.options = attack, where, dict(options)
         self._client_config = dict(client_config)

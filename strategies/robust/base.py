@@ -17,7 +17,8 @@ any f (e.g. Krum with n < 3) takes the plain mean, counted as ``fallbacks``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -73,7 +74,8 @@ class RobustAggregator:
             raise ValueError(
                 f"strategy weighting '{self.rule}' needs {self.requirement} updates per aggregation, but n = {n} "
                 f"({source}) with f = {self.f} (strategy.byzantine_f or population.byzantine_fraction); "
-                f"raise n or lower f to at most {max(self.max_f(n), 0) if self.max_f(n) >= 0 else 'none possible'}")
+                f"raise n or lower f to at most {max(self.max_f(n), 0) if self.max_f(n) >= 0 else 'none possible'}"
+            )
 
     def init(self, params: torch.Tensor, population: PopulationInfo) -> dict[str, Any]:
         return {"like": torch.zeros_like(params), "f_reduced": 0, "fallbacks": 0}
@@ -88,15 +90,26 @@ class RobustAggregator:
         state = dict(state)
         if allowed < 0:
             if state["fallbacks"] == 0:
-                log.warning("%s: %d update(s) are too few for %s; this aggregation takes their mean (counted as "
-                            "fallbacks)", self.rule, n, self.requirement)
+                log.warning(
+                    "%s: %d update(s) are too few for %s; this aggregation takes their mean (counted as fallbacks)",
+                    self.rule,
+                    n,
+                    self.requirement,
+                )
             state["fallbacks"] += 1
             return x.mean(0).to(like.device, like.dtype), state
         f = self.f
         if f > allowed:
             if state["f_reduced"] == 0:
-                log.warning("%s: an aggregation of n = %d updates cannot tolerate f = %d (%s); it runs with f = %d "
-                            "(counted as f_reduced)", self.rule, n, f, self.requirement, allowed)
+                log.warning(
+                    "%s: an aggregation of n = %d updates cannot tolerate f = %d (%s); it runs with f = %d "
+                    "(counted as f_reduced)",
+                    self.rule,
+                    n,
+                    f,
+                    self.requirement,
+                    allowed,
+                )
             state["f_reduced"] += 1
             f = allowed
         out, state = self.combine(x, f, state)

@@ -50,7 +50,10 @@ class Bulyan(RobustAggregator):
         return torch.gather(selected, 0, closest).mean(0), state
 
 
-@WEIGHTINGS.register("bulyan", "repeated Krum selects n - 2f, then per coordinate the mean of the n - 4f closest "
-                               "to the median (El Mhamdi et al. 2018); n >= 4f + 3")
+@WEIGHTINGS.register(
+    "bulyan",
+    "repeated Krum selects n - 2f, then per coordinate the mean of the n - 4f closest "
+    "to the median (El Mhamdi et al. 2018); n >= 4f + 3",
+)
 def bulyan(f: int | None = None) -> Bulyan:
     return Bulyan(f)

@@ -39,7 +39,9 @@ class CenteredClipping(RobustAggregator):
     def __init__(self, f: int | None = None, radius: float = 1.0, iterations: int = 1):
         super().__init__(f)
         if not radius > 0 or iterations < 1:
-            raise ValueError(f"centered_clipping needs strategy.radius > 0 and strategy.iterations >= 1, got {radius}, {iterations}")
+            raise ValueError(
+                f"centered_clipping needs strategy.radius > 0 and strategy.iterations >= 1, got {radius}, {iterations}"
+            )
         self.radius, self.iterations = float(radius), int(iterations)
 
     @property
@@ -54,6 +56,8 @@ class CenteredClipping(RobustAggregator):
         return v, state | {"center": v.to(state["center"].device, state["center"].dtype)}
 
 
-@WEIGHTINGS.register("centered_clipping", "v += mean clip_tau(x_i - v) from the previous aggregate (Karimireddy et al. 2021)")
+@WEIGHTINGS.register(
+    "centered_clipping", "v += mean clip_tau(x_i - v) from the previous aggregate (Karimireddy et al. 2021)"
+)
 def centered_clipping(f: int | None = None, radius: float = 1.0, iterations: int = 1) -> CenteredClipping:
     return CenteredClipping(f, radius, iterations)

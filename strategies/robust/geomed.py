@@ -35,7 +35,9 @@ class GeometricMedian(RobustAggregator):
     def __init__(self, f: int | None = None, iterations: int = 3, nu: float = 1e-6):
         super().__init__(f)
         if iterations < 1 or not nu > 0:
-            raise ValueError(f"geomed needs strategy.iterations >= 1 and strategy.smoothing > 0, got {iterations}, {nu}")
+            raise ValueError(
+                f"geomed needs strategy.iterations >= 1 and strategy.smoothing > 0, got {iterations}, {nu}"
+            )
         self.iterations, self.nu = int(iterations), float(nu)
 
     @property

@@ -60,7 +60,9 @@ class Krum(RobustAggregator):
         return x[chosen].mean(0), state
 
 
-@WEIGHTINGS.register("krum", "the update with the least sum of squared distances to its n - f - 2 nearest (Blanchard et al. 2017)")
+@WEIGHTINGS.register(
+    "krum", "the update with the least sum of squared distances to its n - f - 2 nearest (Blanchard et al. 2017)"
+)
 def krum(f: int | None = None) -> Krum:
     return Krum(f, 1, "krum")
 

@@ -28,7 +28,7 @@ def nearest_neighbour_mixing(x: torch.Tensor, f: int) -> torch.Tensor:
     n = x.shape[0]
     d = pairwise_sq_distances(x)
     d.fill_diagonal_(-1.0)  # itself first, also when another update is at distance 0
-    nearest = torch.sort(d, dim=1, stable=True).indices[:, :n - f]
+    nearest = torch.sort(d, dim=1, stable=True).indices[:, : n - f]
     return x[nearest].mean(1)
 
 
@@ -39,7 +39,10 @@ class NNMTrimmedMean(RobustAggregator):
         return trimmed_mean_of(nearest_neighbour_mixing(x, f), f), state
 
 
-@WEIGHTINGS.register("monna", "nearest-neighbour mixing (n - f nearest, itself included), then trimmed mean "
-                              "(MoNNA's averaging at a server; Allouah et al. 2023); 2f < n")
+@WEIGHTINGS.register(
+    "monna",
+    "nearest-neighbour mixing (n - f nearest, itself included), then trimmed mean "
+    "(MoNNA's averaging at a server; Allouah et al. 2023); 2f < n",
+)
 def monna(f: int | None = None) -> NNMTrimmedMean:
     return NNMTrimmedMean(f)

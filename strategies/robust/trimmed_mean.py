@@ -20,7 +20,7 @@ __all__ = ["TrimmedMean", "trimmed_mean_of"]
 
 def trimmed_mean_of(x: torch.Tensor, f: int) -> torch.Tensor:
     n = x.shape[0]
-    return torch.sort(x, dim=0).values[f:n - f].mean(0)
+    return torch.sort(x, dim=0).values[f : n - f].mean(0)
 
 
 class TrimmedMean(RobustAggregator):
@@ -30,6 +30,8 @@ class TrimmedMean(RobustAggregator):
         return trimmed_mean_of(x, f), state
 
 
-@WEIGHTINGS.register("trimmed_mean", "coordinate-wise mean without the f largest and f smallest (Yin et al. 2018); 2f < n")
+@WEIGHTINGS.register(
+    "trimmed_mean", "coordinate-wise mean without the f largest and f smallest (Yin et al. 2018); 2f < n"
+)
 def trimmed_mean(f: int | None = None) -> TrimmedMean:
     return TrimmedMean(f)

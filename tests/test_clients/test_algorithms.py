@@ -6,7 +6,6 @@ hand-written gradient oracle, so every number below follows from the reference f
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -18,8 +17,18 @@ D = 3
 X0 = torch.tensor([0.5, -1.0, 2.0])
 CLIENT_A = (1.0, torch.tensor([1.0, 0.0, -1.0]))  # (a_i, b_i)
 CLIENT_B = (3.0, torch.tensor([-2.0, 1.0, 0.5]))
-BASE = {"lr": 0.1, "local_epochs": 1, "local_steps": None, "batch_size": 1, "optimizer": "sgd", "momentum": 0.0,
-        "weight_decay": 0.0, "optimizer_kwargs": {}, "lr_decay": 1.0, "clip_norm": None}
+BASE = {
+    "lr": 0.1,
+    "local_epochs": 1,
+    "local_steps": None,
+    "batch_size": 1,
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "optimizer_kwargs": {},
+    "lr_decay": 1.0,
+    "clip_norm": None,
+}
 
 
 def quadratic(a: float, b: torch.Tensor):
@@ -33,8 +42,18 @@ def local(name, client, steps=2, config=None, state=None, broadcast=None, params
     algorithm = CLIENTS.get(name)()
     config = BASE | (config or {})
     data = (torch.zeros(steps, 1), torch.zeros(steps, dtype=torch.long))  # batch 1: `steps` steps per epoch
-    return run_client(algorithm, algorithm.options(config), quadratic(*client), params, data, config, state, broadcast,
-                      torch.Generator().manual_seed(0), version)
+    return run_client(
+        algorithm,
+        algorithm.options(config),
+        quadratic(*client),
+        params,
+        data,
+        config,
+        state,
+        broadcast,
+        torch.Generator().manual_seed(0),
+        version,
+    )
 
 
 def result(client_id, r):
@@ -135,7 +154,9 @@ def test_fedcm_mofedsam_round_by_hand_and_server_momentum(name, rho):
     state = aggregator.init(X0, PopulationInfo(2, torch.ones(2).numpy()))
     u, new = aggregator.aggregate(state, results, 0)
     torch.testing.assert_close(u, (results[0].delta + results[1].delta) / 2)
-    torch.testing.assert_close(aggregator.broadcast(new)["momentum"], (results[0].extras["mean_grad"] + results[1].extras["mean_grad"]) / 2)
+    torch.testing.assert_close(
+        aggregator.broadcast(new)["momentum"], (results[0].extras["mean_grad"] + results[1].extras["mean_grad"]) / 2
+    )
 
 
 def test_fedspeed_two_steps_by_hand():
@@ -173,9 +194,21 @@ def mlp_setup():
 def run_real(setup, name, config, state=None, broadcast=None, version=3):
     grad, params, data = setup
     algorithm = CLIENTS.get(name)()
-    config = BASE | {"batch_size": 5, "local_epochs": 2, "weight_decay": 1e-3, "clip_norm": 0.5, "lr_decay": 0.9} | config
-    return run_client(algorithm, algorithm.options(config), grad, params, data, config, state, broadcast,
-                      torch.Generator().manual_seed(7), version)
+    config = (
+        BASE | {"batch_size": 5, "local_epochs": 2, "weight_decay": 1e-3, "clip_norm": 0.5, "lr_decay": 0.9} | config
+    )
+    return run_client(
+        algorithm,
+        algorithm.options(config),
+        grad,
+        params,
+        data,
+        config,
+        state,
+        broadcast,
+        torch.Generator().manual_seed(7),
+        version,
+    )
 
 
 @pytest.mark.parametrize("name, config", [
@@ -191,8 +224,10 @@ def test_degenerate_options_are_fedavg_exactly(mlp_setup, name, config):
 
 def test_mofedsam_alpha_one_is_fedsam_and_fedspeed_rho_zero_is_feddyn(mlp_setup):
     m = {"momentum": torch.randn_like(mlp_setup[1])}
-    assert torch.equal(run_real(mlp_setup, "mofedsam", {"alpha": 1.0, "rho": 0.05}, broadcast=m).delta,
-                       run_real(mlp_setup, "fedsam", {"rho": 0.05}).delta)
+    assert torch.equal(
+        run_real(mlp_setup, "mofedsam", {"alpha": 1.0, "rho": 0.05}, broadcast=m).delta,
+        run_real(mlp_setup, "fedsam", {"rho": 0.05}).delta,
+    )
     h = {"h": 0.01 * torch.randn_like(mlp_setup[1])}
     speed = run_real(mlp_setup, "fedspeed", {"rho": 0.0, "lamb": 0.1}, state=h)
     dyn = run_real(mlp_setup, "feddyn", {"lamb": 0.1}, state=h)
@@ -234,7 +269,9 @@ def run_rounds(name, strategy_aggregator, clients, rounds, steps, config=None):
         broadcast = strategy_aggregator.broadcast(agg_state) if hasattr(strategy_aggregator, "broadcast") else None
         results = []
         for cid, client in enumerate(clients):
-            r = result(cid, local(name, client, steps=steps, config=config, state=states[cid], broadcast=broadcast, params=x))
+            r = result(
+                cid, local(name, client, steps=steps, config=config, state=states[cid], broadcast=broadcast, params=x)
+            )
             states[cid] = r.state
             results.append(r)
         if strategy_aggregator is None:

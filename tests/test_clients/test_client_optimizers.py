@@ -29,8 +29,15 @@ CASES = [
 
 
 def _config(name: str, extra: dict) -> dict:
-    return {"optimizer": name, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "optimizer_kwargs": {},
-            "batch_size": 4, "local_steps": 10} | extra
+    return {
+        "optimizer": name,
+        "lr": 0.01,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "optimizer_kwargs": {},
+        "batch_size": 4,
+        "local_steps": 10,
+    } | extra
 
 
 def _grad(y: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,7 +102,9 @@ def test_bad_client_optimizer_options_fail_in_one_line():
 def test_serial_and_vmap_executors_give_the_same_model(small_config, tmp_path, name):
     models = {}
     for executor in ("serial", "vmap"):
-        config = small_config(rounds=2, client={"optimizer": name, "lr": 0.005}, executor={"name": executor, "compile": "off"})
+        config = small_config(
+            rounds=2, client={"optimizer": name, "lr": 0.005}, executor={"name": executor, "compile": "off"}
+        )
         summary, out = run_experiment(config, out_dir=tmp_path / executor)
         assert summary["status"] == "completed"
         models[executor] = torch.load(out / "model_state.pt", weights_only=True)

@@ -9,10 +9,24 @@ import pytest
 import torch
 from torch import nn
 
-from clients.transforms import (ClientContext, TRANSFORM_STATE_PREFIX, algorithm_state, apply_client_transforms,
-                                build_client_transforms)
-from clients.transforms.compress import (COMPRESSORS, LGreCo, PowerSGD, QSGD, Sign, TopK, choose_levels,
-                                         powersgd_rows, topk_count)
+from clients.transforms import (
+    TRANSFORM_STATE_PREFIX,
+    ClientContext,
+    algorithm_state,
+    apply_client_transforms,
+    build_client_transforms,
+)
+from clients.transforms.compress import (
+    COMPRESSORS,
+    QSGD,
+    LGreCo,
+    PowerSGD,
+    Sign,
+    TopK,
+    choose_levels,
+    powersgd_rows,
+    topk_count,
+)
 from clients.transforms.link_noise import LinkNoise
 from fedsim.communication import Link, Payload, load_bandwidth_trace
 from fedsim.config import ConfigError, load_config
@@ -46,7 +60,7 @@ def test_identity_settings_reproduce_the_input():
 def test_topk_keeps_exactly_k_entries_per_tensor():
     x = _x()
     out = TopK(ratio=0.05).apply(x, _ctx(3))[0]
-    for (a, b) in _layout().offsets():
+    for a, b in _layout().offsets():
         k = topk_count(b - a, 0.05)
         assert ((out[:, a:b] != 0).sum(dim=1) == k).all()
         kept = out[:, a:b].abs().min(dim=1).values  # noqa: F841  (the largest ones)
@@ -66,8 +80,16 @@ def test_qsgd_is_unbiased():
     assert float((mean - v).norm() ** 2) < 1e-3 * float(v.norm() ** 2)
 
 
-@pytest.mark.parametrize("name, options", [("topk", {"ratio": 0.1}), ("sign", {}), ("qsgd", {"levels": 4}),
-                                           ("powersgd", {"rank": 1}), ("lgreco", {"rank": 2})])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("topk", {"ratio": 0.1}),
+        ("sign", {}),
+        ("qsgd", {"levels": 4}),
+        ("powersgd", {"rank": 1}),
+        ("lgreco", {"rank": 2}),
+    ],
+)
 def test_error_feedback_keeps_what_was_not_sent(name, options):
     compressor = COMPRESSORS.get(name)(error_feedback=True, **options)
     x, old = _x(2, 1), _x(2, 2)
@@ -98,7 +120,9 @@ def test_lgreco_levels_are_stored_and_sized_at_dispatch():
     out, metrics, states = c.apply(x, _ctx(2))
     levels = [s["levels"].tolist() for s in states]
     for s in states:
-        assert c.upload_bytes(_layout(), s) == sum(c.block_bytes(shape, lv) for shape, lv in zip(_layout().shapes, s["levels"].tolist()))
+        assert c.upload_bytes(_layout(), s) == sum(
+            c.block_bytes(shape, lv) for shape, lv in zip(_layout().shapes, s["levels"].tolist())
+        )
     assert all(len(lv) == 4 for lv in levels)
 
 
@@ -106,8 +130,8 @@ def test_lgreco_dp_at_budget_one_never_exceeds_the_default():
     sizes = [[10, 20, 30], [10, 20, 30]]
     errors = [[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]]
     picked = choose_levels(sizes, errors, [1, 1], alpha=1.0)
-    assert sum(errors[l][c] for l, c in enumerate(picked)) <= 4.0 + 1e-9
-    assert sum(sizes[l][c] for l, c in enumerate(picked)) <= 40
+    assert sum(errors[layer][c] for layer, c in enumerate(picked)) <= 4.0 + 1e-9
+    assert sum(sizes[layer][c] for layer, c in enumerate(picked)) <= 40
     # unequal layers: trading error between them saves bytes at the same total error
     assert choose_levels([[10, 20, 30], [10, 100, 200]], [[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]], [1, 1], 1.0) == [2, 0]
     # a larger budget picks the cheapest levels
@@ -124,14 +148,22 @@ def test_transform_state_lives_beside_the_algorithms_and_is_hidden_from_it():
     assert torch.equal(result.state["c_i"], torch.full((2,), 2.0))
     assert set(algorithm_state(result.state)) == {"c_i"}
     # a stateless algorithm: the residual alone is stored; the next job hands it back
-    job2 = ClientJob(1, 7, 1, torch.zeros(layout.numel), {}, 12, state={"k": torch.zeros(1)} | {
-        k: v for k, v in result.state.items() if k.startswith(TRANSFORM_STATE_PREFIX)})
+    job2 = ClientJob(
+        1,
+        7,
+        1,
+        torch.zeros(layout.numel),
+        {},
+        12,
+        state={"k": torch.zeros(1)} | {k: v for k, v in result.state.items() if k.startswith(TRANSFORM_STATE_PREFIX)},
+    )
     before = job2.state[f"{TRANSFORM_STATE_PREFIX}0.topk/residual"]
     delta = _x(1, 5)[0]
     result2 = ClientResult(7, 1, delta.clone(), 5, 1)
     apply_client_transforms(transforms, [result2], [job2], layout)
-    assert torch.allclose(result2.delta + result2.state[f"{TRANSFORM_STATE_PREFIX}0.topk/residual"], delta + before,
-                          atol=1e-5)
+    assert torch.allclose(
+        result2.delta + result2.state[f"{TRANSFORM_STATE_PREFIX}0.topk/residual"], delta + before, atol=1e-5
+    )
     assert "k" in result2.state  # the algorithm returned no state: the job's is kept
 
 
@@ -152,11 +184,17 @@ def test_a_faster_link_arrives_first_and_compression_shortens_the_job():
         time_varying = False
 
     pop = Population(All(), Fixed(), 0.0, np.array([10, 10]), link=Link(np.array([1e6, 1e7])))
-    d = pop.timing(np.array([0, 1]), np.array([5, 5]), np.zeros(2, dtype=np.int64), up_bits=np.array([8e5, 8e5]),
-                   down_bits=np.array([8e5, 8e5])).durations
+    d = pop.timing(
+        np.array([0, 1]),
+        np.array([5, 5]),
+        np.zeros(2, dtype=np.int64),
+        up_bits=np.array([8e5, 8e5]),
+        down_bits=np.array([8e5, 8e5]),
+    ).durations
     assert d[1] < d[0]
-    small = pop.timing(np.array([0]), np.array([5]), np.zeros(1, dtype=np.int64), up_bits=np.array([8e3]),
-                       down_bits=np.array([8e5])).durations
+    small = pop.timing(
+        np.array([0]), np.array([5]), np.zeros(1, dtype=np.int64), up_bits=np.array([8e3]), down_bits=np.array([8e5])
+    ).durations
     assert small[0] < d[0] and math.isclose(d[0] - small[0], (8e5 - 8e3) / 1e6)
 
 

@@ -48,10 +48,24 @@ def test_vmap_equals_serial_with_state_broadcast_and_heterogeneous_steps(algorit
     assert len(sizes) > 3  # heterogeneous data sizes: heterogeneous step counts
     jobs = []
     for cid in range(8):
-        state = None if cid % 3 == 0 else {"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)}
+        state = (
+            None
+            if cid % 3 == 0
+            else {"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)}
+        )
         extra = {"local_epochs": 1 + cid % 2} | ({"local_steps": 3} if cid == 5 else {})
-        jobs.append(ClientJob(job_id=cid, client_id=cid, version=cid % 2, params=params if cid % 2 == 0 else params + 0.01,
-                              config=base | extra, seed=derive_seed(0, "t", cid), state=state, broadcast=broadcast))
+        jobs.append(
+            ClientJob(
+                job_id=cid,
+                client_id=cid,
+                version=cid % 2,
+                params=params if cid % 2 == 0 else params + 0.01,
+                config=base | extra,
+                seed=derive_seed(0, "t", cid),
+                state=state,
+                broadcast=broadcast,
+            )
+        )
     serial = SerialExecutor(worker_spec, task).run(jobs)
     with caplog.at_level(logging.WARNING, logger="fedsim"):
         batched = EXECUTORS.get("vmap")(config.executor, worker_spec, task).run(jobs)
@@ -70,8 +84,11 @@ def test_vmap_equals_serial_with_state_broadcast_and_heterogeneous_steps(algorit
 
 
 def test_engine_stores_scaffold_state_and_c_is_mean_of_c_i(small_config):
-    experiment = build(small_config(strategy={"name": "scaffold"}, population={"participation": "always"},
-                                    data={"num_clients": 6}, rounds=3))
+    experiment = build(
+        small_config(
+            strategy={"name": "scaffold"}, population={"participation": "always"}, data={"num_clients": 6}, rounds=3
+        )
+    )
     experiment.run()
     states = experiment.engine.client_states
     assert len(states) == 6
@@ -80,8 +97,11 @@ def test_engine_stores_scaffold_state_and_c_is_mean_of_c_i(small_config):
 
 
 def test_feddyn_h_i_is_the_sum_of_the_clients_deltas(small_config):
-    experiment = build(small_config(strategy={"name": "feddyn"}, population={"participation": "always"},
-                                    data={"num_clients": 4}, rounds=2))
+    experiment = build(
+        small_config(
+            strategy={"name": "feddyn"}, population={"participation": "always"}, data={"num_clients": 4}, rounds=2
+        )
+    )
     deltas: dict[int, torch.Tensor] = {}
     aggregate = experiment.engine.strategy.aggregate
 
@@ -113,8 +133,11 @@ def test_spilled_client_state_round_trips_bit_identical(tmp_path):
 def test_run_with_tiny_state_memory_equals_run_without(small_config, tmp_path):
     plain = build(small_config(strategy={"name": "fedspeed"}, rounds=3))
     plain.run()
-    spilling = build(small_config(strategy={"name": "fedspeed"}, rounds=3,
-                                  client_state={"memory_limit_mb": 0.001, "spill_dir": str(tmp_path)}))
+    spilling = build(
+        small_config(
+            strategy={"name": "fedspeed"}, rounds=3, client_state={"memory_limit_mb": 0.001, "spill_dir": str(tmp_path)}
+        )
+    )
     spilling.run()
     assert spilling.engine.client_states.spilled > 0
     assert torch.equal(plain.engine.state.params, spilling.engine.state.params)
@@ -123,7 +146,10 @@ def test_run_with_tiny_state_memory_equals_run_without(small_config, tmp_path):
 def test_presets_set_both_sides_and_nonsense_pairs_are_refused():
     config = load_config(values={"strategy": {"name": "fedspeed"}})
     assert config.client.algorithm == "fedspeed" and config.client.clip_norm == 10 and config.client.lr_decay == 0.998
-    assert load_config(values={"strategy": {"name": "fedspeed"}, "client": {"algorithm": "feddyn"}}).client.algorithm == "feddyn"
+    assert (
+        load_config(values={"strategy": {"name": "fedspeed"}, "client": {"algorithm": "feddyn"}}).client.algorithm
+        == "feddyn"
+    )
     assert load_config(values={"strategy": {"name": "fedadam"}, "client": {"algorithm": "fedprox"}})
     with pytest.raises(ConfigError, match="client.algorithm 'scaffold' does not combine with strategy 'fedavg'"):
         load_config(values={"client": {"algorithm": "scaffold"}})
@@ -141,7 +167,9 @@ def test_step_algorithms_refuse_batchnorm_models(small_config, monkeypatch):
 
     def with_batchnorm(spec):
         task = real(spec)
-        task.build_model = lambda: torch.nn.Sequential(torch.nn.Linear(60, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10))
+        task.build_model = lambda: torch.nn.Sequential(
+            torch.nn.Linear(60, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10)
+        )
         return task
 
     monkeypatch.setattr(run_module, "build_task", with_batchnorm)
@@ -150,8 +178,23 @@ def test_step_algorithms_refuse_batchnorm_models(small_config, monkeypatch):
 
 
 def test_cli_refuses_a_nonsense_pair_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", "--strategy", "fedavg", "--set", "client.algorithm=scaffold",
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "run",
+            "--strategy",
+            "fedavg",
+            "--set",
+            "client.algorithm=scaffold",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "scaffold" in lines[0] and "fedavg" in lines[0]
@@ -161,8 +204,15 @@ def test_cli_refuses_a_nonsense_pair_with_one_line(tmp_path):
 def test_presets_run_serial_and_vmap_with_the_same_metrics(strategy, small_config, caplog):
     finals = []
     for executor in ("serial", "vmap"):
-        experiment = build(small_config(strategy={"name": strategy}, rounds=2, data={"num_clients": 10},
-                                        population={"clients_per_round": 4}, executor={"name": executor}))
+        experiment = build(
+            small_config(
+                strategy={"name": strategy},
+                rounds=2,
+                data={"num_clients": 10},
+                population={"clients_per_round": 4},
+                executor={"name": executor},
+            )
+        )
         with caplog.at_level(logging.WARNING, logger="fedsim"):
             summary = experiment.run()
         assert "cannot be batched" not in caplog.text
@@ -177,9 +227,27 @@ def test_cli_fedspeed_on_vmap_end_to_end(tmp_path):
     import json
 
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", "--strategy", "fedspeed", "--rounds", "3",
-                           "--executor", "vmap", "--quiet", "--no-tensorboard", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "run",
+            "--strategy",
+            "fedspeed",
+            "--rounds",
+            "3",
+            "--executor",
+            "vmap",
+            "--quiet",
+            "--no-tensorboard",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["dropouts"] == 0

@@ -22,8 +22,18 @@ from fedsim.types import ClientJob
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-BASE = {"lr": 0.1, "local_epochs": 1, "local_steps": None, "batch_size": 1, "optimizer": "sgd", "momentum": 0.0,
-        "weight_decay": 0.0, "optimizer_kwargs": {}, "lr_decay": 1.0, "clip_norm": None}
+BASE = {
+    "lr": 0.1,
+    "local_epochs": 1,
+    "local_steps": None,
+    "batch_size": 1,
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "optimizer_kwargs": {},
+    "lr_decay": 1.0,
+    "clip_norm": None,
+}
 X0 = torch.tensor([0.5, -1.0, 2.0])
 
 
@@ -38,8 +48,18 @@ def local(name, grad, config, steps=1, state=None, params=X0):
     algorithm = CLIENTS.get(name)()
     config = BASE | config
     data = (torch.zeros(steps, 1), torch.zeros(steps, dtype=torch.long))  # batch 1: `steps` steps per epoch
-    return run_client(algorithm, algorithm.options(config), grad, params, data, config, state, None,
-                      torch.Generator().manual_seed(0), 0)
+    return run_client(
+        algorithm,
+        algorithm.options(config),
+        grad,
+        params,
+        data,
+        config,
+        state,
+        None,
+        torch.Generator().manual_seed(0),
+        0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +75,22 @@ def mlp():
 def run_mlp(mlp, name, config, state=None, params=None):
     model, _, grad, p0, data = mlp
     algorithm = CLIENTS.get(name)()
-    config = BASE | {"batch_size": 5, "local_epochs": 2, "weight_decay": 1e-3, "clip_norm": 0.5, "lr_decay": 0.9} | config
+    config = (
+        BASE | {"batch_size": 5, "local_epochs": 2, "weight_decay": 1e-3, "clip_norm": 0.5, "lr_decay": 0.9} | config
+    )
     config = bind_client_config(algorithm, config, lambda: model)
-    return run_client(algorithm, algorithm.options(config), grad, p0 if params is None else params, data, config, state,
-                      None, torch.Generator().manual_seed(7), 3)
+    return run_client(
+        algorithm,
+        algorithm.options(config),
+        grad,
+        p0 if params is None else params,
+        data,
+        config,
+        state,
+        None,
+        torch.Generator().manual_seed(7),
+        3,
+    )
 
 
 # ----------------------------------------------------------------------------- APFL
@@ -264,11 +296,27 @@ def test_vmap_equals_serial_with_personal_state(algorithm, caplog):
     head = sum(e - s for s, e in base.get("personal_spans", []))
     jobs = []
     for cid in range(8):
-        state = None if cid % 3 == 0 else {"v": params + 0.1 * torch.randn(d, generator=gen),
-                                           "alpha": torch.tensor(0.3), "head": 0.1 * torch.randn(head, generator=gen)}
+        state = (
+            None
+            if cid % 3 == 0
+            else {
+                "v": params + 0.1 * torch.randn(d, generator=gen),
+                "alpha": torch.tensor(0.3),
+                "head": 0.1 * torch.randn(head, generator=gen),
+            }
+        )
         extra = {"local_epochs": 1 + cid % 2} | ({"local_steps": 3} if cid == 5 else {})
-        jobs.append(ClientJob(job_id=cid, client_id=cid, version=cid % 2, params=params if cid % 2 == 0 else params + 0.01,
-                              config=base | extra, seed=derive_seed(0, "t", cid), state=state))
+        jobs.append(
+            ClientJob(
+                job_id=cid,
+                client_id=cid,
+                version=cid % 2,
+                params=params if cid % 2 == 0 else params + 0.01,
+                config=base | extra,
+                seed=derive_seed(0, "t", cid),
+                state=state,
+            )
+        )
     worker_spec = WorkerSpec(task=spec, client=algorithm)
     serial = SerialExecutor(worker_spec, task).run(jobs)
     with caplog.at_level(logging.WARNING, logger="fedsim"):
@@ -289,15 +337,21 @@ def test_personal_state_survives_a_checkpoint(small_config, tmp_path, algorithm)
 
     from fedsim.run import resume_experiment
 
-    config = small_config(rounds=4, client={"algorithm": algorithm} | ({"alpha_lr": 0.1} if algorithm == "apfl" else {}),
-                          eval={"per_client": True}, output={"checkpoint_every": 2, "progress": False, "tensorboard": False})
+    config = small_config(
+        rounds=4,
+        client={"algorithm": algorithm} | ({"alpha_lr": 0.1} if algorithm == "apfl" else {}),
+        eval={"per_client": True},
+        output={"checkpoint_every": 2, "progress": False, "tensorboard": False},
+    )
     out = tmp_path / "run"
     summary, _ = run_experiment(config, out_dir=out)
     assert summary["status"] == "completed"
 
     def rows():
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
-                for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            for line in (out / "metrics.jsonl").read_text().splitlines()
+        ]
 
     expected, final = rows(), (out / "model_state.pt").read_bytes()
     assert expected[-1]["client_accuracy_mean"] != expected[-1]["global_client_accuracy_mean"]
@@ -317,8 +371,23 @@ def test_personalization_experiment_quick_mode_writes_table_and_plot(tmp_path):
     spec = importlib.util.spec_from_file_location("personalization_experiment", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--quick", "--rounds", "2", "--jobs", "1", "--methods", "FedAvg", "APFL (adaptive alpha)", "FedPer",
-                 "--partitions", "2 classes/client", "--out", str(tmp_path)])
+    module.main(
+        [
+            "--quick",
+            "--rounds",
+            "2",
+            "--jobs",
+            "1",
+            "--methods",
+            "FedAvg",
+            "APFL (adaptive alpha)",
+            "FedPer",
+            "--partitions",
+            "2 classes/client",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = module.read_rows(tmp_path)
     assert [r["method"] for r in rows] == ["FedAvg", "APFL (adaptive alpha)", "FedPer"]
     assert all(0 <= r["client_accuracy_mean"] <= 1 for r in rows)

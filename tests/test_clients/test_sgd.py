@@ -11,8 +11,16 @@ from torch import nn
 from clients import LocalSGD, TrainContext, batch_schedule, check_optimizer_options, make_optimizer
 from fedsim.params import ResidentModel
 
-CONFIG = {"lr": 0.1, "local_epochs": 1, "local_steps": None, "batch_size": 4, "optimizer": "sgd",
-          "momentum": 0.0, "weight_decay": 0.0, "optimizer_kwargs": {}}
+CONFIG = {
+    "lr": 0.1,
+    "local_epochs": 1,
+    "local_steps": None,
+    "batch_size": 4,
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "optimizer_kwargs": {},
+}
 
 
 def test_each_epoch_visits_every_sample_once():
@@ -49,7 +57,9 @@ def test_one_full_batch_step_is_gradient_descent():
 
 def test_any_torch_optimizer_by_name():
     p = [nn.Parameter(torch.zeros(2))]
-    assert isinstance(make_optimizer(p, CONFIG | {"optimizer": "adamw", "optimizer_kwargs": {"betas": (0.8, 0.9)}}), torch.optim.AdamW)
+    assert isinstance(
+        make_optimizer(p, CONFIG | {"optimizer": "adamw", "optimizer_kwargs": {"betas": (0.8, 0.9)}}), torch.optim.AdamW
+    )
 
 
 def test_torch_validation_messages_pass_through():
@@ -64,14 +74,25 @@ def test_option_the_optimizer_does_not_take():
         check_optimizer_options(CONFIG | {"optimizer_kwargs": {"betaz": 1}})
 
 
-@pytest.mark.parametrize("bad", [{"lr": -0.1}, {"momentum": -0.5}, {"weight_decay": -1e-3},
-                                 {"optimizer_kwargs": {"nesterov": True}},
-                                 {"momentum": 0.9, "optimizer_kwargs": {"nesterov": True, "dampening": 0.1}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lr": -0.1},
+        {"momentum": -0.5},
+        {"weight_decay": -1e-3},
+        {"optimizer_kwargs": {"nesterov": True}},
+        {"momentum": 0.9, "optimizer_kwargs": {"nesterov": True, "dampening": 0.1}},
+    ],
+)
 def test_sgd_options_are_checked_with_torchs_own_messages(bad):
     """fedsim checks SGD's arguments without building torch.optim.SGD (that imports torch._dynamo)."""
     config = CONFIG | {"optimizer": "sgd"} | bad
-    kwargs = {"lr": config["lr"], "momentum": config.get("momentum", 0.0), "weight_decay": config.get("weight_decay", 0.0),
-              **config.get("optimizer_kwargs", {})}
+    kwargs = {
+        "lr": config["lr"],
+        "momentum": config.get("momentum", 0.0),
+        "weight_decay": config.get("weight_decay", 0.0),
+        **config.get("optimizer_kwargs", {}),
+    }
     with pytest.raises(ValueError) as torch_error:
         torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], **kwargs)
     with pytest.raises(ValueError, match=f"^{re.escape(str(torch_error.value))}$"):

@@ -53,8 +53,11 @@ if "test_by_id" not in SPEEDS:
 
 
 def _config(small_config, **overrides):
-    base = {"data": {"num_clients": 5}, "client": {"local_steps": 3},
-            "population": {"participation": "always", "speed": "constant"}}
+    base = {
+        "data": {"num_clients": 5},
+        "client": {"local_steps": 3},
+        "population": {"participation": "always", "speed": "constant"},
+    }
     from fedsim.config import deep_merge  # noqa: PLC0415
 
     return small_config(**deep_merge(base, overrides))
@@ -68,9 +71,17 @@ def _run(config):
 
 def _records(experiment):
     rounds = []
-    experiment.engine.callbacks.append(type("Spy", (), {
-        "on_round": lambda self, engine, record: rounds.append(record),
-        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})())
+    experiment.engine.callbacks.append(
+        type(
+            "Spy",
+            (),
+            {
+                "on_round": lambda self, engine, record: rounds.append(record),
+                "on_eval": lambda self, engine, record: None,
+                "on_end": lambda self, engine, summary: None,
+            },
+        )()
+    )
     return rounds
 
 
@@ -79,19 +90,34 @@ def _records(experiment):
 
 def test_fedbuff_with_k_equal_concurrency_equal_population_is_fedavg_with_uniform_weights(small_config):
     sync, _ = _run(_config(small_config, strategy={"name": "fedavg", "weighting": "uniform"}))
-    fedbuff, _ = _run(_config(
-        small_config, strategy={"name": "fedbuff", "staleness": "constant"},
-        scheduler={"buffer_size": 5, "concurrency": 5}, population={"speed": "constant"}))
+    fedbuff, _ = _run(
+        _config(
+            small_config,
+            strategy={"name": "fedbuff", "staleness": "constant"},
+            scheduler={"buffer_size": 5, "concurrency": 5},
+            population={"speed": "constant"},
+        )
+    )
     assert fedbuff.engine.state.version == sync.engine.state.version == 3
     assert torch.equal(fedbuff.engine.state.params, sync.engine.state.params)
 
 
 def test_fedbuff_composes_with_server_adam(small_config):
     sync, _ = _run(_config(small_config, strategy={"name": "fedadam", "weighting": "uniform"}))
-    fedbuff, _ = _run(_config(
-        small_config, strategy={"name": "fedbuff", "staleness": "constant", "server_optimizer": "adam",
-                                "server_lr": 0.01, "tau": 1e-3},
-        scheduler={"buffer_size": 5, "concurrency": 5}, population={"speed": "constant"}))
+    fedbuff, _ = _run(
+        _config(
+            small_config,
+            strategy={
+                "name": "fedbuff",
+                "staleness": "constant",
+                "server_optimizer": "adam",
+                "server_lr": 0.01,
+                "tau": 1e-3,
+            },
+            scheduler={"buffer_size": 5, "concurrency": 5},
+            population={"speed": "constant"},
+        )
+    )
     assert torch.equal(fedbuff.engine.state.params, sync.engine.state.params)
 
 
@@ -99,8 +125,14 @@ def test_fedfix_with_window_longer_than_slowest_job_is_synchronous_fedavg(small_
     speeds = {"speed": "lognormal", "speed_sigma": 1.0}
     sync, _ = _run(_config(small_config, population=speeds))
     slowest = float(sync.population.durations(np.arange(5), np.full(5, 3)).max())
-    fedfix, _ = _run(_config(small_config, strategy={"name": "fedfix"}, population=speeds,
-                             scheduler={"interval": slowest * 1.01, "concurrency": 5}))
+    fedfix, _ = _run(
+        _config(
+            small_config,
+            strategy={"name": "fedfix"},
+            population=speeds,
+            scheduler={"interval": slowest * 1.01, "concurrency": 5},
+        )
+    )
     assert torch.equal(fedfix.engine.state.params, sync.engine.state.params)
     assert fedfix.engine.now == pytest.approx(3 * slowest * 1.01)
 
@@ -119,14 +151,23 @@ def test_fedfix_weights_count_the_windows_a_job_spans():
 
 def test_periodic_windows_without_arrivals_are_zero_updates(small_config):
     # every job takes 0.03 s; windows of 0.01 s: two of every three windows see no arrival
-    config = _config(small_config, rounds=6, strategy={"name": "fedfix"},
-                     scheduler={"interval": 0.01, "concurrency": 5})
+    config = _config(
+        small_config, rounds=6, strategy={"name": "fedfix"}, scheduler={"interval": 0.01, "concurrency": 5}
+    )
     experiment = build(config)
     rounds = _records(experiment)
     params: list[torch.Tensor] = []
-    experiment.engine.callbacks.append(type("Params", (), {
-        "on_round": lambda self, engine, record: params.append(engine.state.params.clone()),
-        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})())
+    experiment.engine.callbacks.append(
+        type(
+            "Params",
+            (),
+            {
+                "on_round": lambda self, engine, record: params.append(engine.state.params.clone()),
+                "on_eval": lambda self, engine, record: None,
+                "on_end": lambda self, engine, summary: None,
+            },
+        )()
+    )
     start = experiment.engine.state.params.clone()
     experiment.run()
     assert [r["participants"] for r in rounds] == [0, 0, 5, 0, 0, 5]
@@ -136,9 +177,13 @@ def test_periodic_windows_without_arrivals_are_zero_updates(small_config):
 
 
 def test_fedasync_alpha_one_one_client_continues_local_sgd(small_config):
-    config = _config(small_config, data={"num_clients": 1}, rounds=4,
-                     strategy={"name": "fedasync", "server_lr": 1.0, "staleness": "constant"},
-                     scheduler={"concurrency": 1})
+    config = _config(
+        small_config,
+        data={"num_clients": 1},
+        rounds=4,
+        strategy={"name": "fedasync", "server_lr": 1.0, "staleness": "constant"},
+        scheduler={"concurrency": 1},
+    )
     experiment, _ = _run(config)
     task = experiment.task
     params = initial_params(task, config.seed)
@@ -152,9 +197,15 @@ def test_fedasync_alpha_one_one_client_continues_local_sgd(small_config):
 def test_staleness_follows_hand_computed_schedule(small_config):
     # client 0 takes 1 s, client 1 takes 3 s; K = 1. At t = 3 both arrive: client 1 first
     # (dispatched earlier), 2 versions stale; then client 0, 1 stale. Both restart on version 4.
-    config = _config(small_config, data={"num_clients": 2}, rounds=8, client={"local_steps": 1},
-                     population={"speed": "test_by_id"}, strategy={"name": "fedasync"},
-                     scheduler={"concurrency": 2})
+    config = _config(
+        small_config,
+        data={"num_clients": 2},
+        rounds=8,
+        client={"local_steps": 1},
+        population={"speed": "test_by_id"},
+        strategy={"name": "fedasync"},
+        scheduler={"concurrency": 2},
+    )
     experiment = build(config)
     rounds = _records(experiment)
     experiment.run()
@@ -163,9 +214,15 @@ def test_staleness_follows_hand_computed_schedule(small_config):
 
 
 def test_max_staleness_refuses_and_counts(small_config):
-    config = _config(small_config, data={"num_clients": 2}, rounds=6, client={"local_steps": 1},
-                     population={"speed": "test_by_id"}, strategy={"name": "fedasync"},
-                     scheduler={"concurrency": 2, "max_staleness": 1})
+    config = _config(
+        small_config,
+        data={"num_clients": 2},
+        rounds=6,
+        client={"local_steps": 1},
+        population={"speed": "test_by_id"},
+        strategy={"name": "fedasync"},
+        scheduler={"concurrency": 2, "max_staleness": 1},
+    )
     experiment = build(config)
     rounds = _records(experiment)
     summary = experiment.run()
@@ -211,8 +268,13 @@ def test_async_runs_do_not_depend_on_batching(small_config, strategy):
 
 
 def test_async_serial_and_vmap_agree(small_config):
-    config = _config(small_config, data={"num_clients": 12}, rounds=5, strategy={"name": "fedbuff"},
-                     scheduler={"buffer_size": 3, "concurrency": 6})
+    config = _config(
+        small_config,
+        data={"num_clients": 12},
+        rounds=5,
+        strategy={"name": "fedbuff"},
+        scheduler={"buffer_size": 3, "concurrency": 6},
+    )
     serial, s_summary = _run(config)
     vmap, v_summary = _run(config.model_copy(update={"executor": config.executor.model_copy(update={"name": "vmap"})}))
     torch.testing.assert_close(vmap.engine.state.params, serial.engine.state.params, rtol=1e-4, atol=1e-5)
@@ -221,8 +283,9 @@ def test_async_serial_and_vmap_agree(small_config):
 
 
 def test_job_seeds_derive_from_client_version_and_dispatch_count(small_config):
-    experiment = build(_config(small_config, strategy={"name": "fedbuff"}, rounds=4,
-                               scheduler={"buffer_size": 2, "concurrency": 3}))
+    experiment = build(
+        _config(small_config, strategy={"name": "fedbuff"}, rounds=4, scheduler={"buffer_size": 2, "concurrency": 3})
+    )
     seen: list = []
     dispatch = experiment.engine.dispatch
 
@@ -241,8 +304,13 @@ def test_job_seeds_derive_from_client_version_and_dispatch_count(small_config):
 
 def test_client_state_is_stored_on_arrival_not_on_aggregation(small_config):
     # a buffer that never fills: nothing is aggregated, yet each re-dispatch sees its latest state
-    config = _config(small_config, data={"num_clients": 3}, client={"algorithm": "test_counting"},
-                     strategy={"name": "fedbuff"}, scheduler={"buffer_size": 1000, "concurrency": 2, "max_time": 1.0})
+    config = _config(
+        small_config,
+        data={"num_clients": 3},
+        client={"algorithm": "test_counting"},
+        strategy={"name": "fedbuff"},
+        scheduler={"buffer_size": 1000, "concurrency": 2, "max_time": 1.0},
+    )
     experiment, _ = _run(config)
     assert experiment.engine.state.version == 0
     counts = experiment.engine.run_state.dispatch_counts
@@ -261,11 +329,15 @@ def test_availability_follows_the_clock_in_async_and_sync(small_config, tmp_path
     online = {0: (0, 2), 1: (1, 4), 2: (3, 6)}
     for scheduler in ({"name": "buffered", "buffer_size": 1, "concurrency": 2}, {"name": "sync"}):
         rounds = 12 if scheduler["name"] == "sync" else 40  # both reach t > 3, when client 2 comes online
-        config = _config(small_config, data={"num_clients": 3}, rounds=rounds, client={"local_steps": 1},
-                         population={"participation": "trace", "trace_path": str(trace), "round_length": 0.5,
-                                     "step_time": 0.2},
-                         strategy={"name": "fedasync" if scheduler["name"] == "buffered" else "fedavg"},
-                         scheduler=scheduler)
+        config = _config(
+            small_config,
+            data={"num_clients": 3},
+            rounds=rounds,
+            client={"local_steps": 1},
+            population={"participation": "trace", "trace_path": str(trace), "round_length": 0.5, "step_time": 0.2},
+            strategy={"name": "fedasync" if scheduler["name"] == "buffered" else "fedavg"},
+            scheduler=scheduler,
+        )
         experiment = build(config)
         engine: Engine = experiment.engine
         dispatched: list[tuple[float, int]] = []
@@ -286,8 +358,12 @@ def test_availability_follows_the_clock_in_async_and_sync(small_config, tmp_path
 
 def test_sync_rounds_read_the_slot_of_their_round(small_config):
     # rounds shorter than round_length start on slot boundaries: round r sees slot r (FedAU semantics)
-    config = _config(small_config, data={"num_clients": 20}, rounds=6,
-                     population={"participation": "bernoulli", "mean_prob": 0.3, "round_length": 10.0})
+    config = _config(
+        small_config,
+        data={"num_clients": 20},
+        rounds=6,
+        population={"participation": "bernoulli", "mean_prob": 0.3, "round_length": 10.0},
+    )
     experiment = build(config)
     rounds = _records(experiment)
     experiment.run()
@@ -319,9 +395,13 @@ def test_available_matches_participants_of_the_slot(name):
 
 
 def test_over_selection_aggregates_the_first_k_to_arrive(small_config):
-    config = _config(small_config, data={"num_clients": 20}, rounds=3,
-                     population={"participation": "uniform", "clients_per_round": 5, "speed": "lognormal"},
-                     scheduler={"over_selection": 0.6})
+    config = _config(
+        small_config,
+        data={"num_clients": 20},
+        rounds=3,
+        population={"participation": "uniform", "clients_per_round": 5, "speed": "lognormal"},
+        scheduler={"over_selection": 0.6},
+    )
     experiment = build(config)
     rounds = _records(experiment)
     summary = experiment.run()
@@ -332,10 +412,14 @@ def test_over_selection_aggregates_the_first_k_to_arrive(small_config):
 
 def test_device_file_and_bandwidth_give_fedscale_completion_times(small_config, tmp_path):
     path = tmp_path / "devices.pkl"
-    path.write_bytes(pickle.dumps({1: {"computation": 20.0, "communication": 1000.0},
-                                   2: {"computation": 5.0, "communication": 4000.0}}))
-    config = _config(small_config, population={"speed": "device_file", "device_file": str(path)},
-                     client={"batch_size": 10})
+    path.write_bytes(
+        pickle.dumps(
+            {1: {"computation": 20.0, "communication": 1000.0}, 2: {"computation": 5.0, "communication": 4000.0}}
+        )
+    )
+    config = _config(
+        small_config, population={"speed": "device_file", "device_file": str(path)}, client={"batch_size": 10}
+    )
     experiment = build(config)
     bits = 32.0 * experiment.engine.state.params.numel()
     durations = experiment.population.durations(np.array([0, 1, 2]), np.array([3, 3, 3]))
@@ -362,9 +446,14 @@ def test_tiered_speeds_follow_the_fractions():
 
 
 def test_dropouts_mid_training_and_extra_delays(small_config):
-    config = _config(small_config, data={"num_clients": 20}, rounds=4, strategy={"name": "fedbuff"},
-                     scheduler={"buffer_size": 4, "concurrency": 8},
-                     population={"dropout_prob": 0.3, "extra_delay": 0.5})
+    config = _config(
+        small_config,
+        data={"num_clients": 20},
+        rounds=4,
+        strategy={"name": "fedbuff"},
+        scheduler={"buffer_size": 4, "concurrency": 8},
+        population={"dropout_prob": 0.3, "extra_delay": 0.5},
+    )
     experiment, summary = _run(config)
     rs = experiment.engine.run_state
     assert summary["dropouts"] > 0 and experiment.engine.state.version == 4
@@ -377,14 +466,26 @@ def test_dropouts_mid_training_and_extra_delays(small_config):
 
 @pytest.mark.parametrize("process", ["constant", "poisson"])
 def test_open_arrivals_start_clients_at_the_arrival_rate(small_config, process):
-    config = _config(small_config, data={"num_clients": 50}, rounds=100, strategy={"name": "fedbuff"},
-                     scheduler={"arrivals": "rate", "arrival_rate": 4.0, "arrival_process": process,
-                                "buffer_size": 5, "max_time": 10.0})
+    config = _config(
+        small_config,
+        data={"num_clients": 50},
+        rounds=100,
+        strategy={"name": "fedbuff"},
+        scheduler={
+            "arrivals": "rate",
+            "arrival_rate": 4.0,
+            "arrival_process": process,
+            "buffer_size": 5,
+            "max_time": 10.0,
+        },
+    )
     experiment = build(config)
     starts: list[float] = []
     dispatch = experiment.engine.dispatch
-    experiment.engine.dispatch = lambda ids, overrides=None: (starts.append(experiment.engine.now),
-                                                               dispatch(ids, overrides))[1]
+    experiment.engine.dispatch = lambda ids, overrides=None: (
+        starts.append(experiment.engine.now),
+        dispatch(ids, overrides),
+    )[1]
     experiment.run()
     gaps = np.diff(starts)
     if process == "constant":
@@ -398,8 +499,13 @@ def test_open_arrivals_start_clients_at_the_arrival_rate(small_config, process):
 
 
 def test_anarchic_clients_choose_their_local_steps(small_config):
-    config = _config(small_config, data={"num_clients": 10}, rounds=5, strategy={"name": "afa-cd"},
-                     scheduler={"buffer_size": 4, "anarchic": {"min_steps": 2, "max_steps": 6}})
+    config = _config(
+        small_config,
+        data={"num_clients": 10},
+        rounds=5,
+        strategy={"name": "afa-cd"},
+        scheduler={"buffer_size": 4, "anarchic": {"min_steps": 2, "max_steps": 6}},
+    )
     experiment = build(config)
     steps: list[int] = []
     aggregate = experiment.engine.strategy.aggregate
@@ -434,8 +540,13 @@ def test_afa_normalises_by_local_steps_and_cs_keeps_each_workers_latest():
 def test_afa_cd_with_eta_k_and_full_arrivals_is_fedavg(small_config):
     # every worker arrives once per update, K local steps each, no delay: eta = K gives FedAvg
     sync, _ = _run(_config(small_config, strategy={"name": "fedavg", "weighting": "uniform"}))
-    afa, _ = _run(_config(small_config, strategy={"name": "afa-cd", "server_lr": 3.0},
-                          scheduler={"buffer_size": 5, "concurrency": 5, "arrivals": "concurrency"}))
+    afa, _ = _run(
+        _config(
+            small_config,
+            strategy={"name": "afa-cd", "server_lr": 3.0},
+            scheduler={"buffer_size": 5, "concurrency": 5, "arrivals": "concurrency"},
+        )
+    )
     torch.testing.assert_close(afa.engine.state.params, sync.engine.state.params, rtol=0, atol=1e-6)
 
 
@@ -443,8 +554,13 @@ def test_afa_cd_with_eta_k_and_full_arrivals_is_fedavg(small_config):
 
 
 def test_time_to_accuracy_and_virtual_time_evaluation(small_config, tmp_path):
-    config = _config(small_config, rounds=6, strategy={"name": "fedbuff"}, scheduler={"buffer_size": 2},
-                     eval={"every": None, "every_time": 0.05, "target_accuracy": 0.01})
+    config = _config(
+        small_config,
+        rounds=6,
+        strategy={"name": "fedbuff"},
+        scheduler={"buffer_size": 2},
+        eval={"every": None, "every_time": 0.05, "target_accuracy": 0.01},
+    )
     summary, out = run_experiment(config, out_dir=tmp_path / "run")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # [0]: initial model
     times = [r["virtual_time"] for r in rows[:-1]]
@@ -459,8 +575,21 @@ def test_time_to_accuracy_and_virtual_time_evaluation(small_config, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["fedbuff", "fedasync", "fedfix", "afa-cd", "afa-cs"])
 def test_presets_run_from_the_cli(tmp_path, strategy, capsys):
-    code = main(["run", "--strategy", strategy, "--rounds", "3", "--quiet", "--no-tensorboard",
-                 "--set", "data.num_clients=12", "--out", str(tmp_path / strategy)])
+    code = main(
+        [
+            "run",
+            "--strategy",
+            strategy,
+            "--rounds",
+            "3",
+            "--quiet",
+            "--no-tensorboard",
+            "--set",
+            "data.num_clients=12",
+            "--out",
+            str(tmp_path / strategy),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / strategy / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["virtual_time"] > 0
@@ -469,21 +598,26 @@ def test_presets_run_from_the_cli(tmp_path, strategy, capsys):
 # ---------------------------------------------------------------- unsupported combinations
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--strategy", "fedau", "--set", "scheduler.name=buffered"], "not defined for scheduler 'buffered'"),
-    (["--strategy", "fedbuff", "--set", "round_deadline=1"], "round_deadline applies to scheduler 'sync'"),
-    (["--set", "scheduler.over_selection=0.5", "--participation", "bernoulli"], "over_selection needs"),
-    (["--strategy", "fedbuff", "--set", "scheduler.over_selection=0.5"], "over_selection applies"),
-    (["--set", "scheduler.interval=1"], "interval applies to scheduler 'periodic'"),
-    (["--set", "scheduler.name=periodic"], "scheduler.interval"),
-    (["--strategy", "fedfix", "--set", "scheduler.arrivals=anarchic"], "does not combine"),
-    (["--strategy", "fedbuff", "--set", "strategy.staleness=constant", "--set", "strategy.staleness_a=2"],
-     "staleness_a is not used by staleness 'constant'"),
-    (["--set", "scheduler.name=fast"], "valid choices: buffered, periodic, sync"),
-    (["--set", "scheduler.arrivals=burst"], "valid choices"),
-    (["--set", "strategy.staleness=linear"], "valid choices: constant"),
-    (["--set", "scheduler.arrival_process=bursty"], "constant, poisson"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "fedau", "--set", "scheduler.name=buffered"], "not defined for scheduler 'buffered'"),
+        (["--strategy", "fedbuff", "--set", "round_deadline=1"], "round_deadline applies to scheduler 'sync'"),
+        (["--set", "scheduler.over_selection=0.5", "--participation", "bernoulli"], "over_selection needs"),
+        (["--strategy", "fedbuff", "--set", "scheduler.over_selection=0.5"], "over_selection applies"),
+        (["--set", "scheduler.interval=1"], "interval applies to scheduler 'periodic'"),
+        (["--set", "scheduler.name=periodic"], "scheduler.interval"),
+        (["--strategy", "fedfix", "--set", "scheduler.arrivals=anarchic"], "does not combine"),
+        (
+            ["--strategy", "fedbuff", "--set", "strategy.staleness=constant", "--set", "strategy.staleness_a=2"],
+            "staleness_a is not used by staleness 'constant'",
+        ),
+        (["--set", "scheduler.name=fast"], "valid choices: buffered, periodic, sync"),
+        (["--set", "scheduler.arrivals=burst"], "valid choices"),
+        (["--set", "strategy.staleness=linear"], "valid choices: constant"),
+        (["--set", "scheduler.arrival_process=bursty"], "constant, poisson"),
+    ],
+)
 def test_unsupported_combinations_exit_2_with_one_line(tmp_path, capsys, args, message):
     code = main(["run", *args, "--rounds", "1", "--quiet", "--no-tensorboard", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()

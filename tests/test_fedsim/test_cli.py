@@ -62,8 +62,17 @@ def test_run_writes_the_run_folder(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 2]  # the initial model, every 5 rounds, and after the last
     assert rows[0]["train_loss"] is None and rows[0]["participants"] == 0 and rows[0]["virtual_time"] == 0
-    for key in ("round", "virtual_time", "wall_time", "train_loss", "test_loss", "test_accuracy", "participants",
-                "updates", "dropouts"):
+    for key in (
+        "round",
+        "virtual_time",
+        "wall_time",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "participants",
+        "updates",
+        "dropouts",
+    ):
         assert key in rows[1]
     per_round = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in per_round] == [1, 2]
@@ -81,8 +90,10 @@ def test_plot_compares_runs(tmp_path, capsys):
     runs = []
     for strategy in ("fedavg", "fedavgm"):
         out = tmp_path / strategy
-        assert main(["run", "--strategy", strategy, "--out", str(out), "--no-tensorboard",
-                     "--set", "eval.every=1", *FAST]) == 0
+        assert (
+            main(["run", "--strategy", strategy, "--out", str(out), "--no-tensorboard", "--set", "eval.every=1", *FAST])
+            == 0
+        )
         runs.append(str(out))
     png = tmp_path / "cmp.png"
     assert main(["plot", *runs, "--metric", "test_accuracy", "--x", "virtual_time", "--out", str(png)]) == 0
@@ -95,9 +106,20 @@ def test_plot_compares_runs(tmp_path, capsys):
 def test_python_dash_m_entry_point(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", "--out", str(out), "--no-tensorboard",
-         *[a for a in FAST if a != "--quiet"]],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "run",
+            "--out",
+            str(out),
+            "--no-tensorboard",
+            *[a for a in FAST if a != "--quiet"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stderr
     assert "done:" in proc.stdout and "round" in proc.stderr  # progress bar on stderr

@@ -7,18 +7,20 @@ import json
 
 import pytest
 import torch
+from test_resume import _rows, run_experiment_resumed
 
 from fedsim.checkpoint import decode, load_checkpoint
 from fedsim.run import build, run_experiment
-
-from test_resume import _rows, run_experiment_resumed
 
 EF_TOPK = {"compressor": "topk", "ratio": 0.1, "error_feedback": True}
 
 
 def test_a_compressed_run_resumes_with_its_residuals(small_config, tmp_path):
-    config = small_config(rounds=4, communication=EF_TOPK | {"link": "lognormal"},
-                          output={"checkpoint_every": 2, "progress": False, "tensorboard": False})
+    config = small_config(
+        rounds=4,
+        communication=EF_TOPK | {"link": "lognormal"},
+        output={"checkpoint_every": 2, "progress": False, "tensorboard": False},
+    )
     out = tmp_path / "run"
     summary, _ = run_experiment(config, out_dir=out)
     expected, final = _rows(out / "metrics.jsonl"), (out / "model_state.pt").read_bytes()
@@ -35,8 +37,9 @@ def test_a_compressed_run_resumes_with_its_residuals(small_config, tmp_path):
     assert json.loads((out / "summary.json").read_text())["bytes_up"] == rounds[-1]["bytes_up"]
 
 
-@pytest.mark.parametrize("communication", [EF_TOPK, {"compressor": "powersgd", "rank": 1},
-                                           {"compressor": "qsgd", "levels": 4}])
+@pytest.mark.parametrize(
+    "communication", [EF_TOPK, {"compressor": "powersgd", "rank": 1}, {"compressor": "qsgd", "levels": 4}]
+)
 def test_vmap_equals_serial(small_config, one_torch_thread, communication):
     finals = {}
     for executor in ("serial", "vmap"):

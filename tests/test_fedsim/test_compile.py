@@ -20,8 +20,15 @@ from fedsim.types import ClientJob
 
 # one per kind of step: state + broadcast + extras, two gradients per step, both (compiling each costs seconds)
 ALGORITHMS = ["scaffold", "fedsam", "fedspeed"]
-SERVER_OF = {"scaffold": "scaffold", "feddyn": "feddyn", "fedspeed": "fedspeed", "fedcm": "fedcm", "mofedsam": "mofedsam",
-             "fedprox": "fedprox", "fedsam": "fedsam"}
+SERVER_OF = {
+    "scaffold": "scaffold",
+    "feddyn": "feddyn",
+    "fedspeed": "fedspeed",
+    "fedcm": "fedcm",
+    "mofedsam": "mofedsam",
+    "fedprox": "fedprox",
+    "fedsam": "fedsam",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,11 +55,23 @@ def jobs_for(config, params, num_clients, state=False, broadcast=False, override
     jobs = []
     for cid in range(num_clients):
         extra = (overrides or {}).get(cid, {})
-        client_state = {"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)} \
-            if state and cid % 2 else None
-        jobs.append(ClientJob(job_id=cid, client_id=cid, version=cid % 2, params=params + 0.01 * (cid % 2),
-                              config=base | extra, seed=derive_seed(0, "compile", cid), state=client_state,
-                              broadcast=shared if broadcast else None))
+        client_state = (
+            {"c": 0.01 * torch.randn(d, generator=gen), "h": 0.01 * torch.randn(d, generator=gen)}
+            if state and cid % 2
+            else None
+        )
+        jobs.append(
+            ClientJob(
+                job_id=cid,
+                client_id=cid,
+                version=cid % 2,
+                params=params + 0.01 * (cid % 2),
+                config=base | extra,
+                seed=derive_seed(0, "compile", cid),
+                state=client_state,
+                broadcast=shared if broadcast else None,
+            )
+        )
     return jobs
 
 
@@ -72,8 +91,9 @@ def assert_close_results(expected, actual, atol=2e-5):
 def test_compiled_step_equals_uncompiled_and_serial_with_mixed_sizes_and_options(caplog):
     """Different client sizes (short last batches: the weighted variant, a shrinking prefix of
     clients still training), momentum, weight decay, clipping and two model versions."""
-    config, task, spec, params = setup(client={"momentum": 0.5, "weight_decay": 1e-3, "clip_norm": 1.0},
-                                       task={"min_samples": 5, "max_samples": 90})
+    config, task, spec, params = setup(
+        client={"momentum": 0.5, "weight_decay": 1e-3, "clip_norm": 1.0}, task={"min_samples": 5, "max_samples": 90}
+    )
     assert len({int(task.data.num_samples[c]) for c in range(8)}) > 3
     jobs = jobs_for(config, params, 8, overrides={3: {"local_steps": 4}})
     serial = SerialExecutor(spec, task).run(jobs)
@@ -92,8 +112,11 @@ def test_compiled_step_equals_uncompiled_and_serial_with_mixed_sizes_and_options
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_compiles_and_equals_uncompiled(algorithm, caplog):
-    config, task, spec, params = setup(algorithm, client={"weight_decay": 1e-3, "clip_norm": 1.0, "lr_decay": 0.9},
-                                       task={"min_samples": 50, "max_samples": 50})
+    config, task, spec, params = setup(
+        algorithm,
+        client={"weight_decay": 1e-3, "clip_norm": 1.0, "lr_decay": 0.9},
+        task={"min_samples": 50, "max_samples": 50},
+    )
     jobs = jobs_for(config, params, 6, state=True, broadcast=True)
     eager = VmapExecutor(spec, task).run(jobs)
     compiled = VmapExecutor(spec, task, compile=True)
@@ -111,6 +134,7 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_step_with_one_notice(mon
     def broken_compile(fn, **kwargs):
         def call(*args):
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore lines")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -119,7 +143,9 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_step_with_one_notice(mon
         results = executor.run(jobs)
         executor.run(jobs)
     notices = [r.getMessage() for r in caplog.records]
-    assert len(notices) == 1 and "torch.compile of the batched step failed (RuntimeError: InvalidCxxCompiler" in notices[0]
+    assert (
+        len(notices) == 1 and "torch.compile of the batched step failed (RuntimeError: InvalidCxxCompiler" in notices[0]
+    )
     assert "running it uncompiled" in notices[0] and "more lines" not in notices[0]
     assert not executor.compile and executor.timings() == {}
     assert_close_results(VmapExecutor(spec, task).run(jobs), results, atol=0)
@@ -134,6 +160,7 @@ def test_a_step_that_raises_is_the_steps_error_not_a_compile_failure(monkeypatch
     def broken_compile(fn, **kwargs):
         def call(*args):
             raise RuntimeError("an error dynamo wrapped")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -150,7 +177,9 @@ def test_a_step_that_raises_is_the_steps_error_not_a_compile_failure(monkeypatch
 def test_compile_mode_is_validated_and_yaml_booleans_read_as_on_off():
     assert load_config(values={"executor": {"compile": True}}).executor.compile == "on"
     assert load_config(values={"executor": {"compile": False}}).executor.compile == "off"
-    with pytest.raises(ConfigError, match=r"executor.compile: unknown compile mode 'fast'; valid choices: auto, on, off"):
+    with pytest.raises(
+        ConfigError, match=r"executor.compile: unknown compile mode 'fast'; valid choices: auto, on, off"
+    ):
         load_config(values={"executor": {"compile": "fast"}})
 
 
@@ -176,13 +205,24 @@ def test_auto_executor_chooses_by_workload_and_says_why(small_config, caplog):
     cases = [
         ({"population": {"clients_per_round": 10}}, VmapExecutor, "executor auto: vmap (~10 clients per call"),
         ({"population": {"clients_per_round": 2}}, SerialExecutor, "executor auto: serial (about 2 clients per call"),
-        ({"population": {"clients_per_round": 10},
-          "task": {"name": "synthetic", "model": "mlp", "num_features": 784, "hidden": 200, "hidden_layers": 2}},
-         SerialExecutor, "a 199,210-parameter model"),
-        ({"population": {"clients_per_round": 10}, "scheduler": {"name": "buffered", "buffer_size": 2}},
-         SerialExecutor, "about 2 clients per call"),
-        ({"population": {"clients_per_round": 10}, "task": {"name": "digits", "model": "cnn"}},
-         SerialExecutor, "a model with convolutions on CPU"),
+        (
+            {
+                "population": {"clients_per_round": 10},
+                "task": {"name": "synthetic", "model": "mlp", "num_features": 784, "hidden": 200, "hidden_layers": 2},
+            },
+            SerialExecutor,
+            "a 199,210-parameter model",
+        ),
+        (
+            {"population": {"clients_per_round": 10}, "scheduler": {"name": "buffered", "buffer_size": 2}},
+            SerialExecutor,
+            "about 2 clients per call",
+        ),
+        (
+            {"population": {"clients_per_round": 10}, "task": {"name": "digits", "model": "cnn"}},
+            SerialExecutor,
+            "a model with convolutions on CPU",
+        ),
     ]
     for overrides, expected, needle in cases:
         caplog.clear()
@@ -203,8 +243,21 @@ def test_a_compiled_run_reports_compile_time_apart_and_matches_the_uncompiled_ru
     from fedsim.cli import main
 
     monkeypatch.setattr(auto_module, "COMPILE_PAYS_AFTER", 1)  # compile: auto compiles this short run
-    args = ["run", "--strategy", "fedavg", "--rounds", "3", "--executor", "vmap", "--no-tensorboard", "--quiet",
-            "--set", "population.clients_per_round=5", "--set", "data.num_clients=10"]
+    args = [
+        "run",
+        "--strategy",
+        "fedavg",
+        "--rounds",
+        "3",
+        "--executor",
+        "vmap",
+        "--no-tensorboard",
+        "--quiet",
+        "--set",
+        "population.clients_per_round=5",
+        "--set",
+        "data.num_clients=10",
+    ]
     assert main([*args, "--out", str(tmp_path / "compiled")]) == 0
     assert " (compile " in capsys.readouterr().out  # the last line says how much of the wall time compiled
     assert main([*args, "--compile", "off", "--out", str(tmp_path / "eager")]) == 0

@@ -119,9 +119,18 @@ def test_resolved_config_round_trips():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("task.name=foo", "task.name: unknown task 'foo'; valid choices: cifar10, digits, femnist, mnist, npz, synthetic"),
-        ("data.partition=foo", "data.partition: unknown partitioner 'foo'; valid choices: dirichlet, iid, natural, shards"),
-        ("scheduler.arrivals=foo", "scheduler.arrivals: unknown arrival process 'foo'; valid choices: anarchic, concurrency, rate"),
+        (
+            "task.name=foo",
+            "task.name: unknown task 'foo'; valid choices: cifar10, digits, femnist, mnist, npz, synthetic",
+        ),
+        (
+            "data.partition=foo",
+            "data.partition: unknown partitioner 'foo'; valid choices: dirichlet, iid, natural, shards",
+        ),
+        (
+            "scheduler.arrivals=foo",
+            "scheduler.arrivals: unknown arrival process 'foo'; valid choices: anarchic, concurrency, rate",
+        ),
     ],
 )
 def test_registry_name_fields_give_the_registrys_one_line_error(override, expected):
@@ -137,14 +146,23 @@ def test_every_registry_field_uses_the_one_annotated_validator():
     """No hand-written `_known*` validators left: each registry name field carries RegistryName."""
     from fedsim import config  # noqa: PLC0415
 
-    assert not [name for model in vars(config).values() if isinstance(model, type)
-                for name in dir(model) if name.startswith("_known")]
+    assert not [
+        name
+        for model in vars(config).values()
+        if isinstance(model, type)
+        for name in dir(model)
+        if name.startswith("_known")
+    ]
 
 
 @pytest.mark.parametrize(
     ("override", "hint"),
-    [("strategy.name=fedavgg", "(did you mean 'fedavg'"), ("strategy.weighting=fedauu", "(did you mean 'fedau'"),
-     ("data.partition=dirichet", "(did you mean 'dirichlet'"), ("client.algorithm=sdg", "(did you mean 'sgd'")],
+    [
+        ("strategy.name=fedavgg", "(did you mean 'fedavg'"),
+        ("strategy.weighting=fedauu", "(did you mean 'fedau'"),
+        ("data.partition=dirichet", "(did you mean 'dirichlet'"),
+        ("client.algorithm=sdg", "(did you mean 'sgd'"),
+    ],
 )
 def test_unknown_names_suggest_the_close_ones(override, hint):
     message = _error(overrides=[override])

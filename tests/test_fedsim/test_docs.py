@@ -68,9 +68,14 @@ def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
 def test_the_site_builds_without_warnings(tmp_path):
     """What CI runs before the tests (.ci/run); skipped where the docs extra is not installed."""
     pytest.importorskip("material", reason="mkdocs-material is not installed (pip install -e '.[docs]')")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(MKDOCS), "-d", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(MKDOCS), "-d", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "index.html").is_file()
 
@@ -119,8 +124,9 @@ def _marked_blocks() -> list:
         text = doc.read_text()
         for match in MARKED.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
-            blocks.append(pytest.param(match.group("args"), match.group("lang"), match.group("body"),
-                                       id=f"{_rel(doc)}:{line}"))
+            blocks.append(
+                pytest.param(match.group("args"), match.group("lang"), match.group("body"), id=f"{_rel(doc)}:{line}")
+            )
     return blocks
 
 

@@ -40,13 +40,34 @@ def test_cells_map_to_privacy_settings():
 
 def test_quick_grid_writes_table_and_plot(tmp_path, capsys):
     dp = load_script()
-    dp.main(["--quick", "--config", str(tiny_config(tmp_path)), "--rounds", "2", "--jobs", "1",
-             "--optimizers", "server Adam", "--clippings", "non-private", "per_layer_normalized",
-             "--epsilons", "8", "inf", "--out", str(tmp_path / "out")])
+    dp.main(
+        [
+            "--quick",
+            "--config",
+            str(tiny_config(tmp_path)),
+            "--rounds",
+            "2",
+            "--jobs",
+            "1",
+            "--optimizers",
+            "server Adam",
+            "--clippings",
+            "non-private",
+            "per_layer_normalized",
+            "--epsilons",
+            "8",
+            "inf",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = tmp_path / "out"
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["clipping"], r["epsilon"]) for r in rows] == [
-        ("non-private", "inf"), ("per_layer_normalized", "8.0"), ("per_layer_normalized", "inf")]
+        ("non-private", "inf"),
+        ("per_layer_normalized", "8.0"),
+        ("per_layer_normalized", "inf"),
+    ]
     assert all(r["status"] == "completed" for r in rows)
     assert abs(float(rows[1]["epsilon_reached"]) - 8.0) < 0.05  # z calibrated for exactly these 2 rounds
     assert float(rows[1]["noise_multiplier"]) > 0 and float(rows[2]["noise_multiplier"]) == 0.0

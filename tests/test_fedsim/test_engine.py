@@ -57,7 +57,8 @@ class EvenRoundsEmpty:
 if "test_faulty" not in CLIENTS:
     CLIENTS.register("test_faulty", "test only")(FaultyClient)
     PARTICIPATION.register("test_even_empty", "test only")(
-        lambda config, data, seed: EvenRoundsEmpty(data.num_clients, config.round_length))
+        lambda config, data, seed: EvenRoundsEmpty(data.num_clients, config.round_length)
+    )
 
 
 def _history(experiment):
@@ -74,8 +75,12 @@ def test_same_seed_same_metrics(small_config):
 
 
 def test_fedavg_one_client_full_participation_equals_local_training(small_config):
-    config = small_config(rounds=1, data={"num_clients": 1, "partition": "natural"},
-                          population={"participation": "always"}, strategy={"name": "fedavg", "server_lr": 1.0})
+    config = small_config(
+        rounds=1,
+        data={"num_clients": 1, "partition": "natural"},
+        population={"participation": "always"},
+        strategy={"name": "fedavg", "server_lr": 1.0},
+    )
     experiment = build(config)
     experiment.run()
     task = experiment.task
@@ -84,8 +89,18 @@ def test_fedavg_one_client_full_participation_equals_local_training(small_config
     rng = torch.Generator().manual_seed(derive_seed(config.seed, "client-train", 0, 0, 0))
     client, client_config = LocalSGD(), config.client.model_dump()
     with torch_threads(config.executor.threads):  # the thread count the worker trains with: same floats
-        local = run_client(client, client.options(client_config), resident_grad_fn(model, task.loss_fn), start,
-                           task.data.train(0), client_config, None, None, rng, 0)
+        local = run_client(
+            client,
+            client.options(client_config),
+            resident_grad_fn(model, task.loss_fn),
+            start,
+            task.data.train(0),
+            client_config,
+            None,
+            None,
+            rng,
+            0,
+        )
     assert torch.equal(experiment.engine.state.params, start + local.delta)
 
 
@@ -100,11 +115,20 @@ def test_server_lr_zero_leaves_model_unchanged(small_config, strategy):
 
 def test_failing_clients_are_logged_dropouts(small_config, caplog, monkeypatch):
     # tell the faulty client who it is through its config
-    experiment = build(small_config(rounds=2, client={"algorithm": "test_faulty"},
-                                    data={"num_clients": 8}, population={"participation": "always"}))
+    experiment = build(
+        small_config(
+            rounds=2,
+            client={"algorithm": "test_faulty"},
+            data={"num_clients": 8},
+            population={"participation": "always"},
+        )
+    )
     configure = experiment.engine.strategy.configure
-    monkeypatch.setattr(experiment.engine.strategy, "configure",
-                        lambda state, cid, now: configure(state, cid, now) | {"_client_id": cid})
+    monkeypatch.setattr(
+        experiment.engine.strategy,
+        "configure",
+        lambda state, cid, now: configure(state, cid, now) | {"_client_id": cid},
+    )
     with caplog.at_level(logging.WARNING, logger="fedsim"):
         summary = experiment.run()
     assert summary["dropouts"] == 6  # clients 3, 4, 5 in each of 2 rounds
@@ -124,8 +148,12 @@ def test_round_time_is_the_slowest_participant(small_config):
 
 
 def test_deadline_drops_stragglers(small_config):
-    config = small_config(rounds=4, round_deadline=0.05, client={"local_steps": 5},
-                          population={"speed": "lognormal", "speed_sigma": 1.0, "step_time": 0.01})
+    config = small_config(
+        rounds=4,
+        round_deadline=0.05,
+        client={"local_steps": 5},
+        population={"speed": "lognormal", "speed_sigma": 1.0, "step_time": 0.01},
+    )
     experiment = build(config)
     summary = experiment.run()
     assert summary["dropouts"] > 0
@@ -137,9 +165,17 @@ def test_deadline_drops_stragglers(small_config):
 def test_empty_rounds_apply_no_update(small_config):
     experiment = build(small_config(rounds=4, population={"participation": "test_even_empty"}))
     versions = []
-    experiment.engine.callbacks.append(type("Spy", (), {
-        "on_round": lambda self, engine, record: versions.append((record["round"], record["participants"])),
-        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})())
+    experiment.engine.callbacks.append(
+        type(
+            "Spy",
+            (),
+            {
+                "on_round": lambda self, engine, record: versions.append((record["round"], record["participants"])),
+                "on_eval": lambda self, engine, record: None,
+                "on_end": lambda self, engine, summary: None,
+            },
+        )()
+    )
     start = experiment.engine.state.params.clone()
     experiment.run()
     assert versions == [(1, 0), (2, 3), (3, 0), (4, 3)]
@@ -166,8 +202,15 @@ def test_all_finite_agrees_with_isfinite_including_sums_that_overflow():
     from fedsim.params import all_finite
 
     big = torch.full((10,), 3e38)  # every element finite, the float32 sum overflows to inf
-    cases = [torch.randn(100), big, torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), -float("inf")]),
-             torch.tensor([float("-inf"), 1.0]), torch.zeros(0), torch.arange(5)]
+    cases = [
+        torch.randn(100),
+        big,
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([float("inf"), -float("inf")]),
+        torch.tensor([float("-inf"), 1.0]),
+        torch.zeros(0),
+        torch.arange(5),
+    ]
     for t in cases:
         assert all_finite(t) == bool(torch.isfinite(t).all()), t
 
@@ -192,9 +235,18 @@ def test_callbacks_return_stop_and_metrics_merged_into_the_record(small_config):
     experiment = build(small_config(rounds=5))
     spy = _StopAt(2)
     rounds = []
-    experiment.engine.callbacks += [spy, type("Spy", (), {
-        "on_round": lambda self, engine, record: rounds.append(dict(record)),
-        "on_eval": lambda self, engine, record: None, "on_end": lambda self, engine, summary: None})()]
+    experiment.engine.callbacks += [
+        spy,
+        type(
+            "Spy",
+            (),
+            {
+                "on_round": lambda self, engine, record: rounds.append(dict(record)),
+                "on_eval": lambda self, engine, record: None,
+                "on_end": lambda self, engine, summary: None,
+            },
+        )(),
+    ]
     summary = experiment.run()
     assert summary["status"] == "completed" and summary["rounds"] == 2 and spy.ended == 2
     assert [r["marker"] for r in rounds] == [10, 20]  # later callbacks see the merged metrics
@@ -210,4 +262,7 @@ def test_evaluation_history_and_time_to_accuracy_are_callbacks(small_config):
     summary = experiment.run()
     assert engine.history is engine.callbacks[1].records and len(engine.history) == 2
     assert summary["final"] == engine.history[-1]
-    assert summary["time_to_accuracy"] == engine.callbacks[2].reached and summary["time_to_accuracy"]["server_updates"] == 1
+    assert (
+        summary["time_to_accuracy"] == engine.callbacks[2].reached
+        and summary["time_to_accuracy"]["server_updates"] == 1
+    )

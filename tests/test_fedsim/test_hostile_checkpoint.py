@@ -18,12 +18,26 @@ import pytest
 import torch
 import yaml
 
+import fedsim.run  # noqa: F401  (imports fedsim's modules: their classes register for checkpoints)
 from fedsim.checkpoint import CHECKPOINT_NAME, CheckpointError, decode, encode, load_checkpoint, save_checkpoint
 from fedsim.cli import main
-import fedsim.run  # noqa: F401  (imports fedsim's modules: their classes register for checkpoints)
 
-BASE = ["--quiet", "--no-tensorboard", "--rounds", "3", "--executor", "serial", "--set", "data.num_clients=6",
-        "--set", "population.clients_per_round=3", "--set", "output.checkpoint_every=2", "--set", "eval.every=1"]
+BASE = [
+    "--quiet",
+    "--no-tensorboard",
+    "--rounds",
+    "3",
+    "--executor",
+    "serial",
+    "--set",
+    "data.num_clients=6",
+    "--set",
+    "population.clients_per_round=3",
+    "--set",
+    "output.checkpoint_every=2",
+    "--set",
+    "eval.every=1",
+]
 
 
 def _make_run(root: Path, name: str, *extra: str) -> Path:
@@ -40,8 +54,18 @@ def runs(tmp_path_factory):
         "fedavg": _make_run(root, "fedavg", "--strategy", "fedavg", "--seed", "3"),
         "other-seed": _make_run(root, "other-seed", "--strategy", "fedavg", "--seed", "4"),
         "same-config": _make_run(root, "same-config", "--strategy", "fedavg", "--seed", "3"),
-        "fedbuff": _make_run(root, "fedbuff", "--strategy", "fedbuff", "--seed", "3", "--set", "scheduler.concurrency=3",
-                             "--set", "scheduler.buffer_size=2"),
+        "fedbuff": _make_run(
+            root,
+            "fedbuff",
+            "--strategy",
+            "fedbuff",
+            "--seed",
+            "3",
+            "--set",
+            "scheduler.concurrency=3",
+            "--set",
+            "scheduler.buffer_size=2",
+        ),
     }
 
 
@@ -58,7 +82,9 @@ def _copy(source: Path, tmp_path: Path) -> Path:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 def _spill_dirs() -> set[str]:
@@ -145,9 +171,16 @@ def test_a_registered_class_with_an_extra_field_is_refused(run, tmp_path, capsys
 
 
 def test_a_client_state_store_gets_no_spill_dir_from_the_file(run, tmp_path, capsys):
-    store = {"__object__": "fedsim.state:ClientStateStore",
-             "state": {"__dict__": [["memory_limit", 0], ["states", [[0, torch.ones(4)], [1, torch.ones(4)]]],
-                                    ["spill_dir", str(tmp_path / "canary")]]}}
+    store = {
+        "__object__": "fedsim.state:ClientStateStore",
+        "state": {
+            "__dict__": [
+                ["memory_limit", 0],
+                ["states", [[0, torch.ones(4)], [1, torch.ones(4)]]],
+                ["spill_dir", str(tmp_path / "canary")],
+            ]
+        },
+    }
     _tamper(run, guard={"__dict__": [["first_failure", store]]})
     refused(capsys, tmp_path, run, "fedsim.state:ClientStateStore", "spill_dir")
 
@@ -155,7 +188,9 @@ def test_a_client_state_store_gets_no_spill_dir_from_the_file(run, tmp_path, cap
 def test_a_client_state_store_is_rebuilt_without_touching_disk(tmp_path):
     spills = _spill_dirs()
     state = {"memory_limit": 0, "states": [[0, torch.ones(4)], [1, torch.ones(4)]]}
-    store = decode({"__object__": "fedsim.state:ClientStateStore", "state": encode(state)}, spill_dir=str(tmp_path / "spill"))
+    store = decode(
+        {"__object__": "fedsim.state:ClientStateStore", "state": encode(state)}, spill_dir=str(tmp_path / "spill")
+    )
     assert len(store) == 2 and store.num_spilled == 0 and _spill_dirs() == spills and not (tmp_path / "spill").exists()
     with pytest.raises(CheckpointError, match="memory_limit"):
         decode({"__object__": "fedsim.state:ClientStateStore", "state": encode({"memory_limit": -1, "states": []})})
@@ -245,12 +280,15 @@ def _edit(out: Path, key: str, value) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("client.lr", 0.1, "client.lr was 0.05, now 0.1"),
-    ("seed", 4, "seed was 3, now 4"),
-    ("data.num_clients", 8, "data.num_clients was 6, now 8"),
-    ("task.hidden", 32, "task.hidden was 64, now 32"),  # the model's shape
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("client.lr", 0.1, "client.lr was 0.05, now 0.1"),
+        ("seed", 4, "seed was 3, now 4"),
+        ("data.num_clients", 8, "data.num_clients was 6, now 8"),
+        ("task.hidden", 32, "task.hidden was 64, now 32"),  # the model's shape
+    ],
+)
 def test_an_edited_config_is_refused_naming_the_key(run, tmp_path, capsys, key, value, expected):
     _edit(run, key, value)
     refused(capsys, tmp_path, run, "config.yaml changed since the checkpoint", expected)
@@ -290,7 +328,7 @@ def test_a_fingerprint_holding_a_tensor_is_refused(run, tmp_path, capsys):
     fingerprint = load_checkpoint(run / CHECKPOINT_NAME)["fingerprint"]
     fingerprint["config"]["client.lr"] = torch.ones(2)
     _tamper(run, fingerprint=fingerprint)
-    refused(capsys, tmp_path, run, "client.lr was \"tensor(")
+    refused(capsys, tmp_path, run, 'client.lr was "tensor(')
 
 
 # --------------------------------------------------------------------------- registering a class

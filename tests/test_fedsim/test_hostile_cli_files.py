@@ -19,23 +19,59 @@ import yaml
 from fedsim.cli import main
 from fedsim.config import ConfigError
 
-ROWS = [{"round": 0, "virtual_time": 0.0, "wall_time": 0.0, "train_loss": None, "test_loss": 2.6,
-         "test_accuracy": 0.07, "participants": 0, "updates": 0, "dropouts": 0},
-        {"round": 2, "virtual_time": 1.6, "wall_time": 1.5, "train_loss": 0.43, "test_loss": 2.3,
-         "test_accuracy": 0.25, "participants": 10, "updates": 20, "dropouts": 0}]
+ROWS = [
+    {
+        "round": 0,
+        "virtual_time": 0.0,
+        "wall_time": 0.0,
+        "train_loss": None,
+        "test_loss": 2.6,
+        "test_accuracy": 0.07,
+        "participants": 0,
+        "updates": 0,
+        "dropouts": 0,
+    },
+    {
+        "round": 2,
+        "virtual_time": 1.6,
+        "wall_time": 1.5,
+        "train_loss": 0.43,
+        "test_loss": 2.3,
+        "test_accuracy": 0.25,
+        "participants": 10,
+        "updates": 20,
+        "dropouts": 0,
+    },
+]
 
 
 def fake_run(folder: Path, seed: int = 0, **files: str) -> Path:
     """A run folder as a 2-round run writes it; ``files`` replace (text) or, when None, remove a file."""
     folder.mkdir(parents=True)
     contents = {
-        "config.yaml": yaml.safe_dump({"plugins": [], "seed": seed, "rounds": 2, "strategy": {"name": "fedavg"},
-                                       "output": {"out": str(folder)}}, sort_keys=False),
+        "config.yaml": yaml.safe_dump(
+            {"plugins": [], "seed": seed, "rounds": 2, "strategy": {"name": "fedavg"}, "output": {"out": str(folder)}},
+            sort_keys=False,
+        ),
         "metrics.jsonl": "".join(json.dumps(row) + "\n" for row in ROWS),
-        "rounds.jsonl": "".join(json.dumps({"round": r, "virtual_time": 0.8 * r, "participants": 10, "dropouts": 0,
-                                            "train_loss": 0.5, "staleness": 0.0}) + "\n" for r in (1, 2)),
-        "summary.json": json.dumps({"status": "completed", "rounds": 2, "dropouts": 0,
-                                    "final": ROWS[-1], "best_test_accuracy": 0.25}, indent=2) + "\n",
+        "rounds.jsonl": "".join(
+            json.dumps(
+                {
+                    "round": r,
+                    "virtual_time": 0.8 * r,
+                    "participants": 10,
+                    "dropouts": 0,
+                    "train_loss": 0.5,
+                    "staleness": 0.0,
+                }
+            )
+            + "\n"
+            for r in (1, 2)
+        ),
+        "summary.json": json.dumps(
+            {"status": "completed", "rounds": 2, "dropouts": 0, "final": ROWS[-1], "best_test_accuracy": 0.25}, indent=2
+        )
+        + "\n",
         "log.txt": "2026-01-01 00:00:00,000 INFO started\n",
         **files,
     }
@@ -105,8 +141,10 @@ def test_malformed_metrics_jsonl_is_one_line_naming_it(tmp_path, capsys, command
 
 
 @pytest.mark.parametrize("command", ["table", "plot"])
-@pytest.mark.parametrize("name, what", [("metrics.jsonl", "is a directory"), ("config.yaml", "is a directory"),
-                                        ("summary.json", "is a directory")])
+@pytest.mark.parametrize(
+    "name, what",
+    [("metrics.jsonl", "is a directory"), ("config.yaml", "is a directory"), ("summary.json", "is a directory")],
+)
 def test_a_folder_named_like_a_run_file_is_one_line(tmp_path, capsys, command, name, what):
     good = fake_run(tmp_path / "good")
     bad = fake_run(tmp_path / "bad", seed=1)
@@ -117,9 +155,14 @@ def test_a_folder_named_like_a_run_file_is_one_line(tmp_path, capsys, command, n
 
 
 @pytest.mark.parametrize("command", ["table", "plot"])
-@pytest.mark.parametrize("text, needle", [("strategy: [fedavg\n", "is not valid YAML"),
-                                          ("- a\n- list\n", "must hold a mapping at top level, got list"),
-                                          ("just a string\n", "got str")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("strategy: [fedavg\n", "is not valid YAML"),
+        ("- a\n- list\n", "must hold a mapping at top level, got list"),
+        ("just a string\n", "got str"),
+    ],
+)
 def test_malformed_config_yaml_is_one_line(tmp_path, capsys, command, text, needle):
     bad = fake_run(tmp_path / "bad", **{"config.yaml": text})
     assert main(compare(command, [fake_run(tmp_path / "good"), bad], tmp_path)) == 2
@@ -128,9 +171,15 @@ def test_malformed_config_yaml_is_one_line(tmp_path, capsys, command, text, need
 
 
 @pytest.mark.parametrize("command", ["table", "plot"])
-@pytest.mark.parametrize("text, needle", [("{not json", "is not valid JSON"), ("[1, 2]", "expected a JSON object"),
-                                          ('{"dropouts": "many"}', "'dropouts' is \"many\""),
-                                          ('{"status": 5}', "'status' is 5, expected a string")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"dropouts": "many"}', "'dropouts' is \"many\""),
+        ('{"status": 5}', "'status' is 5, expected a string"),
+    ],
+)
 def test_malformed_summary_json_is_one_line(tmp_path, capsys, command, text, needle):
     bad = fake_run(tmp_path / "bad", **{"summary.json": text})
     assert main(compare(command, [bad], tmp_path)) == 2
@@ -172,9 +221,14 @@ def test_a_file_instead_of_a_run_folder_is_one_line(tmp_path, capsys, command):
 
 
 def test_nan_and_infinity_read_as_missing_values(tmp_path, capsys):
-    run = fake_run(tmp_path / "run", **{"metrics.jsonl": '{"round": 0, "test_accuracy": NaN}\n'
-                                                           '{"round": 1, "test_accuracy": 1e400}\n'
-                                                           '{"round": 2, "test_accuracy": 0.5}\n'})
+    run = fake_run(
+        tmp_path / "run",
+        **{
+            "metrics.jsonl": '{"round": 0, "test_accuracy": NaN}\n'
+            '{"round": 1, "test_accuracy": 1e400}\n'
+            '{"round": 2, "test_accuracy": 0.5}\n'
+        },
+    )
     assert main(["table", str(run)]) == 0
     assert "| 1 | 0.5000 | 0.5000 |" in capsys.readouterr().out  # not nan, not inf
 
@@ -194,8 +248,10 @@ def test_table_target_must_be_finite(tmp_path, capsys):
     one_error_line(capsys, "--target must be a finite number")
 
 
-@pytest.mark.parametrize("out, needle", [(".", "is a folder"), ("afile/p.png", "is a file, not a folder"),
-                                         ("p.xyz", "unknown image format '.xyz'")])
+@pytest.mark.parametrize(
+    "out, needle",
+    [(".", "is a folder"), ("afile/p.png", "is a file, not a folder"), ("p.xyz", "unknown image format '.xyz'")],
+)
 def test_plot_out_is_checked_before_drawing(tmp_path, capsys, out, needle):
     run = fake_run(tmp_path / "run")
     (tmp_path / "afile").write_text("keep me")
@@ -295,7 +351,11 @@ PLUGINS = {
     "raises": ('raise RuntimeError("boom")\n', "RuntimeError: boom", 1),
     "syntax": ("x = 1\ndef f(:\n", "SyntaxError: ", 2),
     "exits_0": ("import sys\nsys.exit(0)\n", "it called sys.exit(0)", 2),
-    "imports_missing": ("import does_not_exist_anywhere_42\n", "ModuleNotFoundError: No module named 'does_not_exist_anywhere_42'", 1),
+    "imports_missing": (
+        "import does_not_exist_anywhere_42\n",
+        "ModuleNotFoundError: No module named 'does_not_exist_anywhere_42'",
+        1,
+    ),
 }
 
 
@@ -339,7 +399,9 @@ def test_a_failing_entry_point_plugin_is_one_line(monkeypatch, plugin_dir, capsy
 
     name = plugin_dir("hostile_entry_point", "import sys\nsys.exit(0)\n")
     entry = importlib.metadata.EntryPoint(name="hostile", value=name, group=plugins.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [entry] if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(
+        plugins.metadata, "entry_points", lambda group: [entry] if group == plugins.ENTRY_POINT_GROUP else []
+    )
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
     assert main(["list"]) == 2
     one_error_line(capsys, "plugin entry point 'hostile'", "failed to load: it called sys.exit(0)")
@@ -347,8 +409,9 @@ def test_a_failing_entry_point_plugin_is_one_line(monkeypatch, plugin_dir, capsy
 
 def test_resume_with_a_failing_plugin_keeps_the_traceback_in_log_txt(plugin_dir, tmp_path, capsys):
     name = plugin_dir("hostile_resume_plugin", "def register():\n    raise RuntimeError('no')\nregister()\n")
-    run = fake_run(tmp_path / "run", **{"summary.json": None,
-                                        "config.yaml": yaml.safe_dump({"plugins": [name], "rounds": 2})})
+    run = fake_run(
+        tmp_path / "run", **{"summary.json": None, "config.yaml": yaml.safe_dump({"plugins": [name], "rounds": 2})}
+    )
     assert main(["run", "--resume", str(run)]) == 2
     one_error_line(capsys, f"plugin {name} failed to import: RuntimeError: no")
     log = (run / "log.txt").read_text()

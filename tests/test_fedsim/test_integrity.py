@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import pickle
 import signal
 import subprocess
@@ -96,8 +95,13 @@ def test_malicious_fedscale_device_file_is_refused_without_running_code(tmp_path
 
 
 def test_safe_unpickler_admits_plain_data_and_numpy(tmp_path):
-    data = {"a": [1, 2.5, "x", b"y", None, True], "t": (1, 2), "s": {1, 2}, "arr": np.arange(6).reshape(2, 3),
-            "f32": np.float32(1.5)}
+    data = {
+        "a": [1, 2.5, "x", b"y", None, True],
+        "t": (1, 2),
+        "s": {1, 2},
+        "arr": np.arange(6).reshape(2, 3),
+        "f32": np.float32(1.5),
+    }
     path = tmp_path / "ok.pkl"
     path.write_bytes(pickle.dumps(data))
     loaded = safe_load(path)
@@ -105,14 +109,17 @@ def test_safe_unpickler_admits_plain_data_and_numpy(tmp_path):
     assert loaded["a"] == data["a"] and loaded["s"] == {1, 2} and loaded["f32"] == 1.5
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "truncated or empty"),
-    (pickle.dumps({"data": [1, 2, 3]})[:-5], "truncated"),
-    (b"not a pickle at all", "not a readable data pickle"),
-    (pickle.dumps([1, 2, 3]), "expected a dict"),
-    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "missing key 'labels'"),
-    (pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), "3072 pixels"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "truncated or empty"),
+        (pickle.dumps({"data": [1, 2, 3]})[:-5], "truncated"),
+        (b"not a pickle at all", "not a readable data pickle"),
+        (pickle.dumps([1, 2, 3]), "expected a dict"),
+        (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "missing key 'labels'"),
+        (pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), "3072 pixels"),
+    ],
+)
 def test_broken_cifar10_batches_fail_with_one_line_naming_the_file(tmp_path, content, message):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (tmp_path / name).write_bytes(content)
@@ -146,8 +153,20 @@ def test_leaf_json_missing_a_key_or_not_json_fails_with_one_line(tmp_path):
 
 def test_bad_data_file_through_the_cli_is_exit_2_and_one_line(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps({"users": ["u1"]}))
-    code, err = run_cli(capsys, "--task", "femnist", "--set", f"task.path={tmp_path}", "--set", "data.num_clients=1",
-                        "--set", "population.clients_per_round=1", "--out", str(tmp_path / "run"), "--quiet")
+    code, err = run_cli(
+        capsys,
+        "--task",
+        "femnist",
+        "--set",
+        f"task.path={tmp_path}",
+        "--set",
+        "data.num_clients=1",
+        "--set",
+        "population.clients_per_round=1",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert code == 2
     assert "a.json: missing key 'user_data'" in one_line_error(err)
     assert not (tmp_path / "run").exists()  # nothing written for bad input
@@ -260,14 +279,32 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, small_config):
 
 def test_saved_config_is_resolved_and_rerunning_it_makes_a_new_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = load_config(overrides=["strategy.name=fedau", "strategy.server_optimizer=adam", "rounds=2",
-                                    "task.name=digits", "data.num_clients=20", "eval.every=1",
-                                    "output.progress=false", "output.tensorboard=false"])
+    config = load_config(
+        overrides=[
+            "strategy.name=fedau",
+            "strategy.server_optimizer=adam",
+            "rounds=2",
+            "task.name=digits",
+            "data.num_clients=20",
+            "eval.every=1",
+            "output.progress=false",
+            "output.tensorboard=false",
+        ]
+    )
     summary, out = run_experiment(config, out_dir="first", argv=["fedsim", "run", "--strategy", "fedau"])
     saved = yaml.safe_load((out / "config.yaml").read_text())
     # Adam swapped into fedau runs at Adam's own lr, and the saved config says so
-    assert saved["strategy"] == {"name": "fedau", "weighting": "fedau", "server_optimizer": "adam", "cutoff": None,
-                                 "server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, "bias_correction": False}
+    assert saved["strategy"] == {
+        "name": "fedau",
+        "weighting": "fedau",
+        "server_optimizer": "adam",
+        "cutoff": None,
+        "server_lr": 0.01,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 1e-3,
+        "bias_correction": False,
+    }
     assert saved["data"]["partition"] == "dirichlet"  # "auto" resolved
     assert saved["task"] == {"name": "digits", "model": "mlp", "hidden": 64, "dropout": 0.0}
     assert saved["output"]["out"] is None
@@ -276,10 +313,14 @@ def test_saved_config_is_resolved_and_rerunning_it_makes_a_new_folder(tmp_path, 
     again = load_config(Path("first/config.yaml"))
     summary2, out2 = run_experiment(again)
     assert out2 != out and out2.parent.name == "runs"
-    strip = [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
-             for line in (out / "metrics.jsonl").read_text().splitlines()]
-    strip2 = [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
-              for line in (out2 / "metrics.jsonl").read_text().splitlines()]
+    strip = [
+        {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
+    strip2 = [
+        {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+        for line in (out2 / "metrics.jsonl").read_text().splitlines()
+    ]
     assert strip == strip2
 
 
@@ -315,8 +356,19 @@ def failing_client():
 def test_a_round_in_which_every_job_fails_stops_with_status_failed(tmp_path, capsys, failing_client):
     name = failing_client(RuntimeError)
     out = tmp_path / "run"
-    code, err = run_cli(capsys, "--rounds", "5", "--quiet", "--no-tensorboard", "--out", str(out),
-                        "--set", f"client.algorithm={name}", "--set", "data.num_clients=20")
+    code, err = run_cli(
+        capsys,
+        "--rounds",
+        "5",
+        "--quiet",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+        "--set",
+        f"client.algorithm={name}",
+        "--set",
+        "data.num_clients=20",
+    )
     assert code == 1
     line = [x for x in err.splitlines() if x.startswith("fedsim:")]
     assert line == [line[0]] and "every job of update 1 failed" in line[0]
@@ -342,8 +394,9 @@ class _HalfFailingClient(LocalSGD):
 def test_more_failures_than_max_dropout_fraction_stop_the_run(small_config, fraction, status):
     CLIENTS.register("test_integrity_flaky", "test only")(_HalfFailingClient)
     try:
-        config = small_config(rounds=8, client={"algorithm": "test_integrity_flaky"},
-                              stop={"max_dropout_fraction": fraction})
+        config = small_config(
+            rounds=8, client={"algorithm": "test_integrity_flaky"}, stop={"max_dropout_fraction": fraction}
+        )
         experiment = build(config)
         summary = experiment.run()
     finally:
@@ -367,8 +420,19 @@ def test_a_programming_error_in_a_client_is_not_a_dropout(tmp_path, small_config
 
 def test_a_programming_error_through_the_cli_is_exit_1_with_one_line(tmp_path, capsys, failing_client):
     name = failing_client(AttributeError)
-    code, err = run_cli(capsys, "--rounds", "2", "--quiet", "--no-tensorboard", "--out", str(tmp_path / "run"),
-                        "--set", f"client.algorithm={name}", "--set", "data.num_clients=20")
+    code, err = run_cli(
+        capsys,
+        "--rounds",
+        "2",
+        "--quiet",
+        "--no-tensorboard",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"client.algorithm={name}",
+        "--set",
+        "data.num_clients=20",
+    )
     assert code == 1
     assert "AttributeError: injected failure" in one_line_error(err)
 
@@ -414,10 +478,25 @@ def test_nan_logits_give_no_accuracy(small_config):
 
 def _start_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fedsim", "run", "--rounds", "100000", "--quiet", "--no-tensorboard",
-           "--out", str(out), "--set", "data.num_clients=20", "--set", "eval.every=1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedsim",
+        "run",
+        "--rounds",
+        "100000",
+        "--quiet",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+        "--set",
+        "data.num_clients=20",
+        "--set",
+        "eval.every=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     metrics = out / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):  # round 0 (initial model), 1, 2
@@ -457,7 +536,10 @@ def test_executors_leave_the_driver_threads_and_rng_as_they_found_them(small_con
     try:
         torch.manual_seed(1234)
         before = torch.get_rng_state()
-        for executor, task in (("serial", {"name": "digits", "model": "cnn", "dropout": 0.3}), ("vmap", {"name": "digits"})):
+        for executor, task in (
+            ("serial", {"name": "digits", "model": "cnn", "dropout": 0.3}),
+            ("vmap", {"name": "digits"}),
+        ):
             experiment = build(small_config(rounds=2, executor={"name": executor, "threads": 1}, task=task))
             experiment.run()
             assert torch.get_num_threads() == 3, executor
@@ -467,9 +549,14 @@ def test_executors_leave_the_driver_threads_and_rng_as_they_found_them(small_con
 
 
 def _dropout_config(small_config, **overrides: Any):
-    return small_config(rounds=2, task={"name": "digits", "model": "cnn", "dropout": 0.5},
-                        data={"num_clients": 10, "partition": "iid"}, population={"clients_per_round": 4},
-                        client={"local_steps": 3}, **overrides)
+    return small_config(
+        rounds=2,
+        task={"name": "digits", "model": "cnn", "dropout": 0.5},
+        data={"num_clients": 10, "partition": "iid"},
+        population={"clients_per_round": 4},
+        client={"local_steps": 3},
+        **overrides,
+    )
 
 
 def test_dropout_draws_from_the_job_seed_not_the_global_rng(small_config):
@@ -480,9 +567,15 @@ def test_dropout_draws_from_the_job_seed_not_the_global_rng(small_config):
         experiment.run()
         runs.append(experiment.engine.state.params)
     assert torch.equal(runs[0], runs[1])
-    no_dropout = build(small_config(rounds=2, task={"name": "digits", "model": "cnn"},
-                                    data={"num_clients": 10, "partition": "iid"}, population={"clients_per_round": 4},
-                                    client={"local_steps": 3}))
+    no_dropout = build(
+        small_config(
+            rounds=2,
+            task={"name": "digits", "model": "cnn"},
+            data={"num_clients": 10, "partition": "iid"},
+            population={"clients_per_round": 4},
+            client={"local_steps": 3},
+        )
+    )
     no_dropout.run()
     assert not torch.equal(runs[0], no_dropout.engine.state.params)  # dropout really was active
 
@@ -516,8 +609,10 @@ if _BuggyClient.name not in CLIENTS:  # Ray actors import this module too (it re
 @pytest.mark.slow
 def test_a_programming_error_on_ray_is_not_a_dropout(tmp_path, small_config):
     with pytest.raises(RunFailed, match="NameError"):
-        run_experiment(small_config(rounds=2, client={"algorithm": _BuggyClient.name},
-                                    executor={"name": "ray", "workers": 1}), out_dir=tmp_path / "run")
+        run_experiment(
+            small_config(rounds=2, client={"algorithm": _BuggyClient.name}, executor={"name": "ray", "workers": 1}),
+            out_dir=tmp_path / "run",
+        )
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
@@ -525,12 +620,15 @@ def test_a_programming_error_on_ray_is_not_a_dropout(tmp_path, small_config):
 
 
 def test_the_final_model_loads_in_three_lines_of_pytorch(tmp_path, small_config):
-    config = small_config(rounds=2, task={"name": "digits", "model": "cnn"}, data={"num_clients": 10, "partition": "iid"})
+    config = small_config(
+        rounds=2, task={"name": "digits", "model": "cnn"}, data={"num_clients": 10, "partition": "iid"}
+    )
     summary, out = run_experiment(config, out_dir=tmp_path / "run")
     x, _ = build(config).task.data.global_test()
 
     # the three lines the README shows
     import torch as torch_  # noqa: PLC0415
+
     model = torch_.export.load(str(out / "model.pt2")).module()
     predictions = model(x).argmax(dim=1)
 

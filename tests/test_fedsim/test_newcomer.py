@@ -24,8 +24,12 @@ def test_a_setting_that_follows_from_the_strategy_is_not_a_column_or_a_label():
 
 
 def test_independent_settings_stay_and_label_as_key_value_pairs():
-    runs = [_run("a", "fedau", "fedau", [0.1, 0.5], alpha=0.1), _run("b", "fedau", "fedau", [0.1, 0.5], alpha=1.0),
-            _run("c", "fedavg", "samples", [0.1, 0.6], alpha=0.1), _run("d", "fedavg", "samples", [0.1, 0.6], alpha=1.0)]
+    runs = [
+        _run("a", "fedau", "fedau", [0.1, 0.5], alpha=0.1),
+        _run("b", "fedau", "fedau", [0.1, 0.5], alpha=1.0),
+        _run("c", "fedavg", "samples", [0.1, 0.6], alpha=0.1),
+        _run("d", "fedavg", "samples", [0.1, 0.6], alpha=1.0),
+    ]
     keys, groups = group_runs(runs)
     shown = shown_keys(keys, runs)
     assert shown == ["data.alpha", "strategy.name"]
@@ -63,10 +67,28 @@ def test_a_sweeps_console_shows_its_lines_without_info_or_bars(tmp_path, capsys)
     logger = logging.getLogger("fedsim")
     before = list(logger.handlers)
     try:
-        assert main(["run", "--sweep", "seed=1,2", "--rounds", "1", "--set", "data.num_clients=6", "--set", "population.clients_per_round=3",
-                     "--set", "eval.every=1", "--out", str(tmp_path / "sweep")]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--sweep",
+                    "seed=1,2",
+                    "--rounds",
+                    "1",
+                    "--set",
+                    "data.num_clients=6",
+                    "--set",
+                    "population.clients_per_round=3",
+                    "--set",
+                    "eval.every=1",
+                    "--out",
+                    str(tmp_path / "sweep"),
+                ]
+            )
+            == 0
+        )
     finally:
-        for handler in logger.handlers[len(before):]:
+        for handler in logger.handlers[len(before) :]:
             logger.removeHandler(handler)
     captured = capsys.readouterr()
     console = captured.out + captured.err

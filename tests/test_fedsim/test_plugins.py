@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXTENDING = (REPO / "docs" / "pages" / "extending.md").read_text()
 
 # a plugin task: the synthetic task with few features (Ray actors must import it to build their data)
-TASK_PLUGIN = textwrap.dedent('''
+TASK_PLUGIN = textwrap.dedent("""
     import dataclasses
     from fedsim.tasks import TASKS
     from fedsim.tasks.synthetic import build_synthetic
@@ -28,16 +28,27 @@ TASK_PLUGIN = textwrap.dedent('''
     @TASKS.register("tiny_plugin_task", "synthetic data with 5 features (test plugin)")
     def tiny(spec):
         return build_synthetic(dataclasses.replace(spec, options={"num_features": 5, **spec.options}))
-''')
-FAST = ["--rounds", "2", "--quiet", "--no-tensorboard", "--set", "data.num_clients=12",
-        "--set", "population.clients_per_round=3", "--set", "task.max_test_clients=12"]
+""")
+FAST = [
+    "--rounds",
+    "2",
+    "--quiet",
+    "--no-tensorboard",
+    "--set",
+    "data.num_clients=12",
+    "--set",
+    "population.clients_per_round=3",
+    "--set",
+    "task.max_test_clients=12",
+]
 
 
 def fedsim(args: list[str], cwd: Path, timeout: float = 240, env: dict[str, str] | None = None):
     """``python -m fedsim ARGS`` run from ``cwd`` (outside the repository), as a user would."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "fedsim", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 def readme_extending_example() -> tuple[str, str, list[str]]:
@@ -70,9 +81,11 @@ def test_readme_extending_example_works_verbatim_outside_the_repository(tmp_path
 
 def test_plugin_errors_are_one_line(tmp_path):
     (tmp_path / "broken_plugin.py").write_text("import does_not_exist_anywhere\n")
-    for plugin, needle in [("no_such_plugin", "no module named 'no_such_plugin'"),
-                           ("broken_plugin", "plugin broken_plugin failed to import: ModuleNotFoundError"),
-                           ("broken_plugin.py", "is a path")]:
+    for plugin, needle in [
+        ("no_such_plugin", "no module named 'no_such_plugin'"),
+        ("broken_plugin", "plugin broken_plugin failed to import: ModuleNotFoundError"),
+        ("broken_plugin.py", "is a path"),
+    ]:
         proc = fedsim(["run", "--plugin", plugin, "--dry-run"], tmp_path, timeout=120)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
@@ -82,36 +95,78 @@ def test_plugin_errors_are_one_line(tmp_path):
 def test_plugin_task_on_ray_actors_gives_the_serial_model(tmp_path):
     (tmp_path / "my_task.py").write_text(TASK_PLUGIN)
     out = tmp_path / "ray"
-    proc = fedsim(["run", "--plugin", "my_task", "--task", "tiny_plugin_task", "--executor", "ray", "--workers", "1",
-                   "--set", "data.partition=natural", "--out", str(out), *FAST], tmp_path, timeout=280)
+    proc = fedsim(
+        [
+            "run",
+            "--plugin",
+            "my_task",
+            "--task",
+            "tiny_plugin_task",
+            "--executor",
+            "ray",
+            "--workers",
+            "1",
+            "--set",
+            "data.partition=natural",
+            "--out",
+            str(out),
+            *FAST,
+        ],
+        tmp_path,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr
     # the same data without the plugin, computed serially in this process
-    assert main(["run", "--task", "synthetic", "--set", "task.num_features=5", "--executor", "serial",
-                 "--set", "data.partition=natural",
-                 "--out", str(tmp_path / "serial"), *FAST]) == 0
-    ray_rows, serial_rows = ([{k: v for k, v in json.loads(line).items() if k != "wall_time"}
-                              for line in (folder / "metrics.jsonl").read_text().splitlines()]
-                             for folder in (out, tmp_path / "serial"))
+    assert (
+        main(
+            [
+                "run",
+                "--task",
+                "synthetic",
+                "--set",
+                "task.num_features=5",
+                "--executor",
+                "serial",
+                "--set",
+                "data.partition=natural",
+                "--out",
+                str(tmp_path / "serial"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    ray_rows, serial_rows = (
+        [
+            {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()
+        ]
+        for folder in (out, tmp_path / "serial")
+    )
     assert ray_rows == serial_rows  # the actor imported the plugin and built the same data
 
 
 def test_entry_point_plugins_are_loaded(tmp_path):
     site = tmp_path / "site"
     (site / "ep_plugin_pkg").mkdir(parents=True)
-    (site / "ep_plugin_pkg" / "__init__.py").write_text(textwrap.dedent('''
+    (site / "ep_plugin_pkg" / "__init__.py").write_text(
+        textwrap.dedent("""
         from strategies.weighting import WEIGHTINGS, WeightedAverage
         import numpy as np
 
         @WEIGHTINGS.register("entry_point_uniform", "test: registered through an entry point")
         def entry_point_uniform():
             return WeightedAverage(lambda results, population: np.full(len(results), 1.0 / len(results)))
-    '''))
+    """)
+    )
     dist = site / "ep_plugin_pkg-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin-pkg\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[fedsim.plugins]\nep = ep_plugin_pkg\n")
     env = {"PYTHONPATH": str(site)}
-    proc = fedsim(["run", "--set", "strategy.weighting=entry_point_uniform", "--dry-run"], tmp_path, timeout=120, env=env)
+    proc = fedsim(
+        ["run", "--set", "strategy.weighting=entry_point_uniform", "--dry-run"], tmp_path, timeout=120, env=env
+    )
     assert proc.returncode == 0 and "entry_point_uniform" in proc.stdout, proc.stderr
 
 

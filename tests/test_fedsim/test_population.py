@@ -127,7 +127,7 @@ def test_markov_stationary_rate_and_run_lengths():
     model = MarkovParticipation(p, MARKOV_Q, seed=0)
     active = pattern(model, rounds)
     for i, target in enumerate(MARKOV_P):
-        cols = active[:, i * per:(i + 1) * per]
+        cols = active[:, i * per : (i + 1) * per]
         join, leave = markov_leave_prob(target, MARKOV_Q)
         lam = 1 - join - leave  # autocorrelation of the chain inflates the variance
         std = np.sqrt(target * (1 - target) / (rounds * per) * (1 + lam) / (1 - lam))
@@ -207,7 +207,7 @@ def test_cyclic_closed_form_matches_counter_loop_and_realised_rate():
     cycle = model.active_len + model.inactive_len
     # Over whole cycles after the phase, the rate is exactly A / (A + B).
     for n in range(30):
-        window = got[model.phase[n]: model.phase[n] + 5 * cycle[n], n]
+        window = got[model.phase[n] : model.phase[n] + 5 * cycle[n], n]
         assert window.mean() == pytest.approx(model.probabilities[n])
 
 
@@ -297,11 +297,14 @@ def test_factories_use_heterogeneous_probabilities(name):
     assert model.participants(0).dtype == np.int64
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: BernoulliParticipation(p, seed=0),
-    lambda p: MarkovParticipation(p, 0.05, seed=0),
-    lambda p: CyclicParticipation(p, 100, seed=0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: BernoulliParticipation(p, seed=0),
+        lambda p: MarkovParticipation(p, 0.05, seed=0),
+        lambda p: CyclicParticipation(p, 100, seed=0),
+    ],
+)
 def test_large_population_is_fast_and_compact(make):
     n = 100_000
     p = np.random.default_rng(0).uniform(0.02, 0.3, n)

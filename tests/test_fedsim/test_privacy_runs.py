@@ -71,8 +71,9 @@ def test_reported_epsilon_is_dp_accountings_for_poisson_sampling(tmp_path):
     summary, out = run_experiment(cfg, out_dir=tmp_path / "run")
     q, z, delta = 0.1, 2.0, 1.0 / 30**1.1
     accountant = pld.PLDAccountant()
-    accountant.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), 3))
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), 3)
+    )
     expected = accountant.get_epsilon(delta)
     privacy = json.loads((out / "summary.json").read_text())["privacy"]
     assert privacy["epsilon"] == pytest.approx(expected, rel=1e-9)
@@ -89,11 +90,18 @@ def test_fixed_size_cohorts_are_accounted_with_rdp_sampling_without_replacement(
     cfg = config(CENTRAL, {"privacy": {"noise_multiplier": 2.0, "delta": 1e-3}}, rounds=2)
     summary, _ = run_experiment(cfg, out_dir=tmp_path / "run")
     accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.SampledWithoutReplacementDpEvent(20, 5, dp_accounting.GaussianDpEvent(1.0)), 2))
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.SampledWithoutReplacementDpEvent(20, 5, dp_accounting.GaussianDpEvent(1.0)), 2
+        )
+    )
     privacy = summary["privacy"]
     assert privacy["epsilon"] == pytest.approx(accountant.get_epsilon(1e-3), rel=1e-9)
-    assert (privacy["sampling"], privacy["sampling_rate"], privacy["accountant"]) == ("fixed_size", 0.25, "dp-accounting RDP")
+    assert (privacy["sampling"], privacy["sampling_rate"], privacy["accountant"]) == (
+        "fixed_size",
+        0.25,
+        "dp-accounting RDP",
+    )
 
 
 def test_a_target_epsilon_run_spends_at_most_that_epsilon(tmp_path):
@@ -101,8 +109,15 @@ def test_a_target_epsilon_run_spends_at_most_that_epsilon(tmp_path):
     summary, _ = run_experiment(cfg, out_dir=tmp_path / "run")
     privacy = summary["privacy"]
     assert 0.97 * 3.0 <= privacy["epsilon"] <= 3.0
-    more_noise, _ = run_experiment(config(POISSON, CENTRAL, {"privacy": {
-        "noise_multiplier": privacy["noise_multiplier"] * 1.5, "accountant": "rdp"}}, rounds=3), out_dir=tmp_path / "more")
+    more_noise, _ = run_experiment(
+        config(
+            POISSON,
+            CENTRAL,
+            {"privacy": {"noise_multiplier": privacy["noise_multiplier"] * 1.5, "accountant": "rdp"}},
+            rounds=3,
+        ),
+        out_dir=tmp_path / "more",
+    )
     assert more_noise["privacy"]["epsilon"] < privacy["epsilon"]
 
 
@@ -110,8 +125,14 @@ def test_a_target_epsilon_run_spends_at_most_that_epsilon(tmp_path):
 
 
 def test_fedbuff_with_central_dp_runs_without_sampling_amplification(tmp_path):
-    cfg = config({"strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6},
-                  "privacy": {"mode": "central", "clip": 0.5, "accountant": "rdp"}}, rounds=3)
+    cfg = config(
+        {
+            "strategy": {"name": "fedbuff"},
+            "scheduler": {"buffer_size": 3, "concurrency": 6},
+            "privacy": {"mode": "central", "clip": 0.5, "accountant": "rdp"},
+        },
+        rounds=3,
+    )
     experiment = build(cfg)
     assert experiment.engine.strategy.aggregator.cohort == 3.0  # D = the buffer size
     summary = experiment.run()
@@ -126,8 +147,16 @@ def test_fedbuff_with_central_dp_runs_without_sampling_amplification(tmp_path):
 # ---------------------------------------------------------------- executors
 
 
-ADAPTIVE_PER_LAYER = {"privacy": {"mode": "central", "clip": 0.05, "clipping": "per_layer_normalized",
-                                  "layer_budget": "dimension", "adaptive": True, "count_noise": 2.0}}
+ADAPTIVE_PER_LAYER = {
+    "privacy": {
+        "mode": "central",
+        "clip": 0.05,
+        "clipping": "per_layer_normalized",
+        "layer_budget": "dimension",
+        "adaptive": True,
+        "count_noise": 2.0,
+    }
+}
 # RDP: dp-accounting's PLD takes seconds per evaluation for local DP's small per-release z (z / 2)
 LOCAL = {"privacy": {"mode": "local", "clip": 0.05, "noise_multiplier": 0.5, "accountant": "rdp"}}
 
@@ -164,8 +193,14 @@ def test_local_dp_adds_noise_of_the_configured_scale():
 def test_an_adaptive_dp_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
     # NOTE: resuming needs ServerState.transforms (adaptive clipping's {"clip": C}) in the checkpoint;
     # if fedsim/checkpoint.py moves to a registry of checkpointable classes, they must be registered.
-    cfg = config(POISSON, CENTRAL, ADAPTIVE_PER_LAYER, {"privacy": {"noise_multiplier": 0.8, "accountant": "rdp"}}, rounds=4,
-                 output={"checkpoint_every": 2, "progress": False, "tensorboard": False})
+    cfg = config(
+        POISSON,
+        CENTRAL,
+        ADAPTIVE_PER_LAYER,
+        {"privacy": {"noise_multiplier": 0.8, "accountant": "rdp"}},
+        rounds=4,
+        output={"checkpoint_every": 2, "progress": False, "tensorboard": False},
+    )
     out = tmp_path / "run"
     summary, _ = run_experiment(cfg, out_dir=out)
     assert summary["status"] == "completed"
@@ -192,8 +227,14 @@ BAD = [
     (["--set", "privacy.delta=0"], "privacy.delta"),
     (["--set", "privacy.delta=1"], "privacy.delta"),
     (["--set", "privacy.delta=0.1"], "privacy.delta (0.1) must be < 1/num_clients"),
-    (["--set", "privacy.noise_multiplier=1", "--set", "privacy.target_epsilon=1"], "noise_multiplier or target_epsilon"),
-    (["--rounds", "1000", "--set", "privacy.target_epsilon=1e-6", "--set", "privacy.delta=1e-5"], "privacy.target_epsilon: 1e-06 is not reached"),
+    (
+        ["--set", "privacy.noise_multiplier=1", "--set", "privacy.target_epsilon=1"],
+        "noise_multiplier or target_epsilon",
+    ),
+    (
+        ["--rounds", "1000", "--set", "privacy.target_epsilon=1e-6", "--set", "privacy.delta=1e-5"],
+        "privacy.target_epsilon: 1e-06 is not reached",
+    ),
     (["--set", "privacy.adaptive=true", "--set", "privacy.count_noise=0.1"], "privacy.count_noise"),
     (["--set", "strategy.weighting=samples"], "strategy.weighting 'samples' is not differentially private"),
     (["--strategy", "fedau"], "privacy.mode central: strategy 'fedau'"),
@@ -205,8 +246,22 @@ BAD = [
 
 @pytest.mark.parametrize("args, expected", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_privacy_input_is_one_line_naming_the_field(tmp_path, capsys, args, expected):
-    argv = ["run", "--strategy", "dp-fedavg", "--rounds", "2", "--quiet", "--no-tensorboard", "--out", str(tmp_path / "r"),
-            "--set", "data.num_clients=20", "--set", "privacy.mode=central", *args]
+    argv = [
+        "run",
+        "--strategy",
+        "dp-fedavg",
+        "--rounds",
+        "2",
+        "--quiet",
+        "--no-tensorboard",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "data.num_clients=20",
+        "--set",
+        "privacy.mode=central",
+        *args,
+    ]
     code = main(argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]

@@ -110,7 +110,9 @@ def local_ray(_ray_module, monkeypatch):
 def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray, small_config):
     reference, params, _ = history(build(small_config(executor={"threads": 1})))
     for workers in (1, 2):
-        experiment = build(small_config(executor={"name": "ray", "workers": workers, "threads": 1, "ray_inner": "serial"}))
+        experiment = build(
+            small_config(executor={"name": "ray", "workers": workers, "threads": 1, "ray_inner": "serial"})
+        )
         executor = experiment.executor
         assert len(executor.actor_nodes) == workers
         rows, final, summary = history(experiment)
@@ -125,12 +127,17 @@ def test_serial_and_ray_with_1_and_2_workers_are_bit_identical(local_ray, small_
 @pytest.mark.parametrize("strategy", ["scaffold", "fedspeed"])
 def test_stateful_algorithms_on_ray_are_bit_identical_to_serial(local_ray, small_config, strategy):
     """Client state travels per job, SCAFFOLD's c once per version; results equal serial bit for bit."""
-    values = {"strategy": {"name": strategy}, "population": {"participation": "uniform", "clients_per_round": 8},
-              "data": {"num_clients": 10}, "executor": {"threads": 1}}
+    values = {
+        "strategy": {"name": strategy},
+        "population": {"participation": "uniform", "clients_per_round": 8},
+        "data": {"num_clients": 10},
+        "executor": {"threads": 1},
+    }
     reference = build(small_config(**values))
     rows_ref, params_ref, _ = history(reference)
-    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1,
-                                                              "ray_inner": "serial"}})))
+    experiment = build(
+        small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1, "ray_inner": "serial"}}))
+    )
     rows, params, summary = history(experiment)
     assert rows == rows_ref and torch.equal(params, params_ref) and summary["dropouts"] == 0
     states = experiment.engine.client_states
@@ -145,11 +152,17 @@ def test_stateful_algorithms_on_ray_are_bit_identical_to_serial(local_ray, small
 @pytest.mark.parametrize("algorithm", ["apfl", "fedrep"])
 def test_personal_state_on_ray_is_bit_identical_to_serial(local_ray, small_config, algorithm):
     """Personal models (APFL's v and alpha, FedRep's head) travel per job; per-client evaluation agrees."""
-    values = {"client": {"algorithm": algorithm}, "eval": {"per_client": True}, "data": {"num_clients": 10},
-              "population": {"participation": "uniform", "clients_per_round": 8}, "executor": {"threads": 1}}
+    values = {
+        "client": {"algorithm": algorithm},
+        "eval": {"per_client": True},
+        "data": {"num_clients": 10},
+        "population": {"participation": "uniform", "clients_per_round": 8},
+        "executor": {"threads": 1},
+    }
     rows_ref, params_ref, _ = history(reference := build(small_config(**values)))
-    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1,
-                                                              "ray_inner": "serial"}})))
+    experiment = build(
+        small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1, "ray_inner": "serial"}}))
+    )
     rows, params, summary = history(experiment)
     assert rows == rows_ref and torch.equal(params, params_ref) and summary["dropouts"] == 0
     assert "client_accuracy_mean" in rows[-1]
@@ -161,8 +174,9 @@ def test_buffered_async_on_ray_is_bit_identical_to_serial(local_ray, small_confi
     # jobs of several model versions in flight at once; inputs fixed at dispatch
     values = {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}}
     reference, params, _ = history(build(small_config(executor={"threads": 1}, **values)))
-    rows, final, _ = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1,
-                                                          "ray_inner": "serial"}, **values)))
+    rows, final, _ = history(
+        build(small_config(executor={"name": "ray", "workers": 2, "threads": 1, "ray_inner": "serial"}, **values))
+    )
     assert rows == reference
     assert torch.equal(final, params)
 
@@ -173,12 +187,17 @@ def test_dp_client_transforms_on_ray_are_bit_identical_to_serial(local_ray, smal
     """Clipping (adaptive: the clip norm travels in each job's config) and local noise drawn from each
     job's seed run inside the actors and give serial's results bit for bit."""
     privacy = {"clip": 0.05, "clipping": "per_layer", "accountant": "rdp"}
-    for values in ({"strategy": {"name": "dp-fedavg"},
-                    "privacy": {"mode": "central", "adaptive": True, "count_noise": 2.0, **privacy}},
-                   {"privacy": {"mode": "local", "noise_multiplier": 0.5, **privacy}}):
+    for values in (
+        {
+            "strategy": {"name": "dp-fedavg"},
+            "privacy": {"mode": "central", "adaptive": True, "count_noise": 2.0, **privacy},
+        },
+        {"privacy": {"mode": "local", "noise_multiplier": 0.5, **privacy}},
+    ):
         reference, params, expected = history(build(small_config(executor={"threads": 1}, **values)))
-        rows, final, summary = history(build(small_config(executor={"name": "ray", "workers": 2, "threads": 1,
-                                                                    "ray_inner": "serial"}, **values)))
+        rows, final, summary = history(
+            build(small_config(executor={"name": "ray", "workers": 2, "threads": 1, "ray_inner": "serial"}, **values))
+        )
         assert rows == reference and torch.equal(final, params)
         assert summary["privacy"] == expected["privacy"]
 
@@ -191,8 +210,12 @@ def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small
     try:
         v0, v1 = torch.zeros(executor_numel(config)), torch.ones(executor_numel(config)) * 0.01
         client = config.client.model_dump()
-        jobs = [ClientJob(job_id=k, client_id=k, version=0 if k < 6 else 1, params=v0 if k < 6 else v1,
-                          config=client, seed=k) for k in range(8)]
+        jobs = [
+            ClientJob(
+                job_id=k, client_id=k, version=0 if k < 6 else 1, params=v0 if k < 6 else v1, config=client, seed=k
+            )
+            for k in range(8)
+        ]
         results = executor.run(jobs)
         assert [r.client_id for r in results] == list(range(8))  # job order
         assert all(r.ok and r.delta.shape == v0.shape for r in results)
@@ -212,8 +235,11 @@ def test_params_put_once_per_version_and_fetched_once_per_actor(local_ray, small
 
 CHUNK_CASES = {
     "fedavg": {},
-    "scaffold": {"strategy": {"name": "scaffold"}, "population": {"participation": "uniform", "clients_per_round": 8},
-                 "data": {"num_clients": 10}},
+    "scaffold": {
+        "strategy": {"name": "scaffold"},
+        "population": {"participation": "uniform", "clients_per_round": 8},
+        "data": {"num_clients": 10},
+    },
     "fedbuff": {"rounds": 4, "strategy": {"name": "fedbuff"}, "scheduler": {"buffer_size": 3, "concurrency": 6}},
 }
 
@@ -227,8 +253,11 @@ def test_ray_vmap_chunks_equal_vmap_bit_for_bit_and_serial_within_tolerance(loca
     serial_rows, serial_params, _ = history(build(small_config(**(values | {"executor": {"threads": 1}}))))
     vmap_rows, vmap_params, _ = history(build(small_config(**(values | {"executor": {"name": "vmap", "threads": 1}}))))
     chunking = {"chunk_size": 2} if case == "fedbuff" else {}  # several calls per actor and run() too
-    experiment = build(small_config(**(values | {"executor": {"name": "ray", "workers": 2, "threads": 1,
-                                                              "ray_inner": "vmap", **chunking}})))
+    experiment = build(
+        small_config(
+            **(values | {"executor": {"name": "ray", "workers": 2, "threads": 1, "ray_inner": "vmap", **chunking}})
+        )
+    )
     executor = experiment.executor
     rows, params, summary = history(experiment)
     assert executor.inner == "vmap" and summary["dropouts"] == 0
@@ -244,13 +273,20 @@ def test_ray_vmap_chunks_equal_vmap_bit_for_bit_and_serial_within_tolerance(loca
 def test_compiled_vmap_chunks_on_ray_equal_the_compiled_vmap_executor(local_ray, small_config):
     """executor.compile reaches every actor's vmap inner; its compile seconds join Ray's start-up in the timings."""
     values = {"rounds": 2}
-    reference, params, _ = history(build(small_config(**values, executor={"name": "vmap", "threads": 1,
-                                                                          "compile": "on"})))
-    experiment = build(small_config(**values, executor={"name": "ray", "workers": 2, "threads": 1,
-                                                        "ray_inner": "vmap", "compile": "on"}))
+    reference, params, _ = history(
+        build(small_config(**values, executor={"name": "vmap", "threads": 1, "compile": "on"}))
+    )
+    experiment = build(
+        small_config(
+            **values, executor={"name": "ray", "workers": 2, "threads": 1, "ray_inner": "vmap", "compile": "on"}
+        )
+    )
     rows, final, summary = history(experiment)
     assert rows == reference and torch.equal(final, params)
-    assert set(summary["executor_timings"]) == {"ray_startup_s", "compile_s"} and summary["executor_timings"]["compile_s"] > 0
+    assert (
+        set(summary["executor_timings"]) == {"ray_startup_s", "compile_s"}
+        and summary["executor_timings"]["compile_s"] > 0
+    )
 
 
 @pytest.mark.timeout(120)
@@ -260,8 +296,10 @@ def test_ray_inner_auto_takes_vmap_one_chunk_per_actor_and_counts_calls(local_ra
     executor = RayExecutor(spec, workers=2)
     try:
         params = torch.zeros(executor_numel(config))
-        jobs = [ClientJob(job_id=k, client_id=k, version=0, params=params, config=config.client.model_dump(), seed=k)
-                for k in range(9)]
+        jobs = [
+            ClientJob(job_id=k, client_id=k, version=0, params=params, config=config.client.model_dump(), seed=k)
+            for k in range(9)
+        ]
         with caplog.at_level(logging.INFO, logger="fedsim"):
             results = executor.run(jobs)
         assert "actors run chunks of ~4.5 jobs batched with vmap" in caplog.text  # >= 4 per call: vmap pays
@@ -277,9 +315,10 @@ def test_ray_inner_auto_takes_vmap_one_chunk_per_actor_and_counts_calls(local_ra
 def test_bad_ray_inner_or_chunk_size_is_one_line_naming_the_field(small_config):
     from fedsim.config import ConfigError, load_config  # noqa: PLC0415
 
-    for override, expected in (("executor.ray_inner=gpu", "executor.ray_inner: unknown ray_inner 'gpu'; valid "
-                                                          "choices: auto, vmap, serial"),
-                               ("executor.chunk_size=0", "executor.chunk_size: Input should be greater than")):
+    for override, expected in (
+        ("executor.ray_inner=gpu", "executor.ray_inner: unknown ray_inner 'gpu'; valid choices: auto, vmap, serial"),
+        ("executor.chunk_size=0", "executor.chunk_size: Input should be greater than"),
+    ):
         with pytest.raises(ConfigError) as info:
             load_config(overrides=[override])
         assert expected in str(info.value) and "\n" not in str(info.value)
@@ -306,8 +345,12 @@ def test_actors_map_the_drivers_task_data_identical_to_a_locally_built_task(loca
         def actor_data(body):
             data = body.task.data
             arrays = {name: getattr(data, name).numpy().copy() for name in ("x_train", "y_train", "x_test", "y_test")}
-            return arrays | {"train_offsets": data.train_offsets, "test_offsets": data.test_offsets,
-                             "num_classes": data.num_classes, "input_shape": body.task.input_shape}
+            return arrays | {
+                "train_offsets": data.train_offsets,
+                "test_offsets": data.test_offsets,
+                "num_classes": data.num_classes,
+                "input_shape": body.task.input_shape,
+            }
 
         local = build_task(spec.task)  # built here from the spec alone, as an actor used to
         for actor in executor._actors:
@@ -333,8 +376,9 @@ def executor_numel(config) -> int:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("chunks", [{}, {"ray_inner": "vmap", "chunk_size": 3}], ids=["one-job-calls", "vmap-chunks"])
-def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_path, caplog, monkeypatch, small_config,
-                                                               chunks):
+def test_dead_actor_is_restarted_job_retried_once_then_dropped(
+    local_ray, tmp_path, caplog, monkeypatch, small_config, chunks
+):
     """With chunks, every unfinished job of the dead actor's chunks is retried alone (the vmap inner
     runs this non-batchable client on its serial fallback)."""
     crash = {"1": "once", "2": "always"}
@@ -342,14 +386,22 @@ def test_dead_actor_is_restarted_job_retried_once_then_dropped(local_ray, tmp_pa
     data = {"num_clients": 6} | ({"partition": "iid"} if chunks else {})  # iid: shared data; a restart rebuilds it
 
     def make(executor):
-        experiment = build(small_config(
-            rounds=1, data=data, population={"participation": "always"},
-            client={"algorithm": CrashyClient.name}, executor=executor,
-        ))
+        experiment = build(
+            small_config(
+                rounds=1,
+                data=data,
+                population={"participation": "always"},
+                client={"algorithm": CrashyClient.name},
+                executor=executor,
+            )
+        )
         configure = experiment.engine.strategy.configure
         extra = {"_crash": crash, "_crash_dir": str(tmp_path), "_driver_pid": os.getpid()}
-        monkeypatch.setattr(experiment.engine.strategy, "configure",
-                            lambda state, cid, now: configure(state, cid, now) | {"_client_id": cid, **extra})
+        monkeypatch.setattr(
+            experiment.engine.strategy,
+            "configure",
+            lambda state, cid, now: configure(state, cid, now) | {"_client_id": cid, **extra},
+        )
         return experiment
 
     reference, params, serial_summary = history(make({"threads": 1}))
@@ -393,14 +445,32 @@ def test_gpus_per_client_without_gpu_fails_early(local_ray, small_config):
 @pytest.mark.timeout(120)
 def test_cli_gpus_per_client_without_gpu_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", "--executor", "ray", "--gpus-per-client", "0.25", "--rounds", "1",
-         "--quiet", "--no-tensorboard", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=110, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "run",
+            "--executor",
+            "ray",
+            "--gpus-per-client",
+            "0.25",
+            "--rounds",
+            "1",
+            "--quiet",
+            "--no-tensorboard",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
     )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fedsim: error: executor.gpus_per_client=0.25 but the Ray cluster "
-                                                   "has no GPUs"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "fedsim: error: executor.gpus_per_client=0.25 but the Ray cluster has no GPUs"
+    ), proc.stderr
 
 
 # ------------------------------------------------------------------------------ addresses
@@ -441,9 +511,13 @@ CLUSTER_MODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 def _start_node(args: list[str], log: Path) -> subprocess.Popen:
     ray_cli = Path(sys.executable).with_name("ray")
     with open(log, "w") as out:
-        return subprocess.Popen([str(ray_cli), "start", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=os.environ | CLUSTER_MODE,
-                                start_new_session=True)  # own process group: stopped by its id below
+        return subprocess.Popen(
+            [str(ray_cli), "start", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | CLUSTER_MODE,
+            start_new_session=True,
+        )  # own process group: stopped by its id below
 
 
 def _stop_node(proc: subprocess.Popen) -> None:
@@ -478,30 +552,65 @@ def test_existing_two_node_cluster_spreads_actors_over_both_nodes(_ray_module, m
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
     tmp = Path(tempfile.mkdtemp(prefix="fsray"))  # short: Ray's socket paths must stay < 108 chars
     port = free_port()
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats",
-              "--object-store-memory=100000000", "--block"]
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--object-store-memory=100000000",
+        "--block",
+    ]
     nodes: list[subprocess.Popen] = []
     try:
-        nodes.append(_start_node(["--head", f"--port={port}", "--include-dashboard=false",
-                                  f"--ray-client-server-port={free_port()}",
-                                  f"--dashboard-agent-listen-port={free_port()}",
-                                  f"--temp-dir={tmp / 'head' / 'ray'}", *common], tmp / "head.log"))
+        nodes.append(
+            _start_node(
+                [
+                    "--head",
+                    f"--port={port}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--temp-dir={tmp / 'head' / 'ray'}",
+                    *common,
+                ],
+                tmp / "head.log",
+            )
+        )
         address_file = tmp / "head" / "ray" / "ray_current_cluster"
         deadline = time.monotonic() + 90
         while not address_file.exists():
             assert nodes[0].poll() is None, (tmp / "head.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "head node did not start within 90 s"
             time.sleep(0.25)
-        nodes.append(_start_node([f"--address=127.0.0.1:{port}", f"--dashboard-agent-listen-port={free_port()}",
-                                  f"--temp-dir={tmp / 'node' / 'ray'}", *common], tmp / "node.log"))
+        nodes.append(
+            _start_node(
+                [
+                    f"--address=127.0.0.1:{port}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--temp-dir={tmp / 'node' / 'ray'}",
+                    *common,
+                ],
+                tmp / "node.log",
+            )
+        )
 
         # batched chunks on both nodes, the task's data shipped once per node through the object store
         values = {"rounds": 2, "data": {"partition": "iid"}, "population": {"clients_per_round": 8}}
         reference, params, _ = history(build(small_config(**values, executor={"name": "vmap", "threads": 1})))
         # each node has 1 CPU and each actor needs 1: the two actors must land on different nodes
-        experiment = build(small_config(**values, executor={
-            "name": "ray", "workers": 2, "threads": 1, "ray_address": f"127.0.0.1:{port}", "ray_inner": "vmap",
-            "chunk_size": 2}))
+        experiment = build(
+            small_config(
+                **values,
+                executor={
+                    "name": "ray",
+                    "workers": 2,
+                    "threads": 1,
+                    "ray_address": f"127.0.0.1:{port}",
+                    "ray_inner": "vmap",
+                    "chunk_size": 2,
+                },
+            )
+        )
         executor = experiment.executor
         assert ray.is_initialized()
         assert len(set(executor.actor_nodes)) == 2

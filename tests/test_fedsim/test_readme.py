@@ -57,9 +57,12 @@ def test_every_selectable_kind_has_a_page():
 @pytest.mark.parametrize("kind", sorted(PAGE_OF_KIND))
 def test_every_registered_name_is_documented_on_its_page(kind):
     page = (PAGES / PAGE_OF_KIND[kind]).read_text()
-    missing = [name for name in registries.get(kind).names()
-               if not name.startswith("test_")  # registered by other tests
-               and f"`{name}`" not in page]
+    missing = [
+        name
+        for name in registries.get(kind).names()
+        if not name.startswith("test_")  # registered by other tests
+        and f"`{name}`" not in page
+    ]
     assert not missing, f"docs/pages/{PAGE_OF_KIND[kind]} does not mention {kind} {missing}"
 
 

@@ -26,8 +26,18 @@ from fedsim.config import ConfigError
 from fedsim.run import run_experiment
 
 ROUNDS = 24
-BASE = ["--quiet", "--no-tensorboard", "--seed", "3", "--set", "data.num_clients=20", "--set", "eval.every=1",
-        "--set", "population.clients_per_round=4"]
+BASE = [
+    "--quiet",
+    "--no-tensorboard",
+    "--seed",
+    "3",
+    "--set",
+    "data.num_clients=20",
+    "--set",
+    "eval.every=1",
+    "--set",
+    "population.clients_per_round=4",
+]
 SCENARIOS = {
     "sync": ["--strategy", "fedavg"],
     # buffered asynchronous: results of older versions are pending in the event queue at every checkpoint
@@ -36,8 +46,21 @@ SCENARIOS = {
 
 
 def _cmd(out: Path, scenario: str, executor: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fedsim", "run", "--rounds", str(ROUNDS), "--out", str(out), *BASE,
-            *SCENARIOS[scenario], "--executor", executor, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fedsim",
+        "run",
+        "--rounds",
+        str(ROUNDS),
+        "--out",
+        str(out),
+        *BASE,
+        *SCENARIOS[scenario],
+        "--executor",
+        executor,
+        *extra,
+    ]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -56,12 +79,17 @@ def _rows(path: Path) -> list[dict]:
 
 def _start_and_wait(cmd: list[str], cwd: Path, out: Path, rows: int, checkpoint: bool = True) -> subprocess.Popen:
     """Start a run; return once it has ``rows`` rows of metrics.jsonl and a checkpoint if asked (or fail, killing it)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     metrics = out / "metrics.jsonl"
     try:
-        while not (((out / "checkpoint.pt").exists() or not checkpoint) and metrics.exists() and metrics.read_text().count("\n") >= rows):
+        while not (
+            ((out / "checkpoint.pt").exists() or not checkpoint)
+            and metrics.exists()
+            and metrics.read_text().count("\n") >= rows
+        ):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"run did not reach row {rows}: {proc.returncode}")
             time.sleep(0.02)
@@ -127,8 +155,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_ray(tmp_path, uninterr
 
 def test_sigterm_leaves_a_checkpoint_the_run_resumes_from(tmp_path, uninterrupted):
     out = tmp_path / "stopped"
-    proc = _start_and_wait(_cmd(out, "fedbuff", "serial", "--checkpoint-every", "1000"), tmp_path, out, 2,
-                           checkpoint=False)
+    proc = _start_and_wait(
+        _cmd(out, "fedbuff", "serial", "--checkpoint-every", "1000"), tmp_path, out, 2, checkpoint=False
+    )
     assert not (out / "checkpoint.pt").exists()
     try:
         proc.send_signal(signal.SIGTERM)
@@ -229,16 +258,39 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
         run_experiment_resumed(out)
 
 
-PRESETS = ['afa-cd', 'afa-cs', 'fedadagrad', 'fedadam', 'fedasync', 'fedau', 'fedavg', 'fedavg_all', 'fedavg_known',
-           'fedavg_participating', 'fedavgm', 'fedbuff', 'fedcm', 'feddyn', 'fedfix', 'fedprox', 'fedsam', 'fedspeed',
-           'fedvarp', 'fedyogi', 'mifa', 'mofedsam', 'scaffold']
+PRESETS = [
+    "afa-cd",
+    "afa-cs",
+    "fedadagrad",
+    "fedadam",
+    "fedasync",
+    "fedau",
+    "fedavg",
+    "fedavg_all",
+    "fedavg_known",
+    "fedavg_participating",
+    "fedavgm",
+    "fedbuff",
+    "fedcm",
+    "feddyn",
+    "fedfix",
+    "fedprox",
+    "fedsam",
+    "fedspeed",
+    "fedvarp",
+    "fedyogi",
+    "mifa",
+    "mofedsam",
+    "scaffold",
+]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_presets_state_survives_a_checkpoint(small_config, tmp_path, preset):
     """Strategy, client-store and scheduler state of each preset round-trips: resuming from update 2 of 4 ends the same."""
-    config = small_config(rounds=4, strategy={"name": preset},
-                          output={"checkpoint_every": 2, "progress": False, "tensorboard": False})
+    config = small_config(
+        rounds=4, strategy={"name": preset}, output={"checkpoint_every": 2, "progress": False, "tensorboard": False}
+    )
     out = tmp_path / "run"
     summary, _ = run_experiment(config, out_dir=out)
     assert summary["status"] == "completed"
@@ -254,8 +306,12 @@ def test_every_presets_state_survives_a_checkpoint(small_config, tmp_path, prese
 
 def test_checkpoints_every_virtual_seconds_and_a_buffered_run_resumes_from_one(small_config, tmp_path, monkeypatch):
     def config_with(output):
-        return small_config(rounds=12, strategy={"name": "fedbuff"}, scheduler={"concurrency": 6, "buffer_size": 3},
-                            output={"progress": False, "tensorboard": False, **output})
+        return small_config(
+            rounds=12,
+            strategy={"name": "fedbuff"},
+            scheduler={"concurrency": 6, "buffer_size": 3},
+            output={"progress": False, "tensorboard": False, **output},
+        )
 
     reference, _ = run_experiment(config_with({}), out_dir=tmp_path / "reference")
     every = reference["virtual_time"] / 5
@@ -286,8 +342,9 @@ def test_default_wall_clock_checkpoints_make_a_killed_run_resumable(small_config
     from fedsim.config import OutputConfig  # noqa: PLC0415
 
     assert OutputConfig().checkpoint_every_wall == 60.0 and OutputConfig().checkpoint_every is None
-    config = small_config(rounds=5, eval={"every": 1},
-                          output={"checkpoint_every_wall": 1e-9, "progress": False, "tensorboard": False})
+    config = small_config(
+        rounds=5, eval={"every": 1}, output={"checkpoint_every_wall": 1e-9, "progress": False, "tensorboard": False}
+    )
     real_save, saves = Checkpointer.save, []
 
     def save_then_die_at_the_third(self, engine):

@@ -11,9 +11,18 @@ from fedsim.run import build, task_spec
 
 def test_fedau_preset_with_100k_clients_stays_lazy_and_small():
     # exactly what `--strategy fedau --set data.num_clients=100000` gives, with fewer rounds
-    config = load_config(overrides=["strategy.name=fedau", "data.num_clients=100000", "rounds=3",
-                                    "task.max_test_clients=50", "eval.every=3", "eval.max_clients=50",
-                                    "output.progress=false", "output.tensorboard=false"])
+    config = load_config(
+        overrides=[
+            "strategy.name=fedau",
+            "data.num_clients=100000",
+            "rounds=3",
+            "task.max_test_clients=50",
+            "eval.every=3",
+            "eval.max_clients=50",
+            "output.progress=false",
+            "output.tensorboard=false",
+        ]
+    )
     assert task_spec(config).partition == "natural"  # the preset does not force a pooled split
     assert config.population.participation == "bernoulli"
     assert config.population.mean_prob == 10 / 100_000  # expected clients per round as for uniform

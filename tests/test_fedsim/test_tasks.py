@@ -13,7 +13,7 @@ import torch
 
 from fedsim.data import ArrayFederatedData, LazyFederatedData
 from fedsim.registry import Registry, UnknownNameError
-from fedsim.tasks import TASKS, TaskSpec, build_task
+from fedsim.tasks import TaskSpec, build_task
 from fedsim.tasks.files import read_idx
 from fedsim.tasks.synthetic import synthetic_sizes
 
@@ -217,7 +217,9 @@ def test_mnist_from_fake_idx_files(tmp_path):
     data = task.data
     assert task.input_shape == (784,)
     all_y = torch.cat([data.y_train, data.y_test]).numpy()
-    np.testing.assert_array_equal(np.bincount(all_y, minlength=10), np.bincount(np.r_[train_labels, [3] * 5], minlength=10))
+    np.testing.assert_array_equal(
+        np.bincount(all_y, minlength=10), np.bincount(np.r_[train_labels, [3] * 5], minlength=10)
+    )
     all_x = torch.cat([data.x_train, data.x_test])
     assert all_x.shape == (25, 784) and float(all_x.max()) == 1.0 and float(all_x.min()) >= 0.0
     assert int((all_x == 1.0).all(dim=1).sum()) >= 5  # the five all-white t10k images
@@ -332,7 +334,9 @@ def test_npz_natural_split_by_client_array_and_held_out_set(tmp_path):
 
 def test_npz_pooled_partition_and_mlp_on_features(tmp_path):
     np.savez(tmp_path / "f.npz", x=np.ones((20, 6)), y=np.arange(20) % 3)
-    task = build_task(spec(name="npz", num_clients=4, partition="iid", test_fraction=0.25, path=str(tmp_path / "f.npz")))
+    task = build_task(
+        spec(name="npz", num_clients=4, partition="iid", test_fraction=0.25, path=str(tmp_path / "f.npz"))
+    )
     assert task.options["model"] == "mlp" and task.num_classes == 3
     assert int(task.data.num_samples.sum()) + len(task.data.global_test()[1]) == 20
     assert task.build_model()(task.data.train(0)[0]).shape[1] == 3
@@ -349,7 +353,11 @@ def test_npz_bad_files_say_what_is_wrong(tmp_path):
     np.savez(tmp_path / "no_y.npz", x=np.ones((4, 2)))
     np.savez(tmp_path / "ragged.npz", x=np.ones((4, 2)), y=np.zeros(3, dtype=np.int64))
     np.savez(tmp_path / "float_labels.npz", x=np.ones((4, 2)), y=np.array([0, 1, 1.5, 0]))
-    for name, message in (("junk", "cannot read"), ("no_y", "missing array 'y'"), ("ragged", "4 rows but y has 3"),
-                          ("float_labels", "1 values with a fraction")):
+    for name, message in (
+        ("junk", "cannot read"),
+        ("no_y", "missing array 'y'"),
+        ("ragged", "4 rows but y has 3"),
+        ("float_labels", "1 values with a fraction"),
+    ):
         with pytest.raises(ValueError, match=message):
             build_task(spec(name="npz", partition="iid", path=str(tmp_path / f"{name}.npz")))

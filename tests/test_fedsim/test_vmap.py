@@ -17,7 +17,6 @@ from fedsim.run import build, initial_params, task_spec
 from fedsim.tasks import build_task
 from fedsim.types import ClientJob
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

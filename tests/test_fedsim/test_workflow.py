@@ -22,8 +22,18 @@ from fedsim.plot import group_curve, plot_runs
 from fedsim.sweep import parse_axes, split_values
 from fedsim.table import compare_table, find_runs, group_runs, load_run
 
-FAST = ["--rounds", "2", "--quiet", "--no-tensorboard", "--set", "data.num_clients=12",
-        "--set", "population.clients_per_round=3", "--set", "task.max_test_clients=12"]
+FAST = [
+    "--rounds",
+    "2",
+    "--quiet",
+    "--no-tensorboard",
+    "--set",
+    "data.num_clients=12",
+    "--set",
+    "population.clients_per_round=3",
+    "--set",
+    "task.max_test_clients=12",
+]
 
 
 # ------------------------------------------------------------------------------ discover
@@ -84,11 +94,18 @@ def test_sweep_writes_one_folder_per_combination(tmp_path, capsys):
     assert main(["run", *FAST, "--seeds", "0,1", "--sweep", "strategy.name=fedavg,fedavgm", "--out", str(root)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in out] == [
-        "[1/4] strategy.name=fedavg,seed=0", "[2/4] strategy.name=fedavg,seed=1",
-        "[3/4] strategy.name=fedavgm,seed=0", "[4/4] strategy.name=fedavgm,seed=1"]
+        "[1/4] strategy.name=fedavg,seed=0",
+        "[2/4] strategy.name=fedavg,seed=1",
+        "[3/4] strategy.name=fedavgm,seed=0",
+        "[4/4] strategy.name=fedavgm,seed=1",
+    ]
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert folders == ["strategy.name=fedavg,seed=0", "strategy.name=fedavg,seed=1",
-                       "strategy.name=fedavgm,seed=0", "strategy.name=fedavgm,seed=1"]
+    assert folders == [
+        "strategy.name=fedavg,seed=0",
+        "strategy.name=fedavg,seed=1",
+        "strategy.name=fedavgm,seed=0",
+        "strategy.name=fedavgm,seed=1",
+    ]
     for folder in folders:
         config = yaml.safe_load((root / folder / "config.yaml").read_text())
         assert f"strategy.name={config['strategy']['name']},seed={config['seed']}" == folder
@@ -123,8 +140,9 @@ def test_concurrent_sweep_on_ray_gives_the_sequential_results(tmp_path, capsys):
     assert len(lines) == 4
     for folder in ("seed=0", "seed=1"):
         a, b = (load_run(root / folder).evals for root in (seq, par))
-        assert [{k: v for k, v in r.items() if k != "wall_time"} for r in a] == \
-               [{k: v for k, v in r.items() if k != "wall_time"} for r in b]
+        assert [{k: v for k, v in r.items() if k != "wall_time"} for r in a] == [
+            {k: v for k, v in r.items() if k != "wall_time"} for r in b
+        ]
 
 
 # ------------------------------------------------------------------------------ table
@@ -134,11 +152,12 @@ def fake_run(root: Path, name: str, config: dict, accuracies: list[tuple[int, fl
     """A run folder written by hand: evaluations (round, virtual_time, test_accuracy)."""
     run = root / name
     run.mkdir(parents=True)
-    base = {"seed": 0, "rounds": 4, "strategy": {"name": "fedavg"}, "data": {"alpha": 0.5},
-            "output": {"out": str(run)}}
+    base = {"seed": 0, "rounds": 4, "strategy": {"name": "fedavg"}, "data": {"alpha": 0.5}, "output": {"out": str(run)}}
     (run / "config.yaml").write_text(yaml.safe_dump({**base, **config}))
-    rows = [{"round": r, "virtual_time": t, "test_accuracy": a, "test_loss": 1 - a, "dropouts": dropouts}
-            for r, t, a in accuracies]
+    rows = [
+        {"round": r, "virtual_time": t, "test_accuracy": a, "test_loss": 1 - a, "dropouts": dropouts}
+        for r, t, a in accuracies
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (run / "summary.json").write_text(json.dumps({"rounds": 4, "dropouts": dropouts}))
     return run
@@ -196,14 +215,17 @@ def test_plot_groups_seeds_into_mean_and_band(fake_sweep, tmp_path):
     runs = [load_run(p) for p in find_runs([fake_sweep])]
     keys, groups = group_runs(runs)
     assert keys == ["strategy.name"] and [len(g) for g in groups] == [3, 2]
-    curves = [(np.array([0.0, 2.0, 4.0]), np.array([0.1, 0.5, 0.7])),
-              (np.array([0.0, 2.0, 4.0]), np.array([0.1, 0.6, 0.65]))]
+    curves = [
+        (np.array([0.0, 2.0, 4.0]), np.array([0.1, 0.5, 0.7])),
+        (np.array([0.0, 2.0, 4.0]), np.array([0.1, 0.6, 0.65])),
+    ]
     x, mean, std = group_curve(curves)
     assert x.tolist() == [0, 2, 4] and mean == pytest.approx([0.1, 0.55, 0.675])
     assert std == pytest.approx([0.0, statistics.stdev([0.5, 0.6]), statistics.stdev([0.7, 0.65])])
     # virtual times differ between seeds: a common grid over the range both cover
-    x, mean, _ = group_curve([(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0])),
-                              (np.array([0.0, 1.5]), np.array([0.0, 3.0]))])
+    x, mean, _ = group_curve(
+        [(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.0])), (np.array([0.0, 1.5]), np.array([0.0, 3.0]))]
+    )
     assert x.tolist() == [0, 1, 1.5] and mean == pytest.approx([0.0, 1.5, 2.25])
     png = plot_runs([fake_sweep], x="virtual_time", out=tmp_path / "p.png", labels=["FedAU", "FedAvg"], title="t")
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -239,8 +261,10 @@ def test_executor_auto_says_which_it_chose(small_config, caplog):
     from fedsim.run import build
 
     assert load_config().executor.name == "auto"
-    for client, expected, needle in [({}, VmapExecutor, "executor auto: vmap"),
-                                     ({"optimizer": "adam"}, SerialExecutor, "serial (vmap cannot batch optimizer 'adam')")]:
+    for client, expected, needle in [
+        ({}, VmapExecutor, "executor auto: vmap"),
+        ({"optimizer": "adam"}, SerialExecutor, "serial (vmap cannot batch optimizer 'adam')"),
+    ]:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="fedsim"):
             experiment = build(small_config(executor={"name": "auto"}, client=client))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 # No telemetry, no update checks, no reinstalling the app's dependencies (offline)
 for _name in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"):
@@ -23,12 +23,16 @@ class InProcessGrid:
         self.app = app
         self.nodes = dict(nodes)
         self.silent = silent or (lambda node_id, message: False)
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(), run_config={}) for n, c in nodes.items()}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(), run_config={}) for n, c in nodes.items()
+        }
         self.sent: list[Message] = []
 
     def connect(self, node_id: int, node_config: dict) -> None:
         self.nodes[node_id] = node_config
-        self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(), run_config={})
+        self.contexts[node_id] = Context(
+            run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(), run_config={}
+        )
 
     def disconnect(self, node_id: int) -> None:
         del self.nodes[node_id]

@@ -68,7 +68,11 @@ def test_client_state_round_trips(state):
     else:
         assert set(back) == set(state)
         for key in state:
-            assert torch.equal(back[key], state[key]) and back[key].dtype == state[key].dtype and back[key].shape == state[key].shape
+            assert (
+                torch.equal(back[key], state[key])
+                and back[key].dtype == state[key].dtype
+                and back[key].shape == state[key].shape
+            )
 
 
 def test_unsupported_client_state_is_named():

@@ -96,7 +96,11 @@ def test_superlink_two_supernodes_and_flwr_run(tmp_path):
     def start(name: str, *args: str) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "w")
         process = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            [str(BIN / args[0]), *args[1:]],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         started.append(process)
@@ -106,15 +110,28 @@ def test_superlink_two_supernodes_and_flwr_run(tmp_path):
         start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link))
         wait_for_port(link, timeout=90)
         for i in range(2):
-            start(f"supernode{i}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
-                  "--port", str(free_port()), "--node-config", f"partition-id={i} num-partitions=2")
+            start(
+                f"supernode{i}",
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={i} num-partitions=2",
+            )
         run_config = (
             f"rounds=2 data.num_clients=2 population.participation='always' eval.every=1 "
             f"flower.min_nodes=2 output.out='{out}'"
         )
         submit = subprocess.run(
             [str(BIN / "flwr"), "run", str(APP), "loopback", "--run-config", run_config],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert submit.returncode == 0, submit.stdout + submit.stderr
         summary_file = out / "flower_summary.json"

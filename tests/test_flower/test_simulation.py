@@ -33,9 +33,15 @@ def config_for(strategy: str, population: dict):
 CONFIGS = {
     # personal state in each node's Context: FedRep's head (first: the nodes' Context is shared by the
     # runs below, and SCAFFOLD reads a missing c_i as zeros, as on its first round)
-    "fedrep": load_config(values=small_values(seed=3, rounds=4, data={"num_clients": NUM_CLIENTS, "partition": "natural"},
-                                              population={"participation": "uniform", "clients_per_round": 3},
-                                              client={"algorithm": "fedrep", "head_steps": 2})),
+    "fedrep": load_config(
+        values=small_values(
+            seed=3,
+            rounds=4,
+            data={"num_clients": NUM_CLIENTS, "partition": "natural"},
+            population={"participation": "uniform", "clients_per_round": 3},
+            client={"algorithm": "fedrep", "head_steps": 2},
+        )
+    ),
     "fedavg": config_for("fedavg", {"participation": "uniform", "clients_per_round": 3}),
     "fedau": config_for("fedau", {"participation": "bernoulli", "mean_prob": 0.4, "min_prob": 0.1}),
     # stateful on both sides: the server's c travels as the broadcast, each node keeps its c_i
@@ -73,7 +79,9 @@ def test_fedsim_and_flower_simulation_give_the_same_model():
             strategies[name].start(grid, initial_arrays=initial, num_rounds=config.rounds, timeout=300)
 
     run_simulation(
-        server, make_client_app(task), num_supernodes=NUM_CLIENTS,
+        server,
+        make_client_app(task),
+        num_supernodes=NUM_CLIENTS,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
     for name, strategy in strategies.items():
@@ -82,7 +90,9 @@ def test_fedsim_and_flower_simulation_give_the_same_model():
         assert [r["participants"] for r in strategy.history] == participants, name
         torch.testing.assert_close(strategy.state.params, params, rtol=0, atol=1e-6, msg=name)
     fedau = strategies["fedau"].state.aggregator
-    assert fedau.num_clients == NUM_CLIENTS and fedau.count.sum() == sum(r["participants"] for r in strategies["fedau"].history)
+    assert fedau.num_clients == NUM_CLIENTS and fedau.count.sum() == sum(
+        r["participants"] for r in strategies["fedau"].history
+    )
     c = strategies["scaffold"].state.aggregator.c
     assert bool(c.abs().sum() > 0)
     torch.testing.assert_close(c, scaffold_engine.state.aggregator.c, rtol=0, atol=1e-6)

@@ -12,11 +12,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from clients import CLIENTS
 from fedsim.config import load_config
-from fedsim.flower import KEYS, STATE_KEY, ArrayCodec, FedsimStrategy, ParticipationSampler, make_client_app, make_strategy, task_for
+from fedsim.flower import (
+    KEYS,
+    STATE_KEY,
+    ArrayCodec,
+    FedsimStrategy,
+    ParticipationSampler,
+    make_client_app,
+    make_strategy,
+    task_for,
+)
 from fedsim.population.base import slot_of
 from fedsim.run import build, initial_params
-from clients import CLIENTS
 from strategies import STRATEGIES, build_strategy
 from tests.conftest import small_values
 from tests.test_flower.conftest import InProcessGrid
@@ -25,8 +34,12 @@ NODE_IDS = [9_007_199_254_740_993, 17, 4_611_686_018_427_387_904, 123_456_789_01
 
 
 def config_for(name: str, **overrides):
-    values = small_values(rounds=3, data={"num_clients": 6}, population={"participation": "uniform", "clients_per_round": 3},
-                          strategy={"name": name})
+    values = small_values(
+        rounds=3,
+        data={"num_clients": 6},
+        population={"participation": "uniform", "clients_per_round": 3},
+        strategy={"name": name},
+    )
     from fedsim.config import deep_merge
 
     return load_config(values=deep_merge(values, overrides))
@@ -54,7 +67,8 @@ def partition_nodes(n: int) -> dict[int, dict]:
 
 
 PRESETS = [  # every synchronous preset except the oracle (a Flower server cannot know probabilities)
-    name for name, preset in ((n, STRATEGIES.get(n)) for n in STRATEGIES.names())
+    name
+    for name, preset in ((n, STRATEGIES.get(n)) for n in STRATEGIES.names())
     if preset.weighting != "known_prob" and preset.config_defaults.get("scheduler", {}).get("name", "sync") == "sync"
 ]
 
@@ -79,8 +93,17 @@ def test_every_strategy_gives_fedsims_model(name):
 
 DP_CASES = {
     "local": ("fedavg", {"mode": "local", "clip": 0.05, "noise_multiplier": 0.5, "accountant": "rdp"}),
-    "central-adaptive-per-layer": ("dp-fedavg", {"mode": "central", "clip": 0.05, "clipping": "per_layer_normalized",
-                                                 "adaptive": True, "count_noise": 2.0, "accountant": "rdp"}),
+    "central-adaptive-per-layer": (
+        "dp-fedavg",
+        {
+            "mode": "central",
+            "clip": 0.05,
+            "clipping": "per_layer_normalized",
+            "adaptive": True,
+            "count_noise": 2.0,
+            "accountant": "rdp",
+        },
+    ),
 }
 
 
@@ -122,7 +145,9 @@ def test_fedau_absent_and_failing_nodes_count_as_absent():
 
     # full-batch local steps: the result does not depend on job seeds, which differ because
     # fedsim never dispatches the jobs that Flower sends and loses
-    config = config_for("fedau", rounds=rounds, data={"num_clients": n}, client={"batch_size": 10_000, "local_steps": 2})
+    config = config_for(
+        "fedau", rounds=rounds, data={"num_clients": n}, client={"batch_size": 10_000, "local_steps": 2}
+    )
     experiment = build(config)
     experiment.population.participation = Pattern(skip=silent | failing)
     experiment.run()
@@ -148,8 +173,13 @@ def test_fedau_absent_and_failing_nodes_count_as_absent():
         return (msg.content[KEYS.CONFIG][KEYS.VERSION], grid.nodes[node_id]["partition-id"]) in silent
 
     grid = InProcessGrid(app, partition_nodes(n), silent=no_reply)
-    strategy = FedsimStrategy(build_strategy(config.strategy), ArrayCodec(task.build_model()),
-                              ParticipationSampler(Pattern()), config.client.model_dump(), config.seed)
+    strategy = FedsimStrategy(
+        build_strategy(config.strategy),
+        ArrayCodec(task.build_model()),
+        ParticipationSampler(Pattern()),
+        config.client.model_dump(),
+        config.seed,
+    )
     run_flower(config, grid, strategy)
     torch.testing.assert_close(strategy.state.params, experiment.engine.state.params, rtol=0, atol=1e-5)
     absent = [record["absent"] for record in strategy.history]

@@ -11,7 +11,6 @@ import torch
 from clients.transforms import ClientContext, build_client_transforms
 from fedsim.attacks import client_train_data, plan_byzantine
 from fedsim.config import ConfigError, load_config
-from fedsim.params import ParamLayout
 from fedsim.run import build, run_experiment
 from fedsim.types import ClientJob, ClientResult
 from strategies.robust import ByzantineStage, alie_z
@@ -19,8 +18,13 @@ from tests.conftest import small_values
 
 
 def ctx_for(rows: int, byzantine: list[int]) -> ClientContext:
-    return ClientContext(layout=None, seeds=list(range(rows)), client_ids=list(range(rows)),
-                         versions=[0] * rows, configs=[{"byzantine": 1} if k in byzantine else {} for k in range(rows)])
+    return ClientContext(
+        layout=None,
+        seeds=list(range(rows)),
+        client_ids=list(range(rows)),
+        versions=[0] * rows,
+        configs=[{"byzantine": 1} if k in byzantine else {} for k in range(rows)],
+    )
 
 
 def test_sign_flip_and_scale_touch_only_attackers():
@@ -34,8 +38,12 @@ def test_sign_flip_and_scale_touch_only_attackers():
 
 
 def results(rows, ids):
-    return [ClientResult(client_id=c, base_version=0, delta=torch.as_tensor(r, dtype=torch.float32), num_samples=1,
-                         num_steps=1) for c, r in zip(ids, rows)]
+    return [
+        ClientResult(
+            client_id=c, base_version=0, delta=torch.as_tensor(r, dtype=torch.float32), num_samples=1, num_steps=1
+        )
+        for c, r in zip(ids, rows)
+    ]
 
 
 def test_alie_is_mean_minus_z_std_of_the_honest_and_ipm_is_minus_eps_mean():
@@ -84,8 +92,11 @@ def run_params(cfg):
 @pytest.mark.parametrize("strategy", ["fedavg", "krum", "centered_clipping", "monna"])
 def test_fraction_zero_is_bit_identical(strategy):
     base = run_params(config(rounds=2, strategy={"name": strategy}))
-    zero = run_params(config(rounds=2, strategy={"name": strategy},
-                             population={"byzantine_fraction": 0.0, "byzantine_attack": "alie"}))
+    zero = run_params(
+        config(
+            rounds=2, strategy={"name": strategy}, population={"byzantine_fraction": 0.0, "byzantine_attack": "alie"}
+        )
+    )
     assert torch.equal(base, zero)
 
 
@@ -98,9 +109,12 @@ def test_attackers_reproducible_and_explicit_ids():
 
 
 def test_attackers_counted_in_rounds_jsonl(tmp_path):
-    cfg = config(rounds=2, data={"num_clients": 6}, population={"participation": "always", "byzantine_fraction": 0.34,
-                                                                "byzantine_attack": "sign_flip"},
-                 strategy={"name": "trimmed_mean"})
+    cfg = config(
+        rounds=2,
+        data={"num_clients": 6},
+        population={"participation": "always", "byzantine_fraction": 0.34, "byzantine_attack": "sign_flip"},
+        strategy={"name": "trimmed_mean"},
+    )
     summary, out = run_experiment(cfg, tmp_path / "run")
     lines = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [line["byzantine"] for line in lines] == [2, 2]
@@ -109,8 +123,9 @@ def test_attackers_counted_in_rounds_jsonl(tmp_path):
 
 @pytest.mark.parametrize("attack", ["sign_flip", "label_flip", "alie"])
 def test_serial_and_vmap_agree_with_attackers(attack):
-    values = dict(rounds=2, population={"byzantine_fraction": 0.2, "byzantine_attack": attack},
-                  strategy={"name": "median"})
+    values = dict(
+        rounds=2, population={"byzantine_fraction": 0.2, "byzantine_attack": attack}, strategy={"name": "median"}
+    )
     serial = run_params(config(**values))
     vmapped = run_params(config(**values, executor={"name": "vmap", "compile": "off"}))
     torch.testing.assert_close(serial, vmapped, rtol=1e-4, atol=1e-5)
@@ -125,12 +140,20 @@ def test_broken_assumption_is_a_one_line_config_error(tmp_path):
     with pytest.raises(ConfigError, match="byzantine_attack"):
         config(population={"byzantine_attack": "nope"})
     with pytest.raises(ConfigError, match="byzantine_options.eps"):
-        run_experiment(config(population={"byzantine_fraction": 0.2, "byzantine_attack": "alie",
-                                          "byzantine_options": {"eps": 1.0}}), tmp_path / "run2")
+        run_experiment(
+            config(
+                population={"byzantine_fraction": 0.2, "byzantine_attack": "alie", "byzantine_options": {"eps": 1.0}}
+            ),
+            tmp_path / "run2",
+        )
 
 
 def test_buffered_mode_aggregates_per_buffer():
-    cfg = config(rounds=2, scheduler={"name": "buffered", "buffer_size": 5, "concurrency": 6},
-                 population={"byzantine_fraction": 0.2, "byzantine_attack": "ipm"}, strategy={"name": "krum"})
+    cfg = config(
+        rounds=2,
+        scheduler={"name": "buffered", "buffer_size": 5, "concurrency": 6},
+        population={"byzantine_fraction": 0.2, "byzantine_attack": "ipm"},
+        strategy={"name": "krum"},
+    )
     params = run_params(cfg)
     assert torch.isfinite(params).all()

@@ -16,7 +16,9 @@ ROBUST = ["median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geomed", "c
 def results_of(rows, ids=None):
     rows = [torch.as_tensor(r, dtype=torch.float32) for r in rows]
     ids = ids if ids is not None else list(range(len(rows)))
-    return [ClientResult(client_id=c, base_version=0, delta=r, num_samples=10 + c, num_steps=1) for c, r in zip(ids, rows)]
+    return [
+        ClientResult(client_id=c, base_version=0, delta=r, num_samples=10 + c, num_steps=1) for c, r in zip(ids, rows)
+    ]
 
 
 def aggregate(name, rows, ids=None, **kwargs):
@@ -85,8 +87,12 @@ def test_geomed_is_the_minimiser_of_the_sum_of_distances():
 
     x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1000.0, 1000.0]])
     out = aggregate("geomed", x, f=1, iterations=200, nu=1e-9).double().numpy()
-    best = minimize(lambda z: np.linalg.norm(x - z, axis=1).sum(), x[:4].mean(0), method="Nelder-Mead",
-                    options={"xatol": 1e-9, "fatol": 1e-12}).x
+    best = minimize(
+        lambda z: np.linalg.norm(x - z, axis=1).sum(),
+        x[:4].mean(0),
+        method="Nelder-Mead",
+        options={"xatol": 1e-9, "fatol": 1e-12},
+    ).x
     np.testing.assert_allclose(out, best, atol=1e-4)
     assert np.all(out < 1.0)  # the far outlier moves it less than one unit
 
@@ -113,8 +119,15 @@ def test_empty_round_is_zero():
     assert torch.equal(agg.aggregate(state, [], 0)[0], torch.zeros(3))
 
 
-@pytest.mark.parametrize("name,n,f,needs", [("krum", 6, 2, "n > 2f + 2"), ("bulyan", 10, 2, "n >= 4f + 3"),
-                                             ("median", 4, 2, "2f < n"), ("monna", 6, 3, "2f < n")])
+@pytest.mark.parametrize(
+    "name,n,f,needs",
+    [
+        ("krum", 6, 2, "n > 2f + 2"),
+        ("bulyan", 10, 2, "n >= 4f + 3"),
+        ("median", 4, 2, "2f < n"),
+        ("monna", 6, 3, "2f < n"),
+    ],
+)
 def test_assumption_broken_is_refused_in_one_line(name, n, f, needs):
     with pytest.raises(ValueError) as err:
         WEIGHTINGS.get(name)(f=f).check(n, "population.clients_per_round")

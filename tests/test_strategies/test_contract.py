@@ -24,9 +24,7 @@ ROUNDS = [[0, 2], [], [1, 2, 3], [4], [0, 1, 2, 3, 4], [3, 0]]  # includes an em
 
 def _results(t: int, scale: float = 1.0) -> list[ClientResult]:
     g = torch.Generator().manual_seed(1000 + t)
-    results = [
-        ClientResult(i, t, scale * torch.randn(DIM, generator=g), int(POP.num_samples[i]), 1) for i in ROUNDS[t]
-    ]
+    results = [ClientResult(i, t, scale * torch.randn(DIM, generator=g), int(POP.num_samples[i]), 1) for i in ROUNDS[t]]
     for r in results:  # what the stateful clients send their server parts (SCAFFOLD's delta_c, FedCM's mean_grad)
         r.extras = {"delta_c": torch.randn(DIM, generator=g), "mean_grad": torch.randn(DIM, generator=g)}
     return results
@@ -144,7 +142,9 @@ def test_one_client_full_participation_first_round(name):
     _, _, optimizer, _ = resolve_parts(StrategyConfig(name=name))
     # FedDyn / FedSpeed add the mean of every h_i on top: with N = 1, h_0 = delta, so U = 2 delta
     u = 2 * delta if server_part(StrategyConfig(name=name)) == "feddyn" else delta
-    if name == "centered_clipping":  # moves at most its radius tau = 1 from its first center 0 (Karimireddy et al. 2021)
+    if (
+        name == "centered_clipping"
+    ):  # moves at most its radius tau = 1 from its first center 0 (Karimireddy et al. 2021)
         u = delta / float(torch.linalg.vector_norm(delta))
     if optimizer == "sgd":
         torch.testing.assert_close(state.params, _x0() + 0.5 * u)
@@ -180,11 +180,22 @@ def test_a_swapped_in_part_gets_its_own_defaults_not_the_presets():
 
 def test_resolved_options_state_every_option_the_parts_use():
     assert resolved_options(StrategyConfig(name="fedadam")) == {
-        "name": "fedadam", "weighting": "samples", "server_optimizer": "adam", "server_lr": 0.01,
-        "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, "bias_correction": False,
+        "name": "fedadam",
+        "weighting": "samples",
+        "server_optimizer": "adam",
+        "server_lr": 0.01,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 1e-3,
+        "bias_correction": False,
     }
     assert resolved_options(StrategyConfig(name="fedau", cutoff=50)) == {
-        "name": "fedau", "weighting": "fedau", "server_optimizer": "sgd", "cutoff": 50, "server_lr": 1.0, "momentum": 0.0,
+        "name": "fedau",
+        "weighting": "fedau",
+        "server_optimizer": "sgd",
+        "cutoff": 50,
+        "server_lr": 1.0,
+        "momentum": 0.0,
     }
     # running the resolved options again resolves to the same thing
     again = StrategyConfig(**resolved_options(StrategyConfig(name="fedyogi", beta2=0.9)))

@@ -28,14 +28,25 @@ def _population() -> PopulationInfo:
     return PopulationInfo(num_clients=4, num_samples=np.full(4, 10))
 
 
-DELTAS = [torch.tensor([0.5, -1.0, 0.25, 2.0]), torch.tensor([-0.3, 0.1, 0.0, 1.0]), torch.tensor([1.0, 1.0, -2.0, 0.5])]
+DELTAS = [
+    torch.tensor([0.5, -1.0, 0.25, 2.0]),
+    torch.tensor([-0.3, 0.1, 0.0, 1.0]),
+    torch.tensor([1.0, 1.0, -2.0, 0.5]),
+]
 
 
-@pytest.mark.parametrize("name, options, by_hand", [
-    ("adabelief", {"betas": [0.9, 0.99]}, lambda p, lr: __import__("pytorch_optimizer").AdaBelief([p], lr=lr, betas=(0.9, 0.99))),
-    ("torch.AdamW", {"weight_decay": 0.1}, lambda p, lr: torch.optim.AdamW([p], lr=lr, weight_decay=0.1)),
-    ("lion", None, lambda p, lr: __import__("pytorch_optimizer").Lion([p], lr=lr)),
-])
+@pytest.mark.parametrize(
+    "name, options, by_hand",
+    [
+        (
+            "adabelief",
+            {"betas": [0.9, 0.99]},
+            lambda p, lr: __import__("pytorch_optimizer").AdaBelief([p], lr=lr, betas=(0.9, 0.99)),
+        ),
+        ("torch.AdamW", {"weight_decay": 0.1}, lambda p, lr: torch.optim.AdamW([p], lr=lr, weight_decay=0.1)),
+        ("lion", None, lambda p, lr: __import__("pytorch_optimizer").Lion([p], lr=lr)),
+    ],
+)
 def test_library_optimizer_is_the_optimizer_on_the_negative_delta(name, options, by_hand):
     """Three server updates equal the optimizer stepping a flat parameter whose gradient is -U, by hand."""
     lr = 0.05
@@ -54,8 +65,10 @@ def test_library_optimizer_is_the_optimizer_on_the_negative_delta(name, options,
 
 def test_server_sgd_lr_1_through_the_generic_path_is_fedavg_bit_for_bit(small_config, tmp_path):
     runs = {}
-    for name, strategy in {"fedavg": {"name": "fedavg"},
-                           "torch.SGD": {"name": "fedavg", "server_optimizer": "torch.SGD", "server_lr": 1.0}}.items():
+    for name, strategy in {
+        "fedavg": {"name": "fedavg"},
+        "torch.SGD": {"name": "fedavg", "server_optimizer": "torch.SGD", "server_lr": 1.0},
+    }.items():
         config = small_config(rounds=3, strategy=strategy, output={"progress": False, "tensorboard": False})
         summary, out = run_experiment(config, out_dir=tmp_path / name)
         assert summary["status"] == "completed"
@@ -89,8 +102,11 @@ def test_state_is_plain_data_that_round_trips_through_the_checkpoint_codec():
 def test_a_run_with_a_library_server_optimizer_resumes_to_the_same_model(small_config, tmp_path):
     from fedsim.run import resume_experiment  # noqa: PLC0415
 
-    config = small_config(rounds=4, strategy={"name": "fedavg", "server_optimizer": "adopt", "server_lr": 0.01},
-                          output={"checkpoint_every": 2, "progress": False, "tensorboard": False})
+    config = small_config(
+        rounds=4,
+        strategy={"name": "fedavg", "server_optimizer": "adopt", "server_lr": 0.01},
+        output={"checkpoint_every": 2, "progress": False, "tensorboard": False},
+    )
     out = tmp_path / "run"
     summary, _ = run_experiment(config, out_dir=out)
     assert summary["status"] == "completed"
@@ -104,29 +120,38 @@ def test_a_run_with_a_library_server_optimizer_resumes_to_the_same_model(small_c
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
-@pytest.mark.parametrize("options, needle", [
-    ({"server_optimizer": "sophiah"}, "Hessian"),
-    ({"server_optimizer": "adahessian"}, "Hessian"),
-    ({"server_optimizer": "torch.LBFGS"}, "closure"),
-    ({"server_optimizer": "alig"}, "closure"),
-    ({"server_optimizer": "muon"}, "2-D"),
-    ({"server_optimizer": "adamw"}, "torch.AdamW"),
-    ({"server_optimizer": "nosuch"}, "torch.<Class>"),
-])
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"server_optimizer": "sophiah"}, "Hessian"),
+        ({"server_optimizer": "adahessian"}, "Hessian"),
+        ({"server_optimizer": "torch.LBFGS"}, "closure"),
+        ({"server_optimizer": "alig"}, "closure"),
+        ({"server_optimizer": "muon"}, "2-D"),
+        ({"server_optimizer": "adamw"}, "torch.AdamW"),
+        ({"server_optimizer": "nosuch"}, "torch.<Class>"),
+    ],
+)
 def test_names_that_cannot_be_server_optimizers_fail_at_load_in_one_line(options, needle):
     with pytest.raises(ConfigError, match="strategy.server_optimizer") as info:
         load_config(values={"strategy": options})
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("options, needle", [
-    ({"server_optimizer": "torch.Adam", "server_optimizer_kwargs": {"betas": [2.0, 0.9]}}, "Invalid beta"),
-    ({"server_optimizer": "lion", "server_optimizer_kwargs": {"nope": 1}}, "has no option 'nope'"),
-    ({"server_optimizer": "lion", "server_optimizer_kwargs": {"lr": 1}}, "strategy.server_lr"),
-    ({"server_optimizer": "adam", "server_optimizer_kwargs": {"betas": [0.9, 0.9]}}, "strategy.server_optimizer_kwargs is not used"),
-    ({"server_optimizer": "lion", "beta1": 0.5}, "strategy.beta1 is not used"),
-    ({"server_optimizer": "torch.SparseAdam"}, "cannot step one flat parameter"),
-])
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"server_optimizer": "torch.Adam", "server_optimizer_kwargs": {"betas": [2.0, 0.9]}}, "Invalid beta"),
+        ({"server_optimizer": "lion", "server_optimizer_kwargs": {"nope": 1}}, "has no option 'nope'"),
+        ({"server_optimizer": "lion", "server_optimizer_kwargs": {"lr": 1}}, "strategy.server_lr"),
+        (
+            {"server_optimizer": "adam", "server_optimizer_kwargs": {"betas": [0.9, 0.9]}},
+            "strategy.server_optimizer_kwargs is not used",
+        ),
+        ({"server_optimizer": "lion", "beta1": 0.5}, "strategy.beta1 is not used"),
+        ({"server_optimizer": "torch.SparseAdam"}, "cannot step one flat parameter"),
+    ],
+)
 def test_bad_options_are_refused_by_the_constructor_in_one_line(options, needle):
     with pytest.raises(ValueError, match=r"^strategy\.") as info:
         _strategy(**options)
@@ -139,8 +164,21 @@ def test_names_resolve_by_the_documented_scheme():
     assert SERVER_OPTIMIZERS.get("yogi") is not SERVER_OPTIMIZERS.get("pytorch_optimizer.yogi")  # the hand-written one
     assert SERVER_OPTIMIZERS.names() == ["adagrad", "adam", "sgd", "yogi"]
     listed = dict(SERVER_OPTIMIZERS.listing())
-    for name in ("sgd", "torch.SGD", "torch.AdamW", "adabelief", "lion", "adopt", "mars", "adan", "adamp", "diffgrad",
-                 "exadam", "adabound", "pytorch_optimizer.yogi"):
+    for name in (
+        "sgd",
+        "torch.SGD",
+        "torch.AdamW",
+        "adabelief",
+        "lion",
+        "adopt",
+        "mars",
+        "adan",
+        "adamp",
+        "diffgrad",
+        "exadam",
+        "adabound",
+        "pytorch_optimizer.yogi",
+    ):
         assert name in listed, name
     assert not {"sophiah", "adahessian", "torch.LBFGS"} & set(listed)
     # the saved config states the lr the class defaults to, and the options

@@ -8,7 +8,7 @@ import torch
 
 from fedsim.config import StrategyConfig
 from fedsim.types import ClientResult, PopulationInfo
-from strategies import FedVARP, MIFA, build_strategy
+from strategies import MIFA, FedVARP, build_strategy
 
 POP3 = PopulationInfo(3, num_samples=np.array([5, 5, 5]), participation_prob=np.full(3, 0.5))
 
@@ -62,7 +62,10 @@ def test_full_participation_equals_uniform_fedavg(name):
     n, dim = 4, 6
     pop = PopulationInfo(n, num_samples=np.array([1, 2, 3, 4]), participation_prob=np.ones(n))
     x0 = torch.randn(dim, generator=g)
-    ours, fedavg = build_strategy(StrategyConfig(name=name)), build_strategy(StrategyConfig(name="fedavg_participating"))
+    ours, fedavg = (
+        build_strategy(StrategyConfig(name=name)),
+        build_strategy(StrategyConfig(name="fedavg_participating")),
+    )
     s_ours, s_avg = ours.init(x0, pop), fedavg.init(x0, pop)
     for t in range(8):
         results = [ClientResult(i, t, torch.randn(dim, generator=g), i + 1, 1) for i in range(n)]

@@ -26,8 +26,13 @@ LAYOUT = ParamLayout(names=("a", "b", "c"), shapes=((10,), (3, 4), (50,)), is_bu
 
 
 def ctx_for(k: int, configs: list[dict] | None = None) -> ClientContext:
-    return ClientContext(layout=LAYOUT, seeds=list(range(100, 100 + k)), client_ids=list(range(k)),
-                         versions=[0] * k, configs=configs if configs is not None else [{}] * k)
+    return ClientContext(
+        layout=LAYOUT,
+        seeds=list(range(100, 100 + k)),
+        client_ids=list(range(k)),
+        versions=[0] * k,
+        configs=configs if configs is not None else [{}] * k,
+    )
 
 
 def random_stack(k: int = 40, seed: int = 0) -> torch.Tensor:
@@ -115,7 +120,8 @@ def test_clip_per_layer_normalized_sets_every_layer_to_its_budget_at_or_over_c(b
     budgets = torch.tensor(layer_budgets(LAYOUT, clip, budget))
     updates = random_stack(seed=2)[1:]  # no zero row: a zero layer has no direction to rescale
     out, metrics = transform("clip_per_layer_normalized", clip=clip, layer_budget=budget).apply(
-        updates, ctx_for(len(updates)))
+        updates, ctx_for(len(updates))
+    )
     total = torch.linalg.vector_norm(updates, dim=1)
     over = total >= clip
     assert over.any() and (~over).any()
@@ -165,8 +171,9 @@ def test_local_noise_comes_from_each_jobs_seed_with_std_z_times_c():
     d = 20_000
     layout = ParamLayout(("w",), ((d,),), (False,))
     local = transform("local_gaussian", clip=0.5, noise_multiplier=2.0)
-    ctx = ClientContext(layout, seeds=[7, 8, 7], client_ids=[0, 1, 2], versions=[0, 0, 0],
-                        configs=[{}, {}, {"dp_clip_norm": 0.25}])
+    ctx = ClientContext(
+        layout, seeds=[7, 8, 7], client_ids=[0, 1, 2], versions=[0, 0, 0], configs=[{}, {}, {"dp_clip_norm": 0.25}]
+    )
     out, _ = local.apply(torch.zeros(3, d), ctx)
     assert out[0].std().item() == pytest.approx(1.0, rel=0.03)
     assert out[2].std().item() == pytest.approx(0.5, rel=0.03)  # the job's clip norm sets the scale
@@ -217,8 +224,10 @@ def _drive_adaptive(norms: np.ndarray, clip: float, quantile: float, rounds: int
     for version in range(rounds):
         current = adaptive.client_config(state)["dp_clip_norm"]
         clips.append(current)
-        results = [ClientResult(i, version, torch.zeros(2), 1, 1, metrics={"dp_unclipped": float(n <= current)})
-                   for i, n in enumerate(norms)]
+        results = [
+            ClientResult(i, version, torch.zeros(2), 1, 1, metrics={"dp_unclipped": float(n <= current)})
+            for i, n in enumerate(norms)
+        ]
         aggregate, state, info = adaptive.apply(torch.ones(2), state, ServerContext(results, version))
         assert torch.equal(aggregate, torch.ones(2))  # adaptive clipping does not touch the model
         assert info["clip_norm"] == current  # the round's noise is calibrated to the clip that clipped it
@@ -270,7 +279,9 @@ def test_expected_cohort_divides_by_d_and_leaves_out_a_second_update_of_the_same
 
 def test_expected_cohort_without_a_plan_uses_the_expected_participants():
     weighting = ExpectedCohort()
-    state = weighting.init(torch.zeros(1), PopulationInfo(4, np.ones(4, dtype=np.int64), np.array([0.5, 0.25, 1.0, 0.25])))
+    state = weighting.init(
+        torch.zeros(1), PopulationInfo(4, np.ones(4, dtype=np.int64), np.array([0.5, 0.25, 1.0, 0.25]))
+    )
     assert state["cohort"] == 2.0
     with pytest.raises(ValueError, match="expected_cohort' needs participation probabilities"):
         weighting.init(torch.zeros(1), PopulationInfo(4, np.ones(4, dtype=np.int64)))
@@ -290,20 +301,27 @@ def test_expected_cohort_of_a_poisson_population_is_exactly_the_plans_qn(q, n):
 
 def _library_poisson_epsilon(q, z, steps, delta):
     accountant = pld.PLDAccountant()
-    accountant.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps))
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps
+        )
+    )
     return accountant.get_epsilon(delta)
 
 
 def test_epsilon_for_is_the_librarys_epsilon():
     q, z, steps, delta = 0.05, 1.1, 30, 1e-5
     poisson = Sampling("poisson", q, 1000, 0, q * 1000)
-    assert epsilon_for(poisson, z, steps, delta, "pld") == pytest.approx(_library_poisson_epsilon(q, z, steps, delta),
-                                                                         rel=1e-12)
+    assert epsilon_for(poisson, z, steps, delta, "pld") == pytest.approx(
+        _library_poisson_epsilon(q, z, steps, delta), rel=1e-12
+    )
     fixed = Sampling("fixed_size", 10 / 200, 200, 10, 10.0)
     accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    accountant.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.SampledWithoutReplacementDpEvent(200, 10, dp_accounting.GaussianDpEvent(z / 2)), steps))
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.SampledWithoutReplacementDpEvent(200, 10, dp_accounting.GaussianDpEvent(z / 2)), steps
+        )
+    )
     assert epsilon_for(fixed, z, steps, delta, "pld") == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
     none = Sampling("none", 1.0, 1000, 0, 10.0)
     accountant = rdp.RdpAccountant()
@@ -313,8 +331,9 @@ def test_epsilon_for_is_the_librarys_epsilon():
     assert epsilon_for(poisson, z, 0, delta, "pld") == 0.0
 
 
-@pytest.mark.parametrize("kind, accountant", [("poisson", "pld"), ("poisson", "rdp"), ("fixed_size", "rdp"),
-                                               ("none", "rdp")])
+@pytest.mark.parametrize(
+    "kind, accountant", [("poisson", "pld"), ("poisson", "rdp"), ("fixed_size", "rdp"), ("none", "rdp")]
+)
 def test_more_noise_spends_less_epsilon_and_more_releases_more(kind, accountant):
     sampling = Sampling(kind, 0.05, 400, 20 if kind == "fixed_size" else 0, 20.0)
     epsilons = [epsilon_for(sampling, z, 20, 1e-4, accountant) for z in (1.0, 1.5, 2.0, 4.0)]
@@ -323,13 +342,16 @@ def test_more_noise_spends_less_epsilon_and_more_releases_more(kind, accountant)
     assert all(b > a for a, b in zip(steps, steps[1:])), steps
 
 
-@pytest.mark.parametrize("kind, accountant, targets", [
-    # PLD: the search used to start at z = 1e-3, where dp-accounting's PLD allocates tens of GiB
-    ("poisson", "pld", (1.0,)),  # (seconds per target)
-    ("poisson", "rdp", (0.5, 8.0)),
-    ("fixed_size", "rdp", (2.0,)),
-    ("none", "rdp", (0.5, 2.0, 8.0)),
-])
+@pytest.mark.parametrize(
+    "kind, accountant, targets",
+    [
+        # PLD: the search used to start at z = 1e-3, where dp-accounting's PLD allocates tens of GiB
+        ("poisson", "pld", (1.0,)),  # (seconds per target)
+        ("poisson", "rdp", (0.5, 8.0)),
+        ("fixed_size", "rdp", (2.0,)),
+        ("none", "rdp", (0.5, 2.0, 8.0)),
+    ],
+)
 def test_calibrated_noise_spends_at_most_the_target_epsilon_and_close_to_it(kind, accountant, targets):
     sampling = Sampling(kind, 0.05, 400, 20 if kind == "fixed_size" else 0, 20.0)
     steps = 5 if accountant == "pld" else 25

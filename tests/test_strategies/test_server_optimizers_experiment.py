@@ -12,8 +12,23 @@ def test_quick_slice_writes_table_and_plot(tmp_path):
     spec = importlib.util.spec_from_file_location("server_optimizers_experiment", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--quick", "--rounds", "2", "--jobs", "1", "--tasks", "synthetic-mlp",
-                 "--arms", "SGD", "AdaBelief", "client Lion", "--out", str(tmp_path)])
+    module.main(
+        [
+            "--quick",
+            "--rounds",
+            "2",
+            "--jobs",
+            "1",
+            "--tasks",
+            "synthetic-mlp",
+            "--arms",
+            "SGD",
+            "AdaBelief",
+            "client Lion",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     table = (tmp_path / "results.md").read_text()
     for arm in ("SGD", "AdaBelief", "client Lion"):
         assert f"| {arm} |" in table
