@@ -29,6 +29,7 @@ PAGE_OF_KIND = {
     "staleness": "async-anarchic.md",
     "speed": "async-anarchic.md",
     "compressor": "communication.md",
+    "attack": "robustness.md",
 }
 
 
