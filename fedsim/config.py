@@ -126,18 +126,15 @@ class PopulationConfig(_Strict):
     # Byzantine clients (fedsim/attacks.py): a fraction drawn from the seed, or explicit ids
     byzantine_fraction: float = Field(0.0, ge=0, lt=1)
     byzantine_ids: list[int] | None = None  # explicit attackers (wins over byzantine_fraction)
-    byzantine_attack: str = "sign_flip"  # none | sign_flip | scale | gaussian | label_flip | alie | ipm
+    byzantine_attack: Annotated[str, RegistryName("attack")] = (
+        "sign_flip"  # none | sign_flip | scale | gaussian | label_flip | alie | ipm
+    )
     byzantine_options: dict[str, float | None] = Field(default_factory=dict)  # e.g. scale, std, z, eps
 
     def probability_range(self, num_clients: int) -> tuple[float, float]:
         """(mean_prob, min_prob) with null resolved: clients_per_round / num_clients and mean / 5."""
         mean = self.mean_prob if self.mean_prob is not None else min(1.0, self.clients_per_round / num_clients)
         return mean, (self.min_prob if self.min_prob is not None else mean / 5)
-
-    @field_validator("byzantine_attack")
-    @classmethod
-    def _known_attack(cls, v: str) -> str:
-        return _check_name("attack", v)
 
     @field_validator("dropout_prob")
     @classmethod
@@ -445,7 +442,9 @@ class PrivacyConfig(_Strict):
 class CommunicationConfig(_Strict):
     """Compressed uploads, links with bandwidth and latency, noisy uplinks (fedsim/communication.py)."""
 
-    compressor: str = "none"  # none | a registered compressor: topk, randomk, qsgd, sign, powersgd, lgreco
+    compressor: Annotated[str, RegistryName("compressor", also=("none",))] = (
+        "none"  # none | a registered compressor: topk, randomk, qsgd, sign, powersgd, lgreco
+    )
     ratio: float = Field(0.01, gt=0, le=1)  # topk / randomk / lgreco(topk): fraction of entries kept per tensor
     levels: int = Field(16, ge=1, le=2**24)  # qsgd: s quantization levels
     rank: int = Field(1, ge=1, le=4096)  # powersgd / lgreco(powersgd): rank r
@@ -461,11 +460,6 @@ class CommunicationConfig(_Strict):
     bandwidth_trace: str | None = None  # trace: CSV of time,mbps or client,time,mbps
     latency: float = Field(0.0, ge=0)  # virtual seconds per transfer (one down, one up per job)
     uplink_snr_db: float | None = Field(None, ge=-100, le=300)  # additive Gaussian noise on uploads at this SNR
-
-    @field_validator("compressor")
-    @classmethod
-    def _known_compressor(cls, v: str) -> str:
-        return v if v == "none" else _check_name("compressor", v)
 
     @field_validator("bandwidth_tiers")
     @classmethod

@@ -184,7 +184,9 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     spec = task_spec(config)
     task = task if task is not None else build_task(spec)
     algorithm = CLIENTS.get(config.client.algorithm)()
-    client_config = bind_client_config(algorithm, client_config, task.build_model)  # FedPer/FedRep: the head's spans
+    client_config = bind_client_config(
+        algorithm, client_config, lambda: _fresh_model(task)
+    )  # FedPer/FedRep: the head's spans
     check_resources(config, task, algorithm, force=force)
     params = initial_params(task, config.seed)
     population = build_population(
@@ -195,12 +197,12 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     for note in byzantine.notes:
         log.info("%s", note)
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
-    communication = plan_communication(config, ParamLayout.of(task.build_model()), population.num_clients)
+    communication = plan_communication(config, ParamLayout.of(_fresh_model(task)), population.num_clients)
     payload = communication.attach(strategy)  # compression after privacy's transforms; bytes known at dispatch
     population.link = communication.link
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
-    if not hasattr(algorithm, "train") and any(ParamLayout.of(task.build_model()).is_buffer):
+    if not hasattr(algorithm, "train") and any(ParamLayout.of(_fresh_model(task)).is_buffer):
         raise ValueError(
             f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
             f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd"
@@ -262,6 +264,12 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     for note in privacy.notes if privacy is not None else ():  # once the run is valid: bad input stays one line
         log.info("%s", note)
     return Experiment(config, task, population, engine, scheduler, executor, guard)
+
+
+def _fresh_model(task: Task) -> Any:
+    """A model only to read its layout: built without touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return task.build_model()
 
 
 def check_rounds_only(strategy: Any, config: RunConfig) -> None:

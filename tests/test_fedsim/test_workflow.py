@@ -263,7 +263,7 @@ def test_executor_auto_says_which_it_chose(small_config, caplog):
     assert load_config().executor.name == "auto"
     for client, expected, needle in [
         ({}, VmapExecutor, "executor auto: vmap"),
-        ({"optimizer": "adam"}, SerialExecutor, "serial (vmap cannot batch optimizer 'adam')"),
+        ({"optimizer": "rmsprop"}, SerialExecutor, "serial (vmap cannot batch optimizer 'rmsprop')"),
     ]:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="fedsim"):
