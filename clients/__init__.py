@@ -11,9 +11,11 @@ from clients.base import (
     ClientAlgorithm,
     FunctionalClient,
     GradFn,
+    InputGradFn,
     TrainContext,
     batch_schedule,
     clip_by_global_norm,
+    input_grad_of,
     local_lr,
     make_grad_fn,
     num_local_steps,
@@ -23,6 +25,7 @@ from clients.base import (
     sgd_update,
 )  # fmt: skip
 from clients.ditto import Ditto
+from clients.fal import FAL
 from clients.fedcm import FedCM
 from clients.feddyn import FedDyn
 from clients.fedper import FedPer
@@ -56,6 +59,7 @@ CLIENTS.register("fedper", "FedPer: shared body averaged, personal head kept per
     FedPer
 )
 CLIENTS.register("fedrep", "FedRep: personal head trained first, then the shared body (Collins et al. 2021)")(FedRep)
+CLIENTS.register("fal", "FAL: local SGD on PGD adversarial minibatches (Li et al. 2022; Madry et al. 2018)")(FAL)
 
 ALGORITHM_OPTIONS = (
     "mu",
@@ -67,6 +71,10 @@ ALGORITHM_OPTIONS = (
     "alpha_lr",
     "personal_layers",
     "head_steps",
+    "adv_eps",
+    "adv_step",
+    "adv_steps",
+    "adv_norm",
 )  # client.* options that belong to one algorithm each
 
 
@@ -86,6 +94,7 @@ __all__ = [
     "ALGORITHM_OPTIONS",
     "APFL",
     "Ditto",
+    "FAL",
     "FedPer",
     "FedRep",
     "CLIENTS",
@@ -104,11 +113,13 @@ __all__ = [
     "ClientAlgorithm",
     "FunctionalClient",
     "GradFn",
+    "InputGradFn",
     "LocalSGD",
     "TrainContext",
     "batch_schedule",
     "check_optimizer_options",
     "clip_by_global_norm",
+    "input_grad_of",
     "local_lr",
     "make_grad_fn",
     "make_optimizer",

@@ -14,7 +14,8 @@ learning rate, a step counter, correction vectors...). ``step`` is pure and uses
 arithmetic, so an executor may run it as is (serial, Ray: :func:`run_client`) or map it over a
 stack of clients with ``torch.func.vmap`` (vmap executor); either way it is the same function.
 ``grad(flat_params, batch) -> (loss, flat_grad)`` is the gradient oracle the executor supplies
-(:func:`make_grad_fn`). ``batch = (x, y, w)``: ``w`` are per-sample weights masking padded
+(:func:`make_grad_fn`); :func:`input_grad_of` gives its companion ``(flat_params, batch) ->
+(loss, d loss / d x)``, the gradient w.r.t. the input batch (adversarial training, clients/fal.py). ``batch = (x, y, w)``: ``w`` are per-sample weights masking padded
 samples in batched runs, ``None`` when every sample counts.
 
 ``options`` holds what shapes the computation (clip on/off, momentum, coefficients); jobs with
@@ -52,12 +53,14 @@ __all__ = [
     "Batch",
     "Carry",
     "GradFn",
+    "InputGradFn",
     "ClientAlgorithm",
     "FunctionalClient",
     "TrainContext",
     "batch_schedule",
     "clip_by_global_norm",
     "local_lr",
+    "input_grad_of",
     "make_grad_fn",
     "num_local_steps",
     "resident_grad_fn",
@@ -69,6 +72,7 @@ __all__ = [
 Batch = tuple[Tensor, Tensor, "Tensor | None"]  # inputs, targets, per-sample weights (None: all count)
 Carry = dict[str, Tensor]
 GradFn = Callable[[Tensor, Batch], tuple[Tensor, Tensor]]  # (flat params, batch) -> (loss, flat grad)
+InputGradFn = Callable[[Tensor, Batch], tuple[Tensor, Tensor]]  # (flat params, batch) -> (loss, d loss / d x)
 
 
 @dataclass
@@ -228,12 +232,17 @@ def make_grad_fn(model: nn.Module, layout: ParamLayout, loss_fn: Callable[[Tenso
         return (losses * w).sum() / w.sum()
 
     value_and_grad = grad_and_value(loss_of)
+    value_and_input_grad = grad_and_value(loss_of, argnums=2)
 
-    def grad(flat: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-        x, y, w = batch
+    def split(flat: Tensor) -> tuple[list[Tensor], tuple[Tensor, ...], dict[str, Tensor]]:
         views = [flat[s:e].view(shape) for shape, (s, e) in zip(shapes, spans)]
         leaves = tuple(v for v, p in zip(views, is_param) if p)
         buffers = {n: v for n, v, p in zip(names, views, is_param) if not p}
+        return views, leaves, buffers
+
+    def grad(flat: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y, w = batch
+        views, leaves, buffers = split(flat)
         grads, loss = value_and_grad(leaves, buffers, x, y, w)
         it = iter(grads)
         flat_grad = torch.cat(
@@ -241,6 +250,13 @@ def make_grad_fn(model: nn.Module, layout: ParamLayout, loss_fn: Callable[[Tenso
         )
         return loss, flat_grad
 
+    def input_grad(flat: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y, w = batch
+        _, leaves, buffers = split(flat)
+        grad_x, loss = value_and_input_grad(leaves, buffers, x, y, w)
+        return loss, grad_x
+
+    grad.input_grad = input_grad  # type: ignore[attr-defined]  # read by input_grad_of
     return grad
 
 
@@ -252,23 +268,48 @@ def resident_grad_fn(resident: ResidentModel, loss_fn: Callable[[Tensor, Tensor]
     is_param = [not b for b in resident.layout.is_buffer]
     model = resident.model
 
+    def loss_of(x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
+        out = model(x)
+        if w is None:
+            return loss_fn(out, y)
+        losses = torch.stack([loss_fn(o.unsqueeze(0), t.unsqueeze(0)) for o, t in zip(out, y)])
+        return (losses * w).sum() / w.sum()
+
     def grad(flat: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y, w = batch
         resident.load(flat)
         with torch.enable_grad():
-            out = model(x)
-            if w is None:
-                loss = loss_fn(out, y)
-            else:
-                losses = torch.stack([loss_fn(o.unsqueeze(0), t.unsqueeze(0)) for o, t in zip(out, y)])
-                loss = (losses * w).sum() / w.sum()
+            loss = loss_of(x, y, w)
             grads = iter(torch.autograd.grad(loss, parameters))
         flat_grad = torch.cat(
             [next(grads).reshape(-1) if p else flat.new_zeros(e - s) for (s, e), p in zip(spans, is_param)]
         )
         return loss.detach(), flat_grad
 
+    def input_grad(flat: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y, w = batch
+        resident.load(flat)
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_of(x, y, w)
+            (grad_x,) = torch.autograd.grad(loss, [x])
+        return loss.detach(), grad_x
+
+    grad.input_grad = input_grad  # type: ignore[attr-defined]  # read by input_grad_of
     return grad
+
+
+def input_grad_of(grad: GradFn) -> InputGradFn:
+    """The input-gradient companion of a gradient oracle built by :func:`make_grad_fn` or
+    :func:`resident_grad_fn`: ``(flat, (x, y, w)) -> (loss, d loss / d x)``, the same loss
+    (weighted mean with ``w``) differentiated w.r.t. the input batch ``x`` instead of the parameters."""
+    input_grad = getattr(grad, "input_grad", None)
+    if input_grad is None:
+        raise TypeError(
+            "this gradient oracle has no gradient w.r.t. the inputs (build it with clients.make_grad_fn "
+            "or clients.resident_grad_fn)"
+        )
+    return input_grad  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------- the serial loop
