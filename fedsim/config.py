@@ -43,6 +43,7 @@ MAX_SHARDS_PER_CLIENT = 10_000  # data.shards_per_client: the shard partition so
 MAX_WORKERS = 4096  # executor.workers (Ray actors), executor.threads, executor.chunk_size
 MAX_OVER_SELECTION = 100.0  # scheduler.over_selection: dispatch (1 + x) clients_per_round
 MAX_CONFIG_BYTES = 1_000_000
+MAX_PGD_STEPS = 10_000  # client.adv_steps, eval.adversarial.steps: input-gradient evaluations per attacked batch
 RAY_INNERS = ("auto", "vmap", "serial")  # executor.ray_inner: what runs a chunk of jobs inside a Ray actor
 
 
@@ -184,6 +185,11 @@ class ClientConfig(_Strict):
     head_steps: int | None = Field(
         None, ge=0, le=MAX_LOCAL_STEPS
     )  # fedrep: head-only local steps before the body's (default 10)
+    # fal: PGD adversarial training (clients/pgd.py)
+    adv_eps: float | None = Field(None, ge=0)  # fal: radius of the perturbation ball (default 0.1)
+    adv_step: float | None = Field(None, gt=0)  # fal: PGD step size (default 2.5 adv_eps / adv_steps)
+    adv_steps: int | None = Field(None, ge=1, le=MAX_PGD_STEPS)  # fal: PGD steps per local step (default 10)
+    adv_norm: Literal["linf", "l2"] | None = None  # fal: the ball's norm (default linf)
 
     @field_validator("personal_layers")
     @classmethod
@@ -361,6 +367,15 @@ class ClientStateConfig(_Strict):
     spill_dir: str | None = None  # folder for spilled states (default: a temporary folder)
 
 
+class AdversarialEvalConfig(_Strict):
+    """Robust accuracy of the global model under a PGD attack of this strength (clients/pgd.py)."""
+
+    eps: float = Field(ge=0)  # radius of the perturbation ball around each test sample
+    step: float | None = Field(None, gt=0)  # PGD step size; null = 2.5 eps / steps
+    steps: int = Field(10, ge=1, le=MAX_PGD_STEPS)  # PGD steps (from a zero start: deterministic)
+    norm: Literal["linf", "l2"] = "linf"
+
+
 class EvalConfig(_Strict):
     every: int | None = Field(5, ge=1)  # evaluate every n server updates (and always after the last); null = never
     every_time: float | None = Field(None, gt=0)  # also evaluate every this many virtual seconds
@@ -370,6 +385,7 @@ class EvalConfig(_Strict):
     finetune_steps: int = Field(
         0, ge=0, le=MAX_LOCAL_STEPS
     )  # per-client evaluation: SGD steps on the client's train data before testing
+    adversarial: AdversarialEvalConfig | None = None  # test_robust_accuracy under PGD; null = off
 
     @model_validator(mode="after")
     def _finetune_needs_per_client(self) -> EvalConfig:

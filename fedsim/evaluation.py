@@ -20,6 +20,12 @@ with): before testing, a copy of the client's model takes k plain SGD steps
 (``client.lr``, ``client.batch_size``, ``client.weight_decay``) on the client's training data,
 with batches drawn from a generator seeded by (seed, client id): the same batches at every
 evaluation. The stored models are untouched.
+
+Robustness (``eval.adversarial``): ``test_robust_accuracy`` is the global model's accuracy on the
+global test set after a PGD attack of the given strength (clients/pgd.py: radius ``eps`` in the
+L-inf or L2 norm, ``steps`` steps of size ``step``, from a zero start, so deterministic) on the
+test loss, each sample attacked within its own ball. The model is in eval mode during the attack.
+With eps = 0 it equals ``test_accuracy``.
 """
 
 from __future__ import annotations
@@ -31,16 +37,47 @@ import numpy as np
 import torch
 
 from clients.base import batch_schedule, resident_grad_fn, sgd_update
+from clients.pgd import PGD, pgd
 from fedsim.params import ResidentModel
 from fedsim.rng import derive_seed, numpy_generator
 
-__all__ = ["Evaluator", "mean_and_worst10"]
+__all__ = ["Evaluator", "mean_and_worst10", "robust_accuracy"]
 
 
 def mean_and_worst10(accuracies: list[float]) -> tuple[float, float]:
     """(mean, mean of the worst ceil(10%)) of per-client accuracies."""
     acc = np.sort(np.asarray(accuracies))
     return float(acc.mean()), float(acc[: max(1, math.ceil(0.1 * len(acc)))].mean())
+
+
+def robust_accuracy(
+    model: torch.nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, attack: PGD, batch_size: int = 1024
+) -> float:
+    """Accuracy of ``model`` on PGD adversarial examples of ``(x, y)`` (NaN if empty or any logit is not finite)."""
+    if len(y) == 0:
+        return float("nan")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct, finite = 0, True
+    try:
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+
+            def input_grad(xa: torch.Tensor, yb: torch.Tensor = yb) -> torch.Tensor:
+                xa = xa.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    (g,) = torch.autograd.grad(loss_fn(model(xa), yb), [xa])
+                return g
+
+            x_adv = pgd(input_grad, xb, attack)
+            with torch.no_grad():
+                logits = model(x_adv)
+            finite = finite and bool(torch.isfinite(logits).all())
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(y) if finite else float("nan")
 
 
 class Evaluator:
@@ -54,12 +91,14 @@ class Evaluator:
         algorithm: Any = None,
         client_config: dict[str, Any] | None = None,
         finetune_steps: int = 0,
+        adversarial: PGD | None = None,
     ):
         self.task = task
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
             self.model = ResidentModel(task.build_model(), device)
         self.test_x, self.test_y = task.data.global_test()
         self.per_client = per_client
+        self.adversarial = adversarial
         self.seed = seed
         n = task.data.num_clients
         if n > max_clients:
@@ -80,6 +119,10 @@ class Evaluator:
         self.model.load(params)
         metrics = self.task.evaluate(self.model.model, self.test_x, self.test_y)
         out: dict[str, Any] = {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
+        if self.adversarial is not None:
+            out["test_robust_accuracy"] = robust_accuracy(
+                self.model.model, self.task.loss_fn, self.test_x, self.test_y, self.adversarial
+            )
         if not self.per_client:
             return out
         global_acc, personal_acc, unseen = [], [], 0

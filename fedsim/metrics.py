@@ -6,6 +6,7 @@
 - at that round: ``round``, ``virtual_time`` (virtual seconds), ``wall_time`` (seconds since
   the run started), ``test_loss``, ``test_accuracy`` (global test set),
   ``client_accuracy_mean``/``client_accuracy_worst10`` (with ``eval.per_client``),
+  ``test_robust_accuracy`` (with ``eval.adversarial``: under a PGD attack),
   ``participants`` (successful updates aggregated in the latest round);
 - since the previous evaluation: ``train_loss`` (sample-weighted mean of the clients' local
   training losses), ``updates`` (successful updates aggregated);

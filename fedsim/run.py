@@ -40,6 +40,7 @@ import yaml
 
 from clients import CLIENTS, check_optimizer_options
 from clients.personal import bind_client_config
+from clients.pgd import PGD
 from fedsim.attacks import ByzantineMonitor, plan_byzantine
 from fedsim.checkpoint import (
     CHECKPOINT_NAME,
@@ -234,6 +235,7 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
         algorithm=algorithm,
         client_config=client_config,
         finetune_steps=config.eval.finetune_steps,
+        adversarial=None if config.eval.adversarial is None else PGD(**config.eval.adversarial.model_dump()),
     )
     initial_loss = evaluator.evaluate(params)["test_loss"] if config.stop.divergence_factor is not None else None
     guard = RunGuard(config.stop.max_dropout_fraction, config.stop.divergence_factor, task.num_classes, initial_loss)

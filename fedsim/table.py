@@ -9,7 +9,8 @@ that is not an object, a value that is not a number) is a one-line error naming 
 
 Per run: the final and best value of the metric (from the evaluations in metrics.jsonl), the
 first evaluated round and virtual time at which it reached the target (time to accuracy, at the
-resolution of ``eval.every``), and the number of dropouts; with personalization (runs that report
+resolution of ``eval.every``), and the number of dropouts; with ``eval.adversarial``, the final
+``test_robust_accuracy`` (accuracy under PGD); with personalization (runs that report
 ``global_client_accuracy_mean``), also the final personalized client accuracies (mean, worst 10%),
 the global model's client mean beside them, and the clients never seen. Per group: mean ± sample std over
 its runs (no ± with one run).
@@ -237,6 +238,7 @@ def run_numbers(run: Run, metric: str, target: float | None, higher_is_better: b
     }
 
 
+ROBUST_KEYS = ("test_robust_accuracy",)  # eval.adversarial
 PERSONAL_KEYS = ("client_accuracy_mean", "client_accuracy_worst10", "global_client_accuracy_mean", "clients_unseen")
 
 
@@ -301,8 +303,8 @@ def compare_table(
         ("vtime_to_target", f"virtual s to {target:g}"),
         ("dropouts", "dropouts"),
     ]
-    # personalization: the clients' own models beside the global model's (final values)
-    personal = [key for key in PERSONAL_KEYS if key != metric and any(_values(r, key) for r in runs)]
+    # robust accuracy, then personalization (the clients' own models beside the global model's): final values
+    personal = [key for key in (*ROBUST_KEYS, *PERSONAL_KEYS) if key != metric and any(_values(r, key) for r in runs)]
     columns += [(key, f"final {key}") for key in personal]
     rows = []
     for group in groups:
