@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -739,7 +739,12 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = RunConfig
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is None:
             return None
-        model = field.annotation
+        # a section or an optional one (``AdversarialEvalConfig | None``)
+        found = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type)]
+        sections = [t for t in found if issubclass(t, BaseModel)]
+        if not sections:
+            return None
+        model = sections[0]
     return model
