@@ -460,6 +460,7 @@ class CommunicationConfig(_Strict):
     bandwidth_trace: str | None = None  # trace: CSV of time,mbps or client,time,mbps
     latency: float = Field(0.0, ge=0)  # virtual seconds per transfer (one down, one up per job)
     uplink_snr_db: float | None = Field(None, ge=-100, le=300)  # additive Gaussian noise on uploads at this SNR
+    downlink_snr_db: float | None = Field(None, ge=-100, le=300)  # additive Gaussian noise on the downloaded model
 
     @field_validator("bandwidth_tiers")
     @classmethod
