@@ -131,6 +131,7 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
         fraction_evaluate=float(flower["fraction_evaluate"]),
         min_nodes=int(flower["min_nodes"]),
         query_timeout=float(flower["round_timeout"]),
+        compressor=payload.compressor,
     )
 
 
