@@ -107,7 +107,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     import numpy as np  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (algo, snr) in ROWS.items():
+    for label, (algo, _snr) in ROWS.items():
         curves = [r["curve"] for r in results if r["label"] == label]
         if not curves:
             continue

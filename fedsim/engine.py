@@ -227,7 +227,7 @@ class Engine:
             rs.dispatch_counts[cid] = count + 1
             seed = derive_seed(self.seed, "client-train", cid, version, count)
             params = self.state.params
-            if getattr(self.payload, "downlink_snr_db", None) is not None:  # a noisy download: this job's own copy
+            if self.payload.downlink_snr_db is not None:  # a noisy download: this job's own copy
                 params, noted = self.payload.receive(params, seed)
                 config = config | noted
             job = ClientJob(
@@ -321,7 +321,7 @@ class Engine:
         result.duration = duration
         result.staleness = self.state.version - job.version
         result.base_params = job.params
-        noise = self.payload.received_noise(job, result.delta) if result.ok and hasattr(self.payload, "receive") else None
+        noise = self.payload.received_noise(job, result.delta) if result.ok else None
         if noise is not None:  # the download noise stays in the model the client sends: delta = local - clean model
             result.delta = result.delta + noise
             result.base_params = job.params - noise.to(job.params)
@@ -473,6 +473,14 @@ class _DensePayload:
 
     def down_bytes(self, job: Any) -> float:
         return self.bytes
+
+    downlink_snr_db = None  # a clean downlink
+
+    def receive(self, params: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return params, {}
+
+    def received_noise(self, job: Any, like: torch.Tensor) -> torch.Tensor | None:
+        return None
 
 
 def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload

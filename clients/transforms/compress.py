@@ -180,7 +180,9 @@ class Compressor:
         out = torch.empty(layout.numel, dtype=torch.float32)
         for (a, b, shape), part in zip(blocks, parts):
             block = part["dense"] if "dense" in part else None
-            value = torch.from_numpy(np.asarray(block, np.float32)) if block is not None else self.decode_block(part, shape)
+            value = (
+                torch.from_numpy(np.asarray(block, np.float32)) if block is not None else self.decode_block(part, shape)
+            )
             if value.numel() != b - a:
                 raise ValueError(f"compressed update: a block decodes to {value.numel()} entries, expected {b - a}")
             out[a:b] = value.reshape(-1)

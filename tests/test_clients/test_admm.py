@@ -72,7 +72,9 @@ def test_serial_and_vmap_give_the_same_admm_run():
 
     params = {}
     for name in ("serial", "vmap"):
-        experiment = build(load_config(values=small_values(rounds=2, strategy={"name": "fedadmm"}, executor={"name": name})))
+        experiment = build(
+            load_config(values=small_values(rounds=2, strategy={"name": "fedadmm"}, executor={"name": name}))
+        )
         experiment.run()
         params[name] = experiment.engine.state.params
         states = experiment.engine.client_states
