@@ -4,6 +4,7 @@ Each is a step function over flat tensors (clients/base.py) that the serial, vma
 executors drive alike.
 """
 
+from clients.admm import ADMM
 from clients.apfl import APFL
 from clients.base import (
     Batch,
@@ -41,6 +42,9 @@ from fedsim.registry import Registry
 
 CLIENTS: Registry[type] = Registry("client algorithm")
 CLIENTS.register("sgd", "local epochs/steps of any torch.optim optimizer (FedAvg client)")(LocalSGD)
+CLIENTS.register(
+    "admm", "federated ADMM: augmented Lagrangian with dual lambda_i, penalty rho = client.mu (Boyd et al. 2011)"
+)(ADMM)
 CLIENTS.register("fedprox", "FedProx: SGD on loss + (mu/2)|y - x_t|^2 (Li et al. 2020)")(FedProx)
 CLIENTS.register("scaffold", "SCAFFOLD option II: gradient corrected by c - c_i (Karimireddy et al. 2020)")(Scaffold)
 CLIENTS.register("feddyn", "FedDyn: prox + linear correction h_i (Acar et al. 2021)")(FedDyn)
@@ -91,6 +95,7 @@ def check_client_options(config: dict) -> None:
 
 
 __all__ = [
+    "ADMM",
     "ALGORITHM_OPTIONS",
     "APFL",
     "Ditto",

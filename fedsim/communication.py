@@ -10,6 +10,11 @@
   compressed), upload = the compressor's ``upload_bytes(layout, client state)`` (4 d without
   one). The engine records them per update (``bytes_up``/``bytes_down`` in a result's metrics)
   and as run totals in rounds.jsonl, metrics.jsonl and summary.json;
+- the noisy downlink (``communication.downlink_snr_db``): the model a job starts from is
+  z + n, n ~ N(0, sigma^2 I), sigma^2 = |z|^2 / (d 10^(SNR/10)), drawn from the job's seed at
+  dispatch (:meth:`Payload.receive`); the noise stays in the model the client sends back, so on
+  arrival the engine adds it to the delta (:meth:`Payload.received_noise`): the server gets
+  local model - z, as when clients upload models and the server averages them;
 - a :class:`Link`: each client's uplink and downlink bandwidth and latency, so a job takes
   download + compute + upload virtual seconds, each transfer bits / bandwidth + latency.
 
@@ -30,24 +35,50 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.special import ndtri
 
 from fedsim.config import ConfigError
 from fedsim.params import ParamLayout
-from fedsim.rng import uniform_per_client
+from fedsim.rng import derive_seed, uniform_per_client
 
 __all__ = ["Payload", "Link", "CommunicationPlan", "plan_communication", "load_bandwidth_trace", "compressor_options"]
 
 MAX_TRACE_ROWS = 10_000_000
 
 
-class Payload:
-    """Bytes each job moves; dense fp32 both ways unless a compressor is in the client transforms."""
+DOWNLINK_NOISE_KEY = "downlink_noise_std"  # job config key: sigma of the noise on the job's downloaded model
 
-    def __init__(self, layout: ParamLayout | int, compressor: Any = None, prefix: str = ""):
+
+class Payload:
+    """Bytes each job moves (dense fp32 both ways unless a compressor is in the client transforms),
+    and the noise on the downloaded model (``downlink_snr_db``; None: a clean downlink)."""
+
+    def __init__(
+        self,
+        layout: ParamLayout | int,
+        compressor: Any = None,
+        prefix: str = "",
+        downlink_snr_db: float | None = None,
+    ):
         self.layout = layout
         self.numel = layout if isinstance(layout, int) else layout.numel
         self.compressor, self.prefix = compressor, prefix
+        self.downlink_snr_db = downlink_snr_db
+
+    def receive(self, params: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """(the model a job with this seed downloads, config entries recording its noise)."""
+        if self.downlink_snr_db is None:
+            return params, {}
+        from clients.transforms.link_noise import noise_std  # noqa: PLC0415
+
+        std = float(noise_std(torch.linalg.vector_norm(params.double()), params.numel(), self.downlink_snr_db))
+        return params + std * _downlink_noise(seed, params), {DOWNLINK_NOISE_KEY: std}
+
+    def received_noise(self, job: Any, like: torch.Tensor) -> torch.Tensor | None:
+        """The noise the job's download added (regenerated from its seed), or None for a clean one."""
+        std = (job.config or {}).get(DOWNLINK_NOISE_KEY)
+        return None if std is None else float(std) * _downlink_noise(job.seed, like)
 
     def down_bytes(self, job: Any) -> float:
         return 4.0 * self.numel
@@ -58,6 +89,12 @@ class Payload:
         from clients.transforms import transform_state  # noqa: PLC0415
 
         return float(self.compressor.upload_bytes(self.layout, transform_state(job.state, self.prefix)))
+
+
+def _downlink_noise(seed: int, like: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(derive_seed(seed, "link-noise-down"))
+    return torch.randn(like.numel(), generator=g).to(like)
 
 
 @dataclass
@@ -164,6 +201,7 @@ class CommunicationPlan:
     client_transforms: tuple[tuple[str, dict[str, Any]], ...]
     link: Link | None
     layout: ParamLayout
+    downlink_snr_db: float | None = None
 
     def attach(self, strategy: Any) -> Payload:
         """Append the client transforms to ``strategy``'s; the Payload the engine uses to size each job."""
@@ -172,9 +210,9 @@ class CommunicationPlan:
         before = tuple(strategy.client_transforms)
         strategy.client_transforms = before + self.client_transforms
         if not self.client_transforms or self.client_transforms[0][0] != "compress":
-            return Payload(self.layout)
+            return Payload(self.layout, downlink_snr_db=self.downlink_snr_db)
         compressor = build_client_transforms(self.client_transforms[:1])[0]
-        return Payload(self.layout, compressor, state_prefix(len(before), compressor.name))
+        return Payload(self.layout, compressor, state_prefix(len(before), compressor.name), self.downlink_snr_db)
 
 
 def plan_communication(config: Any, layout: ParamLayout, num_clients: int) -> CommunicationPlan:
@@ -199,4 +237,4 @@ def plan_communication(config: Any, layout: ParamLayout, num_clients: int) -> Co
         transforms.append(("link_noise", {"snr_db": c.uplink_snr_db}))
     if c.link != "off" and config.population.bandwidth is not None:
         raise ConfigError("communication.link: population.bandwidth is set too; use one of them")
-    return CommunicationPlan(tuple(transforms), build_link(c, num_clients, config.seed), layout)
+    return CommunicationPlan(tuple(transforms), build_link(c, num_clients, config.seed), layout, c.downlink_snr_db)

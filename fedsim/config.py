@@ -170,7 +170,7 @@ class ClientConfig(_Strict):
     lr_decay: float = Field(1.0, gt=0, le=1)  # lr of a job on model version t = lr * lr_decay^t (FL-Simulator 0.998)
     clip_norm: float | None = Field(None, gt=0)  # clip the whole loss gradient to this global L2 norm (FL-Simulator 10)
     # options of one algorithm each; None = that algorithm's default, setting one another algorithm ignores is an error
-    mu: float | None = Field(None, ge=0)  # fedprox: proximal coefficient
+    mu: float | None = Field(None, ge=0)  # fedprox: proximal coefficient; admm: the penalty rho (> 0)
     lamb: float | None = Field(None, ge=0)  # feddyn alpha / fedspeed beta = 1/lambda: prox + correction coefficient
     rho: float | None = Field(None, ge=0)  # fedsam, mofedsam, fedspeed: SAM perturbation radius
     alpha: float | None = Field(None, ge=0, le=1)  # mofedsam, fedcm: weight of the local gradient vs server momentum
@@ -476,6 +476,7 @@ class CommunicationConfig(_Strict):
     bandwidth_trace: str | None = None  # trace: CSV of time,mbps or client,time,mbps
     latency: float = Field(0.0, ge=0)  # virtual seconds per transfer (one down, one up per job)
     uplink_snr_db: float | None = Field(None, ge=-100, le=300)  # additive Gaussian noise on uploads at this SNR
+    downlink_snr_db: float | None = Field(None, ge=-100, le=300)  # additive Gaussian noise on the downloaded model
 
     @field_validator("bandwidth_tiers")
     @classmethod

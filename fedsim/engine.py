@@ -42,6 +42,7 @@ import torch
 
 from fedsim.callbacks import Callback, Evaluation, History, TimeToAccuracy, notify, weighted_train_loss
 from fedsim.checkpoint import checkpointable
+from fedsim.communication import DOWNLINK_NOISE_KEY
 from fedsim.evaluation import Evaluator
 from fedsim.executors.worker import failed_result
 from fedsim.population import Population
@@ -224,13 +225,18 @@ class Engine:
                 config |= overrides[i]
             count = rs.dispatch_counts.get(cid, 0)
             rs.dispatch_counts[cid] = count + 1
+            seed = derive_seed(self.seed, "client-train", cid, version, count)
+            params = self.state.params
+            if self.payload.downlink_snr_db is not None:  # a noisy download: this job's own copy
+                params, noted = self.payload.receive(params, seed)
+                config = config | noted
             job = ClientJob(
                 job_id=rs.next_job_id,
                 client_id=cid,
                 version=version,
-                params=self.state.params,
+                params=params,
                 config=config,
-                seed=derive_seed(self.seed, "client-train", cid, version, count),
+                seed=seed,
                 state=self.client_states.get(cid),
                 broadcast=broadcast,
             )
@@ -315,6 +321,11 @@ class Engine:
         result.duration = duration
         result.staleness = self.state.version - job.version
         result.base_params = job.params
+        noise = self.payload.received_noise(job, result.delta) if result.ok else None
+        if noise is not None:  # the download noise stays in the model the client sends: delta = local - clean model
+            result.delta = result.delta + noise
+            result.base_params = job.params - noise.to(job.params)
+            result.metrics["downlink_noise_std"] = float(job.config[DOWNLINK_NOISE_KEY])
         if result.ok:  # it was uploaded (even if refused as too stale below)
             result.metrics["bytes_up"] = self.payload.up_bytes(job)
             result.metrics["bytes_down"] = self.payload.down_bytes(job)
@@ -462,6 +473,14 @@ class _DensePayload:
 
     def down_bytes(self, job: Any) -> float:
         return self.bytes
+
+    downlink_snr_db = None  # a clean downlink
+
+    def receive(self, params: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return params, {}
+
+    def received_noise(self, job: Any, like: torch.Tensor) -> torch.Tensor | None:
+        return None
 
 
 def _no_broadcast(state: Any) -> None:  # algos: strategies without a server -> client payload

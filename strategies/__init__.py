@@ -1,5 +1,6 @@
 """Server-side aggregation: strategies built from a weighting and a server optimizer."""
 
+from strategies import admm as _admm  # noqa: F401  (registers weighting admm, preset fedadmm)
 from strategies import afa as _afa  # noqa: F401  (registers weightings afa_cd, afa_cs)
 from strategies import fedfix as _fedfix  # noqa: F401  (registers weighting fedfix)
 from strategies import fedspeed as _fedspeed  # noqa: F401  (registers the "fedspeed" preset)

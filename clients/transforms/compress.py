@@ -39,6 +39,16 @@ p = delta + e, send C(p), keep e <- p - C(p) in the client's state (so sent + ne
 delta + old residual). It is on by default for ``powersgd`` and ``lgreco`` (as in
 ``powerSGD_hook``), off for the others.
 
+Wire format (what Flower's ClientApp sends instead of the dense delta; :meth:`Compressor.encode`
+and :meth:`Compressor.decode`, numpy arrays per block, made from the decompressed update so
+that every executor's result can be sent): top-k / random-k / L-GreCo(top-k) send the kept
+entries as int32 indices + fp32 values; sign sends packed sign bits + the fp32 scale (+ the
+int32 positions of exact zeros, if any); QSGD sends sign and level packed at 1 + ceil(log2(s + 1))
+bits per entry + one fp32 unit (norm / s, recovered from the levels; s <= 255, else dense);
+PowerSGD / L-GreCo(PowerSGD) send fp32 factors P (n x r) and Q (m x r) of the rank-r M^ (from
+its SVD). Blocks a compressor sends dense are fp32 arrays. top-k, random-k and sign decode bit
+for bit; QSGD and PowerSGD to float rounding (about 1e-7 relative).
+
 Randomness (random-k's indices, QSGD's rounding, PowerSGD's first Q) comes from the job's seed
 per tensor, so every executor draws the same numbers. All compressors run on the stack of rows
 at once (batched ``topk``, ``bmm``, batched QR), except that rows with different L-GreCo levels
@@ -147,6 +157,43 @@ class Compressor:
     def after(self, p: torch.Tensor, ctx: ClientContext, states: list[dict | None], new_states: list[dict]) -> None:
         """Hook after every block is compressed (L-GreCo chooses next levels here)."""
 
+    # ------------------------------------------------------------------ wire format (Flower)
+
+    def encode(self, row: torch.Tensor, layout: ParamLayout, levels: list[Any]) -> dict[str, np.ndarray]:
+        """The arrays that carry one decompressed update (``levels``: the client's, from its state at dispatch)."""
+        out: dict[str, np.ndarray] = {}
+        flat = row.detach().to("cpu", torch.float32)
+        for j, ((a, b, shape), level) in enumerate(zip(blocks_of(layout, self.per_layer), levels)):
+            parts = self.encode_block(flat[a:b], shape, level)
+            out.update({f"{j}.{key}": value for key, value in parts.items()})
+        return out
+
+    def decode(self, arrays: dict[str, np.ndarray], layout: ParamLayout) -> torch.Tensor:
+        """The flat update from :meth:`encode`'s arrays."""
+        blocks = blocks_of(layout, self.per_layer)
+        parts: list[dict[str, np.ndarray]] = [{} for _ in blocks]
+        for key, value in arrays.items():
+            j, _, name = key.partition(".")
+            if not j.isdigit() or int(j) >= len(blocks):
+                raise ValueError(f"compressed update: unexpected array {key!r}")
+            parts[int(j)][name] = value
+        out = torch.empty(layout.numel, dtype=torch.float32)
+        for (a, b, shape), part in zip(blocks, parts):
+            block = part["dense"] if "dense" in part else None
+            value = (
+                torch.from_numpy(np.asarray(block, np.float32)) if block is not None else self.decode_block(part, shape)
+            )
+            if value.numel() != b - a:
+                raise ValueError(f"compressed update: a block decodes to {value.numel()} entries, expected {b - a}")
+            out[a:b] = value.reshape(-1)
+        return out
+
+    def encode_block(self, x: torch.Tensor, shape: tuple[int, ...], level: Any) -> dict[str, np.ndarray]:
+        return {"dense": x.numpy().copy()}
+
+    def decode_block(self, part: dict[str, np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
+        raise ValueError(f"compressed update: a {self.name} block without a known array ({sorted(part)})")
+
     def apply(self, updates: torch.Tensor, ctx: ClientContext) -> tuple:
         k = updates.shape[0]
         states = list(ctx.states) if ctx.states is not None else [None] * k
@@ -185,6 +232,32 @@ def _sparse_bytes(n: int, k: int) -> int:
     return min(8 * k, 4 * n)
 
 
+def _encode_sparse(x: torch.Tensor, k: int) -> dict[str, np.ndarray]:
+    if 8 * k >= 4 * x.numel():
+        return {"dense": x.numpy().copy()}
+    idx = torch.nonzero(x).reshape(-1)
+    return {"idx": idx.to(torch.int32).numpy(), "val": x[idx].numpy().copy()}
+
+
+def _decode_sparse(part: dict[str, np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
+    out = torch.zeros(math.prod(shape), dtype=torch.float32)
+    idx = torch.from_numpy(np.asarray(part["idx"], np.int64))
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= out.numel()):
+        raise ValueError("compressed update: a sparse index is out of range")
+    out[idx] = torch.from_numpy(np.asarray(part["val"], np.float32))
+    return out
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ints < 2**bits, packed at ``bits`` bits each (little-endian within a value)."""
+    return np.packbits(((values[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1))
+
+
+def _unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    flat = np.unpackbits(np.asarray(packed, np.uint8))[: n * bits].reshape(n, bits).astype(np.int64)
+    return flat @ (1 << np.arange(bits))
+
+
 @COMPRESSORS.register("topk", "keep the ceil(ratio n) largest |entries| per tensor (FLSim SparseMaskChannel)")
 class TopK(Compressor):
     name = "topk"
@@ -203,6 +276,12 @@ class TopK(Compressor):
 
     def scores(self, x, block, ctx):
         return x.abs()
+
+    def encode_block(self, x, shape, level):
+        return _encode_sparse(x, level)
+
+    def decode_block(self, part, shape):
+        return _decode_sparse(part, shape)
 
     def compress(self, x, shape, block, levels, ctx, states, new_states):
         out = torch.empty_like(x)
@@ -246,6 +325,30 @@ class QSGD(Compressor):
         xi = low + (u < scaled - low).to(x.dtype)
         return norm * torch.sign(x) * xi / self.s
 
+    def encode_block(self, x, shape, level):
+        v = x.double().abs()
+        top = float(v.max()) if v.numel() else 0.0
+        if top == 0.0 or self.s > 255:
+            return super().encode_block(x, shape, level) if top else {"unit": np.zeros(1, np.float32)}
+        for peak in range(1, self.s + 1):  # the smallest level of the largest entry that makes every entry a level
+            q = v * (peak / top)
+            if float((q - q.round()).abs().max()) < 1e-3:
+                break
+        else:
+            return super().encode_block(x, shape, level)
+        signed = (q.round().to(torch.int64) * 2 + (x < 0).to(torch.int64)).numpy()  # level, then the sign bit
+        bits = 1 + math.ceil(math.log2(self.s + 1))
+        return {"unit": np.array([top / peak], np.float32), "levels": _pack(signed, bits)}
+
+    def decode_block(self, part, shape):
+        n = math.prod(shape)
+        unit = float(np.asarray(part["unit"], np.float32)[0])
+        if "levels" not in part:
+            return torch.zeros(n, dtype=torch.float32)
+        signed = torch.from_numpy(_unpack(part["levels"], 1 + math.ceil(math.log2(self.s + 1)), n))
+        sign = 1.0 - 2.0 * (signed % 2).to(torch.float32)
+        return sign * (signed // 2).to(torch.float32) * unit
+
 
 @COMPRESSORS.register("sign", "scaled sign: (||p||_1 / n) sign(p) per tensor (EF-signSGD, Karimireddy et al. 2019)")
 class Sign(Compressor):
@@ -257,6 +360,22 @@ class Sign(Compressor):
     def compress(self, x, shape, block, levels, ctx, states, new_states):
         scale = x.abs().sum(dim=1, keepdim=True) / x.shape[1]
         return scale * torch.sign(x)
+
+    def encode_block(self, x, shape, level):
+        out = {"bits": np.packbits((x > 0).numpy()), "scale": np.array([float(x.abs().max())], np.float32)}
+        zeros = torch.nonzero(x == 0).reshape(-1)
+        if len(zeros) and out["scale"][0] > 0:
+            out["zeros"] = zeros.to(torch.int32).numpy()
+        return out
+
+    def decode_block(self, part, shape):
+        n = math.prod(shape)
+        positive = torch.from_numpy(np.unpackbits(np.asarray(part["bits"], np.uint8))[:n].astype(np.bool_))
+        scale = torch.from_numpy(np.asarray(part["scale"], np.float32))
+        out = torch.where(positive, scale, -scale)
+        if "zeros" in part:
+            out[torch.from_numpy(np.asarray(part["zeros"], np.int64))] = 0.0
+        return out
 
 
 def _matrix(shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -312,6 +431,30 @@ class _LowRank(Compressor):
             for i, r in enumerate(rows):
                 new_states[r][f"q{block}"] = q_new[i].detach().to("cpu", torch.float32).clone()
         return out
+
+    def encode_block(self, x, shape, level):
+        if self.base_is_topk():
+            return _encode_sparse(x, level)
+        if not self.compressible(shape, level):
+            return super().encode_block(x, shape, level)
+        n, m = _matrix(shape)
+        u, sv, vh = torch.linalg.svd(x.double().reshape(n, m), full_matrices=False)
+        return {
+            "P": (u[:, :level] * sv[:level]).to(torch.float32).numpy(),
+            "Q": vh[:level].T.to(torch.float32).contiguous().numpy(),
+        }
+
+    def decode_block(self, part, shape):
+        if "idx" in part:
+            return _decode_sparse(part, shape)
+        p, q = (torch.from_numpy(np.asarray(part[k], np.float32)) for k in ("P", "Q"))
+        n, m = _matrix(shape) or (0, 0)
+        if p.ndim != 2 or q.ndim != 2 or p.shape[0] != n or q.shape[0] != m or p.shape[1] != q.shape[1]:
+            raise ValueError(f"compressed update: factors {tuple(p.shape)}, {tuple(q.shape)} do not fit {shape}")
+        return (p @ q.T).reshape(-1)
+
+    def base_is_topk(self) -> bool:
+        return getattr(self, "base", "powersgd") == "topk"
 
 
 @COMPRESSORS.register("powersgd", "rank-r PowerSGD per matrix, warm-started Q per client (Vogels et al. 2019)")

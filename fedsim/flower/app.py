@@ -114,9 +114,14 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
     privacy = plan_privacy(config, task.data.num_clients)  # client transforms travel in each job's config
     byzantine = plan_byzantine(config, task.data.num_clients)  # attackers are node indices, as fedsim's client ids
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
-    plan_communication(config, ParamLayout.of(task.build_model()), task.data.num_clients).attach(
+    if config.communication.downlink_snr_db is not None:
+        raise ConfigError(
+            "config error: communication.downlink_snr_db: a noisy downlink is simulated by fedsim's engine only; "
+            "a Flower deployment has its own channel (remove the key)"
+        )
+    payload = plan_communication(config, ParamLayout.of(task.build_model()), task.data.num_clients).attach(
         strategy
-    )  # compression
+    )  # compression: the ClientApp compresses, the strategy decodes the compressed arrays with payload.compressor
     return FedsimStrategy(
         strategy,
         ArrayCodec(task.build_model()),
@@ -126,6 +131,7 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
         fraction_evaluate=float(flower["fraction_evaluate"]),
         min_nodes=int(flower["min_nodes"]),
         query_timeout=float(flower["round_timeout"]),
+        compressor=payload.compressor,
     )
 
 

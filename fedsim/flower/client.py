@@ -6,7 +6,10 @@
   ArrayRecord, the job config and seed the server sent, the node's client state) and runs
   it with a fedsim ``Worker``, exactly as fedsim's serial executor runs a job (resident
   model, any ``clients.CLIENTS`` algorithm, this node's partition); it replies with the update as ``fedsim.delta`` (flat,
-  float32, lossless) plus ``num-examples`` / ``num-steps`` / the algorithm's metrics. Client
+  float32, lossless) -- or, when the pipeline ends with a compressor (``communication.compressor``),
+  as ``fedsim.delta-compressed``: the compressor's wire arrays (top-k indices and values, packed
+  signs or QSGD levels, PowerSGD factors; clients/transforms/compress.py), which the server
+  decodes with the same compressor -- plus ``num-examples`` / ``num-steps`` / the algorithm's metrics. Client
   state the algorithm keeps between rounds (SCAFFOLD's c_i, FedSpeed's h_i, ...) lives in
   the node's ``Context.state`` as an ArrayRecord. Messages from a plain Flower strategy
   (no fedsim keys) get the base ``client_config`` and a reply in Flower's convention
@@ -30,6 +33,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.transforms import state_prefix, transform_state
+from clients.transforms.compress import Compressor
 from fedsim.executors.worker import Worker, WorkerSpec
 from fedsim.flower.arrays import ArrayCodec, record_to_state, state_to_record
 from fedsim.flower.strategy import KEYS
@@ -37,7 +42,7 @@ from fedsim.rng import derive_seed
 from fedsim.tasks import Task
 from fedsim.types import ClientJob
 
-__all__ = ["make_client_app", "partition_of", "STATE_KEY"]
+__all__ = ["make_client_app", "partition_of", "delta_record", "STATE_KEY"]
 
 STATE_KEY = "fedsim.client-state"  # the algorithm's client state in Context.state
 
@@ -58,6 +63,18 @@ def partition_of(context: Context) -> int:
             "--node-config 'partition-id=<i> num-partitions=<n>'"
         )
     return int(context.node_config[KEYS.PARTITION])
+
+
+def delta_record(worker: Worker, job: dict[str, Any], delta: Any) -> tuple[str, ArrayRecord]:
+    """(record key, ArrayRecord) carrying a client's update: the compressor's wire arrays when the
+    pipeline ends with one (a noisy uplink after it makes the update dense again), else the flat delta."""
+    last = worker.transforms[-1] if worker.transforms else None
+    if last is None or not isinstance(last, Compressor):
+        return KEYS.DELTA, ArrayRecord({"flat": Array(np.array(delta.numpy(), order="C"))})
+    prefix = state_prefix(len(worker.transforms) - 1, last.name)
+    layout = worker.model.layout
+    arrays = last.encode(delta, layout, last.levels(layout, transform_state(job.get("state"), prefix)))
+    return KEYS.DELTA_COMPRESSED, ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 class _NodeWorkers:
@@ -157,7 +174,8 @@ def make_client_app(
         metrics |= {k: float(v) for k, v in result.metrics.items()}
         content = RecordDict({KEYS.METRICS: MetricRecord(metrics)})
         if from_fedsim:
-            content[KEYS.DELTA] = ArrayRecord({"flat": Array(np.array(result.delta.numpy(), order="C"))})
+            key, record = delta_record(workers.worker(resolved, name, transforms), job, result.delta)
+            content[key] = record
             extras = getattr(result, "extras", None)
             if extras:
                 content[KEYS.EXTRAS] = state_to_record(extras)

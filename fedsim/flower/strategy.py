@@ -15,7 +15,7 @@ One round, in fedsim's terms:
    (client config | ``strategy.configure``) and its job seed, derived exactly as the fedsim
    engine derives it.
 2. ``aggregate_train``: each reply becomes a ``ClientResult`` keyed by the node's index (its
-   ``fedsim.delta`` record, or a plain Flower client's ``arrays`` minus the global model);
+   ``fedsim.delta`` record, or its compressed arrays decoded by the pipeline's compressor, or a plain Flower client's ``arrays`` minus the global model);
    non-finite or mis-shaped updates are dropped; a node that was sampled but sent no reply
    or an error reply is absent from this round, which is what FedAU learns participation
    from. ``strategy.aggregate`` runs on the successful results sorted by index, also when
@@ -57,6 +57,7 @@ class KEYS:
     CONFIG = "config"
     METRICS = "metrics"
     DELTA = "fedsim.delta"  # ArrayRecord {"flat": local - global} from a fedsim client
+    DELTA_COMPRESSED = "fedsim.delta-compressed"  # the compressor's wire arrays of the same (Compressor.encode)
     BROADCAST = "fedsim.broadcast"  # per-version server -> client payload (e.g. SCAFFOLD's c)
     EXTRAS = "fedsim.extras"  # extra flat tensors a fedsim client sends back
     NODE_INFO = "node-info"
@@ -97,6 +98,7 @@ class FedsimStrategy(FlowerStrategy):
         min_nodes: int = 1,
         discover: bool = True,
         query_timeout: float = 120.0,
+        compressor: Any = None,
     ):
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"flower.fraction_evaluate must be in [0, 1], got {fraction_evaluate}")
@@ -109,6 +111,7 @@ class FedsimStrategy(FlowerStrategy):
         self.min_nodes = min_nodes
         self.discover = discover
         self.query_timeout = query_timeout
+        self.compressor = compressor  # decodes fedsim.delta-compressed replies (the pipeline's compressor)
         self.nodes = NodeIndex()
         self.state: ServerState | None = None
         self.int_buffers: dict[str, torch.Tensor] | None = None
@@ -311,6 +314,11 @@ class FedsimStrategy(FlowerStrategy):
         try:
             if KEYS.DELTA in content.array_records:
                 delta = torch.from_numpy(np.array(content.array_records[KEYS.DELTA]["flat"].numpy())).float()
+            elif KEYS.DELTA_COMPRESSED in content.array_records:
+                if self.compressor is None:
+                    raise ValueError("a compressed update, but this strategy has no compressor")
+                arrays = {k: v.numpy() for k, v in content.array_records[KEYS.DELTA_COMPRESSED].items()}
+                delta = self.compressor.decode(arrays, self.codec.layout)
             else:  # a plain Flower client: its local model
                 local, _ = self.codec.decode(content.array_records[KEYS.ARRAYS])
                 delta = local - state.params

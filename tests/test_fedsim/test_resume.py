@@ -272,6 +272,7 @@ PRESETS = [
     "fedavgm",
     "fedbuff",
     "fedcm",
+    "fedadmm",
     "feddyn",
     "fedfix",
     "fedprox",

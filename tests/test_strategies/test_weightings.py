@@ -51,6 +51,7 @@ HAND_EXPECTED = {
     "afa_cs": [0.75, 1.25],  # one step each: (1/M) sum of stored, as MIFA
     "scaffold": [1.0, 5 / 3],  # U = plain mean of the deltas (c is updated from the extras)
     "fedcm": [1.0, 5 / 3],  # U = plain mean of the deltas (momentum from the extras)
+    "admm": [1.0, 5 / 3],  # z = unweighted mean of the sent w_i + lambda_i / rho, whatever the sample counts
     "feddyn": [1.0 + 0.75, 5 / 3 + 1.25],  # mean delta + (1/N) sum of h = the 3 fresh deltas
     "expected_cohort": [3 / 1.85, 5 / 1.85],  # sum of deltas / D, D = sum of p = 1.85 (no privacy plan)
     # robust rules with f = 0 (no attackers assumed); unweighted
