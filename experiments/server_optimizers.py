@@ -12,7 +12,7 @@ gradient (strategies/library_optimizers.py). Arms, with the paper each comes fro
     Lion        Chen et al. 2023 (arXiv 2302.06675)                    pytorch-optimizer ``lion``
     ADOPT       Taniguchi et al. 2024 (arXiv 2411.02853)               pytorch-optimizer ``adopt``
     Adan        Xie et al. 2022 (arXiv 2208.06677)                     pytorch-optimizer ``adan``
-    MARS        Yuan et al. 2024 (arXiv 2411.10438)                    pytorch-optimizer ``mars``
+    MARS        Yuan et al. 2024 (arXiv 2411.10438)                    pytorch-optimizer ``mars`` (optimize_1d)
 
 plus client Adam, client Lion and client SGD under server SGD (lr 1: FedAvg).
 
@@ -26,9 +26,11 @@ per arm and task is the one with the best mean final accuracy over seeds.
 
 Tasks (experiments/server_optimizers.yaml): digits CNN, 50 clients, Dirichlet 0.1 label skew,
 10 clients a round, 10 local steps of batch 10 at client lr 0.1; LEAF Synthetic(1, 1) with a one-hidden-layer
-MLP (64), same population. Both are tiny and the run is short (20 rounds, --quick: 6 rounds,
-1 seed, 1 lr). Measured pace: ~16-25 s per digits run with 2 at once, so the full sweep
-(234 runs) takes ~45-50 minutes on 2 cores, not 30; --rounds 12 brings it near 30. Conclusions about which
+MLP (64), same population. Both are tiny and the runs are short (40 rounds; --quick: 6 rounds,
+1 seed, 1 lr). Pace on 2 cores: ~0.2 s a round for a digits run and ~0.05 s for a synthetic
+one on a quiet machine, two at once; the full sweep (234 runs) took 18 minutes at 40 rounds on a
+machine shared with other jobs. An interrupted sweep resumes: finished run folders whose
+row.json records the same job are reused. Conclusions about which
 optimizer wins in the papers' regimes (hundreds to thousands of rounds, CNNs/Transformers on
 CIFAR/StackOverflow) do not follow from it. Writes (raw run folders under raw/, git-ignored):
 
@@ -36,7 +38,7 @@ CIFAR/StackOverflow) do not follow from it. Writes (raw run folders under raw/, 
     experiments/results/server_optimizers/results.md    best-tuned final accuracy, rounds to target
     experiments/results/server_optimizers/results.png   accuracy curves of each arm's best lr
 
-    python experiments/server_optimizers.py [--quick] [--seeds 1 2 3] [--rounds 20] [--jobs 2]
+    python experiments/server_optimizers.py [--quick] [--seeds 1 2 3] [--rounds 40] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -65,7 +67,13 @@ ARMS: dict[str, tuple[dict[str, Any], float, str]] = {
     "Lion": ({"strategy": {"server_optimizer": "lion"}}, 0.001, "server"),
     "ADOPT": ({"strategy": {"server_optimizer": "adopt"}}, 0.01, "server"),
     "Adan": ({"strategy": {"server_optimizer": "adan"}}, 0.01, "server"),
-    "MARS": ({"strategy": {"server_optimizer": "mars"}}, 0.01, "server"),
+    # the server steps one flat (1-D) vector, and MARS steps 1-D parameters with AdamW at its own
+    # lr_1d (3e-3, ignoring lr) unless optimize_1d is set
+    "MARS": (
+        {"strategy": {"server_optimizer": "mars", "server_optimizer_kwargs": {"optimize_1d": True}}},
+        0.01,
+        "server",
+    ),
     "client SGD": ({"client": {"optimizer": "sgd"}}, 0.1, "client"),
     "client Adam": ({"client": {"optimizer": "adam"}}, 0.01, "client"),
     "client Lion": ({"client": {"optimizer": "lion"}}, 0.001, "client"),
@@ -78,7 +86,16 @@ LAST_EVALS = 3  # final accuracy = mean of the last evaluations
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One run (in a worker process): returns its row with the accuracy curve."""
+    """One run (in a worker process): returns its row with the accuracy curve.
+
+    A run folder whose row.json records the same job (a finished run of an interrupted sweep) is
+    reused instead of run again; the row says so in ``reused``.
+    """
+    saved = Path(job["out"]) / "row.json"
+    if saved.exists():
+        row = json.loads(saved.read_text())
+        if row.get("job") == job:
+            return {**row, "reused": True}
     import torch  # noqa: PLC0415
 
     from fedsim.config import (
@@ -109,7 +126,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     curve = [(r["round"], r["test_accuracy"]) for r in rows if "test_accuracy" in r]
     accuracy = [a for _, a in curve]
     final = statistics.fmean(accuracy[-LAST_EVALS:]) if accuracy and summary.get("status") == "completed" else 0.0
-    return {
+    row = {
         "task": job["task"],
         "arm": job["arm"],
         "lr": lr,
@@ -120,7 +137,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "best_accuracy": max(accuracy, default=0.0),
         "wall_s": wall,
         "curve": curve,
+        "job": job,
     }
+    saved.write_text(json.dumps(row))
+    return {**row, "reused": False}
 
 
 def rounds_to(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -168,7 +188,9 @@ def summarize(rows: list[dict[str, Any]], out: Path) -> str:
     text = (
         f"Test accuracy, seeds {seeds}, {rounds} rounds; final = mean of the last {LAST_EVALS} evaluations; "
         f"each arm at its best lr of the grid (mean final accuracy over seeds). Runs: {len(rows)}, "
-        f"{sum(r['wall_s'] for r in rows) / 60:.1f} CPU-minutes of runs.\n" + "\n".join(lines) + "\n"
+        f"{sum(r['wall_s'] for r in rows) / 60:.1f} minutes of run wall time summed over runs.\n"
+        + "\n".join(lines)
+        + "\n"
     )
     (out / "results.md").write_text(text)
     plot(best_curves, out)
@@ -220,6 +242,8 @@ def jobs_for(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                             "seed": seed,
                             "rounds": args.rounds,
                             "config": args.config,
+                            # the arm's settings too, so that a changed arm is not reused from raw/
+                            "settings": json.loads(json.dumps(ARMS[arm])),
                             "out": str(out / "raw" / name),
                         }
                     )
@@ -231,14 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(HERE / "server_optimizers.yaml"))
     parser.add_argument("--quick", action="store_true", help="6 rounds, seed 1, the grid's centre lr only")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 1 2 3 (--quick: 1)")
-    parser.add_argument("--rounds", type=int, default=None, help="default 20 (--quick: 6)")
+    parser.add_argument("--rounds", type=int, default=None, help="default 40 (--quick: 6)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (processes, one torch thread each)")
     parser.add_argument("--out", default=str(HERE / "results" / "server_optimizers"))
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
-    args.rounds = args.rounds or (6 if args.quick else 20)
+    args.rounds = args.rounds or (6 if args.quick else 40)
     out = Path(args.out)
     (out / "raw").mkdir(parents=True, exist_ok=True)
     jobs = jobs_for(args, out)
@@ -251,11 +275,15 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(
                     f"{row['task']:<18} {row['arm']:<11} lr {row['lr']:<8.3g} seed {row['seed']}: "
-                    f"final {100 * row['final_accuracy']:.1f}  {row['wall_s']:.1f}s",
+                    f"final {100 * row['final_accuracy']:.1f}  {row['wall_s']:.1f}s"
+                    + (" (reused)" if row["reused"] else ""),
                     flush=True,
                 )
     else:
         rows = [run_one(job) for job in jobs]
+    reused = sum(row["reused"] for row in rows)
+    if reused:
+        print(f"reused {reused} finished runs from {out}/raw (delete it to run them again)")
     print(summarize(rows, out))
     print(f"wrote {out}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")
 

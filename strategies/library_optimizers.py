@@ -177,6 +177,10 @@ class LibraryOptimizer:
                 f"strategy.server_optimizer_kwargs: {self.name} ({self.cls.__name__}) has no option "
                 f"{unknown[0]!r}; valid choices: {valid or 'none'}"
             )
+        if self.cls.__name__ == "MARS":
+            # MARS steps 1-D parameters with plain AdamW at its own lr_1d, ignoring lr, unless
+            # optimize_1d; the server steps one flat 1-D vector, so only this makes it MARS at server_lr
+            options.setdefault("optimize_1d", True)
         for key in ("betas",):  # YAML gives lists; the optimizers index them, some compare them as tuples
             if isinstance(options.get(key), list):
                 options[key] = tuple(options[key])

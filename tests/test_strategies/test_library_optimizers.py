@@ -197,3 +197,17 @@ def test_fedsim_list_optimizers_and_show_cover_both_sides(capsys):
     out = capsys.readouterr().out
     assert "server optimizer adabelief" in out and "strategy.server_optimizer_kwargs.betas" in out
     assert "local optimizer adabelief" in out and "client.optimizer_kwargs.betas" in out
+
+
+def test_server_mars_is_mars_at_server_lr_not_adamw_at_lr_1d():
+    # the server's one flat vector is 1-D; MARS's default sends 1-D parameters to AdamW at lr_1d
+    params, u = torch.linspace(-1.0, 1.0, 16), torch.linspace(0.3, -0.2, 16)
+    steps = []
+    for lr in (1e-3, 1e-2):
+        opt = SERVER_OPTIMIZERS.get("mars")(lr=lr)
+        new, _ = opt.apply(u, opt.init(params), params)
+        steps.append((new - params).abs().max().item())
+    assert steps[1] > 5 * steps[0]  # the step follows server_lr
+    opt = SERVER_OPTIMIZERS.get("mars")(lr=1e-2, options={"optimize_1d": False})  # the user's choice stands
+    new, _ = opt.apply(u, opt.init(params), params)
+    assert (new - params).abs().max().item() == pytest.approx(3e-3, rel=0.2)  # AdamW at lr_1d
