@@ -18,11 +18,10 @@ coordinates are the head depends on the model, which a client config does not kn
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fedsim.params import ParamLayout
 
@@ -79,14 +78,10 @@ def head_spans(layout: ParamLayout, personal_layers: list[str] | int | None) -> 
     return tuple((int(s), int(e)) for s, e in spans)
 
 
-def bind_client_config(
-    algorithm: Any, client_config: dict[str, Any], build_model: Callable[[], nn.Module]
-) -> dict[str, Any]:
+def bind_client_config(algorithm: Any, client_config: dict[str, Any], layout: ParamLayout) -> dict[str, Any]:
     """The client config with what the algorithm needs to know of the model (FedPer/FedRep's head)."""
     if not getattr(algorithm, "needs_head", False):
         return client_config
-    with torch.random.fork_rng(devices=[]):  # building the model must not move the caller's RNG
-        layout = ParamLayout.of(build_model())
     spans = head_spans(layout, client_config.get("personal_layers"))
     return client_config | {"personal_spans": [list(s) for s in spans]}
 

@@ -185,10 +185,9 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     spec = task_spec(config)
     task = task if task is not None else build_task(spec)
     algorithm = CLIENTS.get(config.client.algorithm)()
-    client_config = bind_client_config(
-        algorithm, client_config, lambda: _fresh_model(task)
-    )  # FedPer/FedRep: the head's spans
     check_resources(config, task, algorithm, force=force)
+    layout = ParamLayout.of(_fresh_model(task))  # once the memory estimate allows building the model
+    client_config = bind_client_config(algorithm, client_config, layout)  # FedPer/FedRep: the head's spans
     params = initial_params(task, config.seed)
     population = build_population(
         config.population, task.data, config.seed, model_bits=32.0 * params.numel(), batch_size=config.client.batch_size
@@ -198,12 +197,12 @@ def build(config: RunConfig, task: Task | None = None, force: bool = False) -> E
     for note in byzantine.notes:
         log.info("%s", note)
     strategy = build_strategy(config.strategy, privacy=privacy, seed=config.seed, byzantine=byzantine)
-    communication = plan_communication(config, ParamLayout.of(_fresh_model(task)), population.num_clients)
+    communication = plan_communication(config, layout, population.num_clients)
     payload = communication.attach(strategy)  # compression after privacy's transforms; bytes known at dispatch
     population.link = communication.link
     scheduler = build_scheduler(config)
     check_rounds_only(strategy, config)
-    if not hasattr(algorithm, "train") and any(ParamLayout.of(_fresh_model(task)).is_buffer):
+    if not hasattr(algorithm, "train") and any(layout.is_buffer):
         raise ValueError(
             f"client.algorithm '{config.client.algorithm}' needs a model without float buffers "
             f"(BatchNorm running statistics); use GroupNorm/LayerNorm or client.algorithm sgd"

@@ -39,7 +39,7 @@ from fedsim.flower.arrays import ArrayCodec
 from fedsim.flower.client import make_client_app
 from fedsim.flower.sampling import AllConnected, ParticipationSampler, Sampler, UniformSampler
 from fedsim.flower.strategy import FedsimStrategy
-from fedsim.params import ParamLayout, ResidentModel
+from fedsim.params import ResidentModel
 from fedsim.population import PARTICIPATION
 from fedsim.privacy import plan_privacy
 from fedsim.run import initial_params, task_spec
@@ -119,14 +119,15 @@ def make_strategy(config: RunConfig, task: Task, flower: Mapping[str, Any] | Non
             "config error: communication.downlink_snr_db: a noisy downlink is simulated by fedsim's engine only; "
             "a Flower deployment has its own channel (remove the key)"
         )
-    payload = plan_communication(config, ParamLayout.of(task.build_model()), task.data.num_clients).attach(
+    codec = ArrayCodec(task.build_model())
+    payload = plan_communication(config, codec.layout, task.data.num_clients).attach(
         strategy
     )  # compression: the ClientApp compresses, the strategy decodes the compressed arrays with payload.compressor
     return FedsimStrategy(
         strategy,
-        ArrayCodec(task.build_model()),
+        codec,
         make_sampler(config, task),
-        bind_client_config(CLIENTS.get(config.client.algorithm)(), config.client.model_dump(), task.build_model),
+        bind_client_config(CLIENTS.get(config.client.algorithm)(), config.client.model_dump(), codec.layout),
         config.seed,
         fraction_evaluate=float(flower["fraction_evaluate"]),
         min_nodes=int(flower["min_nodes"]),

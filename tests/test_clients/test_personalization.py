@@ -78,7 +78,7 @@ def run_mlp(mlp, name, config, state=None, params=None):
     config = (
         BASE | {"batch_size": 5, "local_epochs": 2, "weight_decay": 1e-3, "clip_norm": 0.5, "lr_decay": 0.9} | config
     )
-    config = bind_client_config(algorithm, config, lambda: model)
+    config = bind_client_config(algorithm, config, ParamLayout.of(model))
     return run_client(
         algorithm,
         algorithm.options(config),
@@ -181,7 +181,7 @@ def test_fedper_sends_only_the_body_and_keeps_its_head(mlp):
     start = p0.clone()
     start[mask] = first.state["head"]
     algorithm = CLIENTS.get("fedper")()
-    options = algorithm.options(bind_client_config(algorithm, BASE, lambda: mlp[0]))
+    options = algorithm.options(bind_client_config(algorithm, BASE, ParamLayout.of(mlp[0])))
     assert torch.equal(algorithm.personalize(options, p0, first.state), start)
     assert not torch.equal(second.delta[~mask], first.delta[~mask])
 
@@ -290,7 +290,7 @@ def test_vmap_equals_serial_with_personal_state(algorithm, caplog):
     task = build_task(spec)
     params = initial_params(task, 0)
     algo = CLIENTS.get(algorithm)()
-    base = bind_client_config(algo, config.client.model_dump(), task.build_model)
+    base = bind_client_config(algo, config.client.model_dump(), ParamLayout.of(task.build_model()))
     gen = torch.Generator().manual_seed(3)
     d = params.numel()
     head = sum(e - s for s, e in base.get("personal_spans", []))
