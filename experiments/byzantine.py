@@ -25,11 +25,10 @@ Writes experiments/results/byzantine/results.{csv,md,png}; run folders go to raw
 from __future__ import annotations
 
 import argparse
-import csv
-import statistics
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
+
+from grid import mean_std, run_grid, write_csv
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "byzantine"
@@ -90,23 +89,17 @@ def main() -> None:
         for g in AGGREGATORS
         for s in seeds
     ]
-    with Pool(args.jobs) as pool:
-        rows = pool.map(run_one, grid, chunksize=1)
+    rows = run_grid(run_one, grid, args.jobs)
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    with open(OUT / f"results{suffix}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT / f"results{suffix}.csv", rows)
     write_table(rows, fractions, alphas, seeds, rounds, OUT / f"results{suffix}.md")
     plot(rows, fractions, alphas, OUT / f"results{suffix}.png")
 
 
 def _mean(rows: list[dict[str, Any]], **key: Any) -> tuple[float, float]:
     values = [r["accuracy"] or 0.0 for r in rows if all(r[k] == v for k, v in key.items())]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return mean_std(values)
 
 
 def write_table(rows, fractions, alphas, seeds, rounds, path: Path) -> None:

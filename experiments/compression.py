@@ -24,13 +24,13 @@ rounds of 3 rows with one seed (the test suite's smoke test).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from grid import format_mean_std, run_grid, write_csv
 
 HERE = Path(__file__).resolve().parent
 ROWS: dict[str, dict[str, Any]] = {  # label -> communication.* overrides
@@ -75,43 +75,19 @@ def run_one(args: tuple[str, int, str, int | None]) -> dict[str, Any]:
     }
 
 
-def _mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(std)}"
-
-
 def report(results: list[dict[str, Any]], out: Path) -> str:
     labels = [label for label in ROWS if any(r["label"] == label for r in results)]
     dense = [r["bytes_up"] for r in results if r["label"] == "none"]
     lines = ["| compression | final accuracy | uploaded (MB) | vs none | virtual time (s) |", "|---|---|---|---|---|"]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            ["label", "seed", "final_accuracy", "bytes_up", "bytes_down", "virtual_time", "rounds", "wall_s"]
-        )
-        for r in results:
-            writer.writerow(
-                [
-                    r[k]
-                    for k in (
-                        "label",
-                        "seed",
-                        "final_accuracy",
-                        "bytes_up",
-                        "bytes_down",
-                        "virtual_time",
-                        "rounds",
-                        "wall_s",
-                    )
-                ]
-            )
+    fields = ("label", "seed", "final_accuracy", "bytes_up", "bytes_down", "virtual_time", "rounds", "wall_s")
+    write_csv(out / "results.csv", results, fields)
     for label in labels:
         mine = [r for r in results if r["label"] == label]
         up = statistics.fmean(r["bytes_up"] for r in mine)
         ratio = f"{statistics.fmean(dense) / up:.1f}x less" if dense and label != "none" else "—"
         lines.append(
-            f"| {label} | {_mean_std([r['final_accuracy'] for r in mine])} | {up / 1e6:.3f} | {ratio} | "
-            f"{_mean_std([r['virtual_time'] for r in mine], '{:.1f}')} |"
+            f"| {label} | {format_mean_std([r['final_accuracy'] for r in mine])} | {up / 1e6:.3f} | {ratio} | "
+            f"{format_mean_std([r['virtual_time'] for r in mine], '{:.1f}')} |"
         )
     table = "\n".join(lines)
     seeds = sorted({r["seed"] for r in results})
@@ -166,15 +142,15 @@ def main() -> None:
     runs = [(label, seed, args.config, rounds) for label in rows for seed in seeds]
     print(f"{len(runs)} runs ({len(rows)} rows x {len(seeds)} seeds), {args.jobs} processes", flush=True)
     start = time.perf_counter()
-    results = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for i, r in enumerate(pool.map(run_one, runs), 1):
-            results.append(r)
-            print(
-                f"[{i}/{len(runs)}] {r['label']:<22} seed {r['seed']}: accuracy {r['final_accuracy']:.4f}, "
-                f"{r['bytes_up'] / 1e6:.3f} MB up, {r['virtual_time']:.1f} virtual s, {r['wall_s']:.0f} s wall",
-                flush=True,
-            )
+    results = run_grid(
+        run_one,
+        runs,
+        args.jobs,
+        lambda r: (
+            f"{r['label']:<22} seed {r['seed']}: accuracy {r['final_accuracy']:.4f}, "
+            f"{r['bytes_up'] / 1e6:.3f} MB up, {r['virtual_time']:.1f} virtual s, {r['wall_s']:.0f} s wall"
+        ),
+    )
     (out / "raw" / "runs.json").write_text(json.dumps(results))
     print(report(results, out))
     print(f"wrote {out}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")

@@ -22,13 +22,12 @@ Sized for ~15 CPU-minutes on 2 cores (8 rows x 3 seeds); ``--quick``: 2 rounds, 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from grid import format_mean_std, run_grid, write_csv
 
 HERE = Path(__file__).resolve().parent
 SNRS = (None, 30.0, 20.0, 10.0)  # dB, both links; None: clean
@@ -70,24 +69,15 @@ def run_one(args: tuple[str, int, str, int | None]) -> dict[str, Any]:
     }
 
 
-def _mean_std(values: list[float], fmt: str = "{:.3f}") -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(std)}"
-
-
 def report(results: list[dict[str, Any]], out: Path) -> str:
     keys = ("label", "algorithm", "snr_db", "seed", "final_accuracy", "best_accuracy", "rounds", "status", "wall_s")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(keys)
-        for r in results:
-            writer.writerow([r[k] for k in keys])
+    write_csv(out / "results.csv", results, keys)
     lines = ["| SNR (both links) | " + " | ".join(ALGORITHMS) + " |", "|---" * (1 + len(ALGORITHMS)) + "|"]
     for snr in SNRS:
         cells = []
         for algo in ALGORITHMS:
             mine = [r for r in results if r["algorithm"] == algo and r["snr_db"] == snr]
-            cells.append(_mean_std([r["final_accuracy"] for r in mine]) if mine else "—")
+            cells.append(format_mean_std([r["final_accuracy"] for r in mine]) if mine else "—")
         lines.append(f"| {'clean' if snr is None else f'{snr:g} dB'} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     seeds = sorted({r["seed"] for r in results})
@@ -139,15 +129,15 @@ def main() -> None:
     runs = [(label, seed, args.config, rounds) for label in rows for seed in seeds]
     print(f"{len(runs)} runs ({len(rows)} rows x {len(seeds)} seeds), {args.jobs} processes", flush=True)
     start = time.perf_counter()
-    results = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for i, r in enumerate(pool.map(run_one, runs), 1):
-            results.append(r)
-            print(
-                f"[{i}/{len(runs)}] {r['label']:<18} seed {r['seed']}: accuracy {r['final_accuracy']:.4f} "
-                f"({r['status']}), {r['wall_s']:.0f} s wall",
-                flush=True,
-            )
+    results = run_grid(
+        run_one,
+        runs,
+        args.jobs,
+        lambda r: (
+            f"{r['label']:<18} seed {r['seed']}: accuracy {r['final_accuracy']:.4f} ({r['status']}), "
+            f"{r['wall_s']:.0f} s wall"
+        ),
+    )
     (out / "raw" / "runs.json").write_text(json.dumps(results))
     print(report(results, out))
     print(f"wrote {out}/results.csv, results.md, results.png in {time.perf_counter() - start:.0f}s")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from grid import format_mean_std
 
 from fedsim.config import deep_merge, load_config
 from fedsim.run import build
@@ -66,10 +67,7 @@ def measure(
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    if not values:
-        return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
+    return format_mean_std(values, f"{{:.{digits}f}}", scale)
 
 
 def write_table(
