@@ -8,6 +8,7 @@ digests recorded from the engine before the fast paths existed (commit f37ef87).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -138,3 +139,49 @@ CASES = {
 def test_async_runs_match_the_recorded_engine(name):
     kwargs, scheduler, recorded = CASES[name]
     assert _digest(_engine(**kwargs), scheduler()) == recorded
+
+
+@pytest.mark.parametrize("num_clients", [10, 200, 200_001])
+def test_sampling_with_the_busy_mask_picks_the_same_idle_clients(num_clients):
+    population = _engine(num_clients).population
+    rng = np.random.default_rng(0)
+    for counter in range(30):
+        # from a few busy clients (rejection draws) to nearly all (the scan and its shuffle)
+        busy_count = int(rng.integers(0, num_clients)) if num_clients < 1000 else int(rng.integers(0, 2000))
+        if counter % 3 == 0:
+            busy_count = num_clients - int(rng.integers(0, min(num_clients, 6)))
+        busy = {int(c): 1 for c in rng.choice(num_clients, size=busy_count, replace=False)}
+        mask = np.zeros(num_clients, dtype=bool)
+        mask[list(busy)] = True
+        k = int(rng.integers(1, 9))
+        with_mask = population.sample(k, 0.0, busy, 5, counter, busy_mask=mask)
+        assert with_mask.dtype == np.int64
+        assert with_mask.tolist() == population.sample(k, 0.0, busy, 5, counter).tolist()
+        assert len(with_mask) == min(k, num_clients - busy_count)
+        assert len(set(with_mask.tolist())) == len(with_mask)  # no client twice
+        assert not set(with_mask.tolist()) & busy.keys()  # only idle clients
+
+
+def test_the_busy_mask_follows_dispatch_release_and_resume():
+    engine = _engine(8)
+    masks: list = []
+    engine.callbacks.append(
+        type(
+            "Check",
+            (),
+            {
+                "on_round": lambda self, e, r: masks.append(
+                    (e._busy_mask.copy(), sorted(e.run_state.busy), copy.deepcopy(e.state_dict()))
+                ),
+                "on_eval": lambda self, e, r: None,
+                "on_end": lambda self, e, s: None,
+            },
+        )()
+    )
+    engine.run(Buffered(Concurrency(6), 3))
+    assert masks
+    for mask, busy, snapshot in masks:
+        assert np.flatnonzero(mask).tolist() == busy
+        resumed = _engine(8)
+        resumed.load_state_dict(snapshot)
+        assert np.array_equal(resumed._busy_mask, mask)
