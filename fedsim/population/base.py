@@ -17,7 +17,8 @@ fedsim/communication.py with latency and asymmetry), random extra delays, and mi
 dropouts, all drawn from counter-based streams keyed by (client, that client's dispatch
 count), so a job's timing never depends on which other clients ran. Per-client bookkeeping
 is O(1) numbers, so populations of 10^6 clients work; sampling k idle available clients
-costs O(k) when most clients are available.
+costs O(k) when most clients are available and idle, and one vectorised pass over the
+engine's busy mask plus O(k) when most are busy.
 """
 
 from __future__ import annotations
