@@ -57,6 +57,7 @@ log = logging.getLogger("fedsim")
 # Event kinds, in the order they are processed at equal virtual times.
 FINISH, TIMER, DISPATCH, EVAL = "finish", "timer", "dispatch", "eval"
 _PRIORITY = {FINISH: 0, TIMER: 1, DISPATCH: 2, EVAL: 3}
+_FINISH_PRIORITY = _PRIORITY[FINISH]
 
 
 @checkpointable
@@ -147,6 +148,8 @@ class Engine:
         self.state = strategy.init(params, population.info())
         self.client_states = ClientStateStore()
         self.run_state = RunState()
+        # True exactly for the clients in run_state.busy: idle clients are found by one vectorised pass
+        self._busy_mask = np.zeros(population.num_clients, dtype=bool)
         self.status = "running"  # -> completed | diverged | failed | interrupted (the first stop() wins)
         self.last_results: list[ClientResult] = []  # the successful results of the last server update
         self._start_wall = 0.0
@@ -200,7 +203,7 @@ class Engine:
         """Up to k clients, uniformly among those available now and not training."""
         rs = self.run_state
         rs.selections += 1
-        return self.population.sample(k, rs.now, rs.busy, self.seed, rs.selections - 1)
+        return self.population.sample(k, rs.now, rs.busy, self.seed, rs.selections - 1, self._busy_mask)
 
     def dispatch(
         self, client_ids: Sequence[int] | np.ndarray, overrides: Sequence[dict[str, Any]] | None = None
@@ -214,51 +217,58 @@ class Engine:
         ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
         if len(ids) == 0:
             return []
-        version = self.state.version
+        state, payload = self.state, self.payload
+        version, params = state.version, state.params
+        # per-version payload (SCAFFOLD's c); None for strategies without one
+        broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(state)
+        configure, client_config, noisy = (
+            self.strategy.configure,
+            self.client_config,
+            payload.downlink_snr_db is not None,
+        )
+        num_samples, num_steps, dispatch_counts = (
+            self.population.num_samples,
+            self.algorithm.num_steps,
+            rs.dispatch_counts,
+        )
         jobs, steps, counts = [], [], []
-        broadcast = getattr(self.strategy, "broadcast", _no_broadcast)(
-            self.state
-        )  # algos: per-version payload (SCAFFOLD's c)
         for i, cid in enumerate(ids.tolist()):
-            config = self.client_config | self.strategy.configure(self.state, cid, rs.now)
+            config = client_config | configure(state, cid, rs.now)
             if overrides is not None:
                 config |= overrides[i]
-            count = rs.dispatch_counts.get(cid, 0)
-            rs.dispatch_counts[cid] = count + 1
+            count = dispatch_counts.get(cid, 0)
+            dispatch_counts[cid] = count + 1
             seed = derive_seed(self.seed, "client-train", cid, version, count)
-            params = self.state.params
-            if self.payload.downlink_snr_db is not None:  # a noisy download: this job's own copy
-                params, noted = self.payload.receive(params, seed)
+            job_params = params
+            if noisy:  # a noisy download: this job's own copy
+                job_params, noted = payload.receive(params, seed)
                 config = config | noted
             job = ClientJob(
-                job_id=rs.next_job_id,
-                client_id=cid,
-                version=version,
-                params=params,
-                config=config,
-                seed=seed,
-                state=self.client_states.get(cid),
-                broadcast=broadcast,
+                rs.next_job_id, cid, version, job_params, config, seed, self.client_states.get(cid), broadcast
             )
             rs.next_job_id += 1
             jobs.append(job)
             counts.append(count)
-            steps.append(self.algorithm.num_steps(config, int(self.population.num_samples[cid])))
-        up = np.array([self.payload.up_bytes(job) for job in jobs], dtype=np.float64)
-        down = np.array([self.payload.down_bytes(job) for job in jobs], dtype=np.float64)
-        rs.bytes_down += float(down.sum())
+            steps.append(num_steps(config, int(num_samples[cid])))
+        up = [payload.up_bytes(job) for job in jobs]
+        down = [payload.down_bytes(job) for job in jobs]
+        rs.bytes_down += float(down[0]) if len(down) == 1 else float(np.array(down, dtype=np.float64).sum())
         timing = self.population.timing(
-            ids, np.asarray(steps), np.asarray(counts), up_bits=8.0 * up, down_bits=8.0 * down, now=rs.now
+            ids, steps, counts, up_bits=[8.0 * b for b in up], down_bits=[8.0 * b for b in down], now=rs.now
         )
+        busy, queue, now = rs.busy, rs.queue, rs.now
         for job, duration, dropped in zip(jobs, timing.durations.tolist(), timing.dropped.tolist()):
-            rs.jobs[job.job_id] = job
-            rs.durations[job.job_id] = duration
-            rs.busy[job.client_id] = rs.busy.get(job.client_id, 0) + 1
+            job_id, cid = job.job_id, job.client_id
+            rs.jobs[job_id] = job
+            rs.durations[job_id] = duration
+            busy[cid] = busy.get(cid, 0) + 1
             if dropped:
-                rs.failing[job.job_id] = "dropped out mid-training (population.dropout_prob)"
+                rs.failing[job_id] = "dropped out mid-training (population.dropout_prob)"
             else:
-                rs.uncomputed[job.job_id] = None
-            self.schedule(duration, FINISH, job.job_id)
+                rs.uncomputed[job_id] = None
+            heapq.heappush(queue, Event(now + duration, _FINISH_PRIORITY, rs.next_seq, FINISH, job_id))
+            rs.next_seq += 1
+        self._busy_mask[ids] = True
         return jobs
 
     def cancel(self, jobs: Sequence[ClientJob]) -> None:
@@ -354,6 +364,7 @@ class Engine:
             rs.busy[job.client_id] = left
         else:
             del rs.busy[job.client_id]
+            self._busy_mask[job.client_id] = False
         return job
 
     def _compute_pending(self) -> None:
@@ -388,6 +399,8 @@ class Engine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict()``; ``run`` then goes on without starting the scheduler again."""
         self.run_state = RunState(**state["run_state"])
+        self._busy_mask[:] = False
+        self._busy_mask[list(self.run_state.busy)] = True
         self.state = state["server_state"]
         for cid, client_state in state["client_states"].items():  # into the store build() configured (spilling)
             self.client_states.put(cid, client_state)

@@ -58,7 +58,7 @@ class NoOpExecutor:
 
 
 class NoEval:
-    def evaluate(self, params: torch.Tensor) -> dict[str, Any]:
+    def evaluate(self, params: torch.Tensor, client_states: Any = None) -> dict[str, Any]:
         return {}
 
 

@@ -17,14 +17,15 @@ fedsim/communication.py with latency and asymmetry), random extra delays, and mi
 dropouts, all drawn from counter-based streams keyed by (client, that client's dispatch
 count), so a job's timing never depends on which other clients ran. Per-client bookkeeping
 is O(1) numbers, so populations of 10^6 clients work; sampling k idle available clients
-costs O(k) when most clients are available.
+costs O(k) when most clients are available and idle, and one vectorised pass over the
+engine's busy mask plus O(k) when most are busy.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,18 +92,35 @@ class Population:
         ids = np.arange(self.num_clients, dtype=np.int64)
         return ids[self.available(ids, now)]
 
-    def idle_available(self, now: float, busy: Collection[int]) -> np.ndarray:
+    def idle_available(self, now: float, busy: Collection[int], busy_mask: np.ndarray | None = None) -> np.ndarray:
+        """Every client online at ``now`` and not in ``busy`` (sorted int64); O(N).
+
+        ``busy_mask`` (bool[N], True exactly for the clients in ``busy``) replaces the set
+        lookup by one vectorised pass.
+        """
         ids = self.available_ids(now)
+        if busy_mask is not None:
+            return ids[~busy_mask[ids]]
         if busy:
             ids = ids[~np.isin(ids, np.fromiter(busy, dtype=np.int64, count=len(busy)))]
         return ids
 
-    def sample(self, k: int, now: float, busy: Collection[int], seed: int, counter: int) -> np.ndarray:
+    def sample(
+        self,
+        k: int,
+        now: float,
+        busy: Collection[int],
+        seed: int,
+        counter: int,
+        busy_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Up to k distinct clients drawn uniformly from those available at ``now`` and not busy.
 
         Rejection sampling (draw ids from the counter-based stream (seed, counter), keep
         available idle ones, first drawn first kept) costs O(k) when most clients qualify;
-        after a few thin draws it falls back to one O(N) scan.
+        after a few thin draws it falls back to one O(N) scan. ``busy_mask`` (bool[N], True
+        exactly for the clients in ``busy``; the engine keeps one) makes that scan one
+        vectorised pass and the shuffle O(k): the same clients as without it.
         """
         n = self.num_clients
         if k <= 0:
@@ -121,6 +139,13 @@ class Population:
                     chosen.append(cid)
                     if len(chosen) == k:
                         return np.asarray(chosen, dtype=np.int64)
+        if not check and n <= 100_000 and busy_mask is not None:
+            idle_ids = np.flatnonzero(~busy_mask)
+            if seen:
+                idle_ids = idle_ids[~np.isin(idle_ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))]
+            m = min(k - len(chosen), len(idle_ids))
+            picks = splitmix_ints(seed, "select-idle-scan", counter, m)
+            return np.asarray(chosen + _partial_shuffle(idle_ids, picks), dtype=np.int64)
         if not check and n <= 100_000:  # small, mostly busy population: list the idle clients directly
             idle = [c for c in range(n) if c not in busy and c not in seen]
             picks = splitmix_ints(seed, "select-idle-scan", counter, min(k - len(chosen), len(idle)))
@@ -128,7 +153,7 @@ class Population:
                 j = i + h % (len(idle) - i)
                 idle[i], idle[j] = idle[j], idle[i]
             return np.asarray(chosen + idle[: len(picks)], dtype=np.int64)
-        rest = self.idle_available(now, busy)
+        rest = self.idle_available(now, busy, busy_mask)
         if seen:
             rest = rest[~np.isin(rest, np.fromiter(seen, dtype=np.int64))]
         rng = numpy_generator(seed, "select-idle-scan", counter)
@@ -154,11 +179,11 @@ class Population:
     def timing(
         self,
         client_ids: np.ndarray,
-        steps: np.ndarray,
-        dispatch_counts: np.ndarray,
+        steps: np.ndarray | Sequence[int],
+        dispatch_counts: np.ndarray | Sequence[int],
         dropouts: bool = True,
-        up_bits: np.ndarray | None = None,
-        down_bits: np.ndarray | None = None,
+        up_bits: np.ndarray | Sequence[float] | None = None,
+        down_bits: np.ndarray | Sequence[float] | None = None,
         now: float = 0.0,
     ) -> JobTiming:
         """Virtual seconds each job takes: local steps x step time + communication + random delay.
@@ -237,6 +262,24 @@ def build_population(config: Any, data: Any, seed: int, model_bits: float = 0.0,
         extra_delay=config.extra_delay,
         dropout_prob=config.dropout_prob,
     )
+
+
+def _partial_shuffle(ids: np.ndarray, picks: list[int]) -> list[int]:
+    """The first ``len(picks)`` entries of a partial Fisher-Yates shuffle of ``ids`` by ``picks``.
+
+    Swap i takes position ``i + picks[i] % (len(ids) - i)``. Only the positions a swap moved
+    are remembered, so ``ids`` is never copied into a list: O(len(picks)).
+    """
+    moved: dict[int, int] = {}  # position -> the id a swap put there
+    out = []
+    for i, h in enumerate(picks):
+        j = i + h % (len(ids) - i)
+        at_j = moved.pop(j, None)
+        out.append(int(ids[j]) if at_j is None else at_j)
+        if j != i:
+            at_i = moved.pop(i, None)
+            moved[j] = int(ids[i]) if at_i is None else at_i
+    return out
 
 
 def slot_of(now: float, round_length: float) -> int:
