@@ -119,8 +119,8 @@ class Population:
         Rejection sampling (draw ids from the counter-based stream (seed, counter), keep
         available idle ones, first drawn first kept) costs O(k) when most clients qualify;
         after a few thin draws it falls back to one O(N) scan. ``busy_mask`` (bool[N], True
-        exactly for the clients in ``busy``; the engine keeps one) makes that scan one
-        vectorised pass and the shuffle O(k): the same clients as without it.
+        exactly for the clients in ``busy``; the engine keeps one, else it is built here) makes that
+        scan one vectorised pass and the shuffle O(k): the same clients either way.
         """
         n = self.num_clients
         if k <= 0:
@@ -139,20 +139,15 @@ class Population:
                     chosen.append(cid)
                     if len(chosen) == k:
                         return np.asarray(chosen, dtype=np.int64)
-        if not check and n <= 100_000 and busy_mask is not None:
+        if not check and n <= 100_000:  # small, mostly busy population: list the idle clients directly
+            if busy_mask is None:
+                busy_mask = np.zeros(n, dtype=bool)
+                busy_mask[np.fromiter(busy, dtype=np.int64, count=len(busy))] = True
             idle_ids = np.flatnonzero(~busy_mask)
             if seen:
                 idle_ids = idle_ids[~np.isin(idle_ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))]
-            m = min(k - len(chosen), len(idle_ids))
-            picks = splitmix_ints(seed, "select-idle-scan", counter, m)
+            picks = splitmix_ints(seed, "select-idle-scan", counter, min(k - len(chosen), len(idle_ids)))
             return np.asarray(chosen + _partial_shuffle(idle_ids, picks), dtype=np.int64)
-        if not check and n <= 100_000:  # small, mostly busy population: list the idle clients directly
-            idle = [c for c in range(n) if c not in busy and c not in seen]
-            picks = splitmix_ints(seed, "select-idle-scan", counter, min(k - len(chosen), len(idle)))
-            for i, h in enumerate(picks):  # partial Fisher-Yates shuffle
-                j = i + h % (len(idle) - i)
-                idle[i], idle[j] = idle[j], idle[i]
-            return np.asarray(chosen + idle[: len(picks)], dtype=np.int64)
         rest = self.idle_available(now, busy, busy_mask)
         if seen:
             rest = rest[~np.isin(rest, np.fromiter(seen, dtype=np.int64))]
