@@ -21,6 +21,7 @@ decays by ``lr_decay`` per model version in both paths.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +152,10 @@ class SGDOptions:
     maximize: bool
 
 
+def _sgd_in_place(y: Tensor, g: Tensor, lr: Tensor) -> None:
+    y.sub_(g.mul_(lr))
+
+
 class LocalSGD(FunctionalClient):
     name = "sgd"
     optimizers = None  # any torch.optim optimizer (others than SGD train through ``train``)
@@ -211,6 +216,15 @@ class LocalSGD(FunctionalClient):
         out["y"] = y - carry["lr"] * g
         out["steps"] = carry["steps"] + 1
         return out, loss
+
+    def in_place_step(self, options: SGDOptions | AdaptiveOptions) -> Callable[[Tensor, Tensor, Tensor], None] | None:
+        """For plain SGD (no clipping, weight decay, momentum or maximize): ``update(y, g, lr)``,
+        the step ``y - lr * g`` done in place (``g`` is overwritten), for :func:`clients.base.run_client`
+        on the resident model. ``g *= lr; y -= g`` rounds exactly as ``y - lr * g``;
+        ``y.add_(g, alpha=-lr)`` would not (a fused multiply-add). None: use ``step``."""
+        if not isinstance(options, SGDOptions) or options != SGDOptions(None, 0.0, 0.0, 0.0, False, False):
+            return None
+        return _sgd_in_place
 
     def finish(self, options: SGDOptions | AdaptiveOptions, carry: Carry) -> tuple[Tensor, None, None]:
         return carry["y"] - carry["x0"], None, None

@@ -4,6 +4,11 @@ The resident model's float tensors are re-pointed to views of a single flat buff
 loading a client's start point is one ``copy_`` and reading the trained model is one
 ``clone``; no per-client deep copies of the module (the pfl-research approach).
 Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are not part of the vector.
+
+On CPU a model with a ``nn.Conv2d`` gets its 4-D input batches channels-last (NHWC in memory,
+:meth:`ResidentModel.inputs`): torch's CPU convolutions and max-pooling are much faster on that
+layout, whatever the user's data layout is. The choice comes from the model, checked once by a
+dry run on two samples; a model that fails it, or gives different outputs, keeps NCHW.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ParamLayout", "ResidentModel", "all_finite"]
+__all__ = ["ParamLayout", "ResidentModel", "all_finite", "channels_last_dry_run", "wants_channels_last"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class ResidentModel:
                 owner._buffers[leaf] = views[name]
             else:
                 owner._parameters[leaf].data = views[name]
+        # None: not yet checked (the dry run needs the first input batch), then True or False
+        self.channels_last: bool | None = None if wants_channels_last(self.model, self.device) else False
 
     def load(self, vec: torch.Tensor) -> None:
         self.flat.copy_(vec, non_blocking=True)
@@ -96,6 +103,39 @@ class ResidentModel:
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout the model trains fastest on: channels-last for a 4-D batch
+        fed to a CPU conv model (same values and shape; ``x[idx]`` gathers keep the layout)."""
+        if x.ndim != 4 or self.channels_last is False:
+            return x
+        if self.channels_last is None:
+            self.channels_last = channels_last_dry_run(self.model, x)
+            if not self.channels_last:
+                return x
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def wants_channels_last(model: nn.Module, device: torch.device | str) -> bool:
+    """A model with a 2-D convolution on CPU (where channels-last is the faster layout)."""
+    return torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def channels_last_dry_run(model: nn.Module, x: torch.Tensor) -> bool:
+    """One eval-mode forward of two samples of ``x`` in both layouts: True if the channels-last
+    one runs and gives the same outputs to float rounding (no gradients, no random draws)."""
+    sample = x[:2].contiguous()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            reference = model(sample)
+            out = model(sample.contiguous(memory_format=torch.channels_last))
+        return bool(torch.allclose(out, reference, rtol=1e-4, atol=1e-5))
+    except Exception:  # noqa: BLE001  (a model that rejects the layout keeps NCHW)
+        return False
+    finally:
+        model.train(was_training)
 
 
 def _owner(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:

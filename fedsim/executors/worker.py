@@ -169,6 +169,7 @@ def train_one(
     float buffers, else its ``train`` (torch.optim) with the job's decayed lr. Delta, state and
     extras come back on the CPU in float32."""
     options = algorithm.options(config) if hasattr(algorithm, "options") else None  # no options: train only
+    data = (context.model.inputs(data[0]), data[1])  # channels-last for a CPU conv model (params.py)
     if options is not None and not any(context.model.layout.is_buffer):
         grad = grad if grad is not None else resident_grad_fn(context.model, context.loss_fn)
         result = run_client(
