@@ -8,10 +8,13 @@ data is built before the clock starts). Sides are interleaved rep by rep and the
 reported with the ratio serial/vmap (> 1: vmap is faster). ``--baseline PATH`` adds the vmap
 sides of another checkout (its fedsim on PYTHONPATH in the subprocess), so before/after are
 side by side; ``--no-compile`` drops the compiled sides; ``--quick`` is a seconds-long smoke
-run (2 rounds of 10 clients).
+run (2 rounds of 10 clients); ``--max-batch N`` caps the vmap executor's clients per kernel
+call (its slots; the baseline's chunk size), where continuous batching differs most from
+chunks run one after another.
 
     python experiments/bench/continuous_batching.py [--rounds 30] [--clients-per-round 100] [--reps 3]
         [--presets scaffold,fedspeed] [--baseline /path/to/other/checkout] [--no-compile] [--quick]
+        [--max-batch N]
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_once(preset: str, executor: str, compile: bool, rounds: int, clients_per_round: int, threads: int) -> float:
+def run_once(
+    preset: str, executor: str, compile: bool, rounds: int, clients_per_round: int, threads: int, max_batch: int = 0
+) -> float:
     """Seconds of one whole run (``experiment.run()``) in this process."""
     import torch  # noqa: PLC0415  (imported here so --one measures with the checkout on PYTHONPATH)
 
@@ -45,6 +50,8 @@ def run_once(preset: str, executor: str, compile: bool, rounds: int, clients_per
         "output": {"progress": False, "tensorboard": False},
     })  # fmt: skip
     experiment = build(config)
+    if max_batch and hasattr(experiment.executor, "max_batch"):  # the vmap executor: fewer slots than clients
+        experiment.executor.max_batch = max_batch
     start = time.perf_counter()
     experiment.run()
     return time.perf_counter() - start
@@ -54,7 +61,7 @@ def run_side(side: dict, preset: str, args: argparse.Namespace) -> float:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(side["path"]), env.get("PYTHONPATH")]))
     cmd = [sys.executable, __file__, "--one", preset, side["executor"], str(int(side["compile"])),
-           str(args.rounds), str(args.clients_per_round), str(args.threads)]  # fmt: skip
+           str(args.rounds), str(args.clients_per_round), str(args.threads), str(args.max_batch)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"side {side['name']} failed:\n{out.stderr[-2000:]}")
@@ -71,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default=None, help="another checkout: its vmap sides run beside this one's")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled vmap sides")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 10 clients, 1 rep (a smoke test)")
-    parser.add_argument("--one", nargs=6, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max-batch", type=int, default=0, help="vmap clients per kernel call (0: its estimate)")
+    parser.add_argument("--one", nargs=7, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        preset, executor, compile, rounds, cpr, threads = args.one
-        seconds = run_once(preset, executor, compile == "1", int(rounds), int(cpr), int(threads))
+        preset, executor, compile, rounds, cpr, threads, max_batch = args.one
+        seconds = run_once(preset, executor, compile == "1", int(rounds), int(cpr), int(threads), int(max_batch))
         print(json.dumps({"seconds": seconds}))
         return
     if args.quick:
@@ -91,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_compile:
             sides.append({"name": "baseline vmap compiled", "executor": "vmap", "compile": True, "path": base})
 
-    print(f"{args.rounds} rounds x {args.clients_per_round} clients, {args.threads} thread(s), median of {args.reps}")
+    print(
+        f"{args.rounds} rounds x {args.clients_per_round} clients, {args.threads} thread(s), median of {args.reps}"
+        + (f", vmap max_batch {args.max_batch}" if args.max_batch else "")
+    )
     print()
     print("| preset | " + " | ".join(f"{s['name']} (s)" for s in sides[1:]) + " | serial (s) | "
           + " | ".join(f"serial/{s['name']}" for s in sides[1:]) + " |")  # fmt: skip

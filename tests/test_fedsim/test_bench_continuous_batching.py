@@ -20,7 +20,7 @@ def load_script():
 
 def test_one_side_prints_its_seconds(capsys):
     bench = load_script()
-    bench.main(["--one", "scaffold", "vmap", "0", "1", "5", "1"])
+    bench.main(["--one", "scaffold", "vmap", "0", "1", "5", "1", "2"])  # 2 slots for 5 clients
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seconds"] > 0
 
 
