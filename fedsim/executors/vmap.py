@@ -35,7 +35,7 @@ How clients that differ are batched together:
 What cannot be batched runs on a serial :class:`Worker` built lazily from the same spec and
 task, with one logged notice per reason: optimizers other than SGD for the ``sgd`` client
 (torch.optim), models with float buffers, dropout or batch normalisation, frozen
-parameters, invalid configs, clients without data. If a batched chunk raises, its clients
+parameters, invalid configs, clients without data. If a batched group raises, its clients
 are recomputed serially (so a failure is attributed to the client that caused it; out of
 memory halves the slots and retries); a client whose update is not finite gets ``error`` set
 by ``check_result`` while the others in its group are unaffected.
