@@ -17,29 +17,34 @@ How clients that differ are batched together:
 - **Groups**: jobs are grouped by batch size and the algorithm's static options (what
   shapes the computation: clipping, momentum, coefficients); the learning rate (with its
   per-version decay) lives in the carry and may differ per client inside a group.
-- **Different step counts**: a group is sorted by number of steps, longest first, so the
-  clients still training at step t are a prefix of the stack; finished clients simply drop
-  out of the computation (no wasted work, no update).
-- **Different data and batch sizes**: all batch indices of a chunk are precomputed as one
-  ``[steps, B, W]`` tensor of rows into the chunk's data; short batches (last batch of an
+- **Slots, refilled as clients finish** (continuous batching, as LLM inference servers do
+  with sequences): a group runs on a stack of at most ``max_batch`` slots (by default a
+  memory estimate: carry tensors, activations and data per client, against a budget). Its
+  jobs are queued longest first; each slot carries its own job's carry (step counter,
+  learning rate, state), loss sum and position in that job's minibatch schedule. Every step
+  runs ``vmap(step)`` over the stack; a slot whose client has done its last step hands its
+  carry to the algorithm's ``finish`` and takes the next queued job (its ``start`` written
+  into the slot's row). Once the queue is empty the stack shrinks to the slots still
+  training. Jobs are independent, so a result does not depend on its slot or neighbours.
+- **Different data and batch sizes**: all batch indices of a group are precomputed as one
+  ``[sum of steps, W]`` tensor of rows into the group's data (job k's step s at row
+  offset_k + s; a slot reads the row it points at); short batches (last batch of an
   epoch) are padded with one of the client's own rows and masked by per-sample weights
   (loss = sum(w * l) / sum(w), which equals the serial mean over the real batch).
-- **Chunks**: at most ``max_batch`` clients per kernel call; by default a memory estimate
-  (carry tensors, activations and data per client) against a budget.
 
 What cannot be batched runs on a serial :class:`Worker` built lazily from the same spec and
 task, with one logged notice per reason: optimizers other than SGD for the ``sgd`` client
 (torch.optim), models with float buffers, dropout or batch normalisation, frozen
-parameters, invalid configs, clients without data. If a batched chunk raises, its clients
-are recomputed serially (so a failure is attributed to the client that caused it); a client
-whose update is not finite gets ``error`` set by ``check_result`` while the others in its
-chunk are unaffected.
+parameters, invalid configs, clients without data. If a batched group raises, its clients
+are recomputed serially (so a failure is attributed to the client that caused it; out of
+memory halves the slots and retries); a client whose update is not finite gets ``error`` set
+by ``check_result`` while the others in its group are unaffected.
 
 **Compiled** (``compile=True``, ``executor.compile``): the vmapped step goes through
 ``torch.compile`` (Ansel et al., "PyTorch 2", ASPLOS 2024) as one graph: forward, backward,
 the algorithm's update and the masking. vmap fixes a graph's stack size, so a compiled
-chunk is padded to a power of two with copies of its first client (results discarded) and
-each step runs on the power-of-two prefix covering the clients still training; a run
+stack is a power of two: idle slots hold a copy of a client (results discarded), and once
+the queue is empty the stack is compacted by halving when half of it is idle; a run
 compiles one graph per (stack size, batch width) it meets. Python floats of the options are
 graph constants. Compile seconds are reported by :meth:`VmapExecutor.timings`; if compiling
 fails the executor logs one notice and runs the step uncompiled from then on.
@@ -156,20 +161,6 @@ def _bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _pad_clients(
-    carry: dict[str, Tensor], rows: Tensor, weights: Tensor, size: int
-) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """The chunk's stacked carry [B, ...], rows and weights [T, B, W] padded to ``size`` clients
-    with copies of client 0 (their results are discarded)."""
-    extra = size - rows.shape[1]
-    if extra == 0:
-        return carry, rows, weights
-    carry = {k: torch.cat([v, v[:1].expand(extra, *v.shape[1:])]) for k, v in carry.items()}
-    rows = torch.cat([rows, rows[:, :1].expand(-1, extra, -1)], dim=1)
-    weights = torch.cat([weights, weights.new_ones(weights.shape[0], extra, weights.shape[2])], dim=1)
-    return carry, rows, weights
-
-
 def _own(t: Tensor) -> Tensor:
     """A tensor that does not keep a whole stacked [B, d] tensor alive."""
     return t.clone() if t._base is not None else t
@@ -238,11 +229,9 @@ class VmapExecutor:
                 continue
             groups.setdefault(item.group_key, []).append(item)
         for items in groups.values():
-            items.sort(key=lambda it: (-it.steps, it.pos))  # clients still training = a prefix
-            size = self._chunk_size(items)
-            for start in range(0, len(items), size):
-                for item, result in self._run_chunk_safely(items[start : start + size]):
-                    results[item.pos] = result
+            items.sort(key=lambda it: (-it.steps, it.pos))  # the queue: longest first, then job order
+            for item, result in self._run_group_safely(items):
+                results[item.pos] = result
         if to_serial:
             for pos, result in zip(to_serial, self._serial_executor().run([jobs[p] for p in to_serial])):
                 results[pos] = result
@@ -369,17 +358,17 @@ class VmapExecutor:
 
     # ------------------------------------------------------------------ batched training
 
-    def _run_chunk_safely(self, items: list[_Item]) -> list[tuple[_Item, ClientResult]]:
+    def _run_group_safely(self, items: list[_Item]) -> list[tuple[_Item, ClientResult]]:
         try:
             return list(zip(items, self._run_chunk(items)))
         except torch.cuda.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if len(items) > 1:
-                half = len(items) // 2
-                self.max_batch = half
-                log.warning("vmap executor: out of memory with %d clients per call; using %d", len(items), half)
-                return self._run_chunk_safely(items[:half]) + self._run_chunk_safely(items[half:])
+            slots = min(self._chunk_size(items), len(items))
+            if slots > 1:
+                self.max_batch = slots // 2
+                log.warning("vmap executor: out of memory with %d clients per call; using %d", slots, slots // 2)
+                return self._run_group_safely(items)
             self._notice("a client that runs out of memory even alone")
         except Exception as exc:  # noqa: BLE001  (any failure of the batched path falls back to the serial worker)
             message = str(exc).splitlines()[0] if str(exc) else ""
@@ -485,8 +474,9 @@ class VmapExecutor:
         y = torch.cat([it.y for it in items]).to(self.device, non_blocking=True)
         return x, y, base
 
-    def _schedule(self, items: list[_Item], base: Tensor) -> tuple[Tensor, Tensor, list[int], list[bool]]:
-        """All minibatches of the chunk: rows [T, B, W], weights [T, B, W], active prefix per step, partial flags."""
+    def _schedule(self, items: list[_Item], base: Tensor) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
+        """All minibatches of the group: rows [L, W] and weights [L, W] (job k's step s at row
+        offsets[k] + s, L the total number of steps), the partial flag of each row, the offsets."""
         device = self.device
         flats = []
         for it in items:
@@ -496,71 +486,117 @@ class VmapExecutor:
         B = len(items)
         n = np.fromiter((it.n for it in items), dtype=np.int64, count=B)
         steps = np.fromiter((it.steps for it in items), dtype=np.int64, count=B)
+        offsets = np.cumsum(steps) - steps
         bs = items[0].batch_size
         per_epoch = -(-n // bs)  # batches per epoch
         last = n - (per_epoch - 1) * bs  # size of an epoch's last batch
-        T, W = int(steps.max()), int(np.minimum(n, bs).max())
-        t = np.arange(T)[None, :]
-        active_mask = t < steps[:, None]
-        lens = np.where((t % per_epoch[:, None]) < (per_epoch - 1)[:, None], bs, last[:, None])
-        partial = ((lens < W) & active_mask).any(axis=0).tolist()
-        active = active_mask.sum(axis=0).tolist()
+        L, W = int(steps.sum()), int(np.minimum(n, bs).max())
+        job_of_row = np.repeat(np.arange(B), steps)
+        step_in_job = np.arange(L) - offsets[job_of_row]
+        lens = np.where(step_in_job % per_epoch[job_of_row] < per_epoch[job_of_row] - 1, bs, last[job_of_row])
+        partial = lens < W
 
-        # element e of client k's index stream sits in epoch e // n, step epoch * per_epoch + (e % n) // bs
+        # element e of job k's index stream sits in epoch e // n, step epoch * per_epoch + (e % n) // bs
         flat = torch.cat(flats) if B > 1 else flats[0]
         counts = torch.tensor([len(f) for f in flats], device=device)
-        client_of = torch.repeat_interleave(torch.arange(B, device=device), counts)
-        e = torch.arange(flat.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[client_of]
-        n_of = torch.from_numpy(n).to(device)[client_of]
+        job_of = torch.repeat_interleave(torch.arange(B, device=device), counts)
+        e = torch.arange(flat.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[job_of]
+        n_of = torch.from_numpy(n).to(device)[job_of]
         within = e % n_of
-        step_of = (e // n_of) * torch.from_numpy(per_epoch).to(device)[client_of] + within // bs
+        step_of = (e // n_of) * torch.from_numpy(per_epoch).to(device)[job_of] + within // bs
+        row_of = torch.from_numpy(offsets).to(device)[job_of] + step_of
         slot = within % bs
-        rows = base.view(1, B, 1).expand(T, B, W).clone()  # padding: the client's first row
-        rows[step_of, client_of, slot] = flat.to(device) + base[client_of]
-        weights = torch.zeros(T, B, W, device=device)
-        weights[step_of, client_of, slot] = 1.0
-        # a finished client's rows are never read uncompiled; a compiled step may compute them
-        # (and discard the result): full weights keep that arithmetic finite
-        weights[torch.from_numpy(~active_mask.T).to(device)] = 1.0
-        return rows, weights, active, partial
+        row_base = base[torch.from_numpy(job_of_row).to(device)]
+        rows = row_base.view(L, 1).expand(L, W).clone()  # padding: the client's first row
+        rows[row_of, slot] = flat.to(device) + base[job_of]
+        weights = torch.zeros(L, W, device=device)
+        weights[row_of, slot] = 1.0
+        return rows, weights, partial, offsets
 
     def _run_chunk(self, items: list[_Item]) -> list[ClientResult]:
+        """The group's jobs through a stack of at most ``_chunk_size`` slots, refilled as clients finish."""
+        slots = self._chunk_size(items)
         device = self.device
-        num_clients = len(items)
         options = items[0].options
-        carry = self._start_carry(items)
         X, Y, base = self._chunk_data(items)
-        rows, weights, active, partial = self._schedule(items, base)
-        stacked = num_clients
-        if self.compile:
-            # vmap's batch size is static in a compiled graph: pad the stack to a power of two
-            # with copies of client 0 and run each step on a power-of-two prefix, so a run
-            # compiles a handful of sizes instead of one per number of clients still training
-            stacked = _bucket(num_clients)
-            carry, rows, weights = _pad_clients(carry, rows, weights, stacked)
-        loss_sum = torch.zeros(stacked, device=device)
+        rows, weights, partial, offsets = self._schedule(items, base)
         feature_shape = X.shape[1:]
+        steps = [it.steps for it in items]
+        live = min(slots, len(items))
+        # vmap's stack size is static in a compiled graph: powers of two only (idle slots pad)
+        size = _bucket(live) if self.compile else live
+        # per slot: its job (-1: idle), the schedule row it reads next, steps left
+        job = np.full(size, -1, dtype=np.int64)
+        job[:live] = np.arange(live)
+        pointer = np.zeros(size, dtype=np.int64)
+        pointer[:live] = offsets[:live]
+        left = np.zeros(size, dtype=np.int64)
+        left[:live] = steps[:live]
+        carry = self._start_carry(items[:live])
+        if live < size:  # idle slots compute on a copy of slot 0 (results discarded)
+            carry = {k: torch.cat([v, v[:1].expand(size - live, *v.shape[1:])]) for k, v in carry.items()}
+        loss_sum = torch.zeros(size, device=device)
+        queued = live  # next job to start
+        final: list[dict[str, Tensor] | None] = [None] * len(items)
+        final_loss: list[Tensor | None] = [None] * len(items)
         with torch.no_grad():  # torch.func.grad inside the step ignores this; the arithmetic builds no graph
-            for t, a in enumerate(active):
-                width = min(_bucket(a), stacked) if self.compile else a  # rows past a: finished or padding, discarded
-                sub = carry if width == stacked else {k: v[:width] for k, v in carry.items()}
-                r = rows[t, :width].reshape(-1)
-                xb = X.index_select(0, r).view(width, -1, *feature_shape)
-                yb = Y.index_select(0, r).view(width, -1)
-                new, losses = self._step(options, partial[t], sub, (xb, yb, weights[t, :width] if partial[t] else None))
-                if a == num_clients:  # no client has finished: rows past a (if any) are padding
-                    carry = new
-                    loss_sum += losses
-                else:  # keep the finished clients' final rows
-                    for k, v in new.items():
-                        carry[k][:a] = v[:a]
-                    loss_sum[:a] += losses[:a]
+            while True:
+                busy = job >= 0
+                p = torch.from_numpy(pointer).to(device)
+                r = rows.index_select(0, p)
+                xb = X.index_select(0, r.view(-1)).view(size, -1, *feature_shape)
+                yb = Y.index_select(0, r.view(-1)).view(size, -1)
+                weighted = bool(partial[pointer[busy]].any())
+                w = weights.index_select(0, p) if weighted else None
+                carry, losses = self._step(options, weighted, carry, (xb, yb, w))
+                loss_sum += losses
+                pointer += busy
+                left -= busy
+                done = np.flatnonzero(busy & (left == 0))
+                if len(done) == 0:
+                    continue
+                d = torch.from_numpy(done).to(device)
+                last = {k: v.index_select(0, d) for k, v in carry.items()}
+                last_loss = loss_sum.index_select(0, d)
+                for i, s in enumerate(done.tolist()):
+                    final[job[s]] = {k: v[i] for k, v in last.items()}
+                    final_loss[job[s]] = last_loss[i]
+                refill = done[: len(items) - queued]
+                if len(refill):  # the next queued jobs take these slots
+                    new = items[queued : queued + len(refill)]
+                    job[refill] = np.arange(queued, queued + len(refill))
+                    pointer[refill] = offsets[queued : queued + len(refill)]
+                    left[refill] = steps[queued : queued + len(refill)]
+                    queued += len(refill)
+                    idx = torch.from_numpy(refill).to(device)
+                    for k, v in self._start_carry(new).items():
+                        carry[k].index_copy_(0, idx, v)
+                    loss_sum.index_fill_(0, idx, 0.0)
+                idle = done[len(refill) :]
+                if len(idle) == 0:
+                    continue
+                job[idle] = -1
+                pointer[idle] -= 1  # an idle slot re-reads its last row (finite, discarded)
+                busy_slots = np.flatnonzero(job >= 0)
+                if len(busy_slots) == 0:
+                    break
+                # shrink the stack; compiled: to the next power of two, once half of it is idle
+                new_size = _bucket(len(busy_slots)) if self.compile else len(busy_slots)
+                if new_size < size:
+                    keep = np.concatenate([busy_slots, np.full(new_size - len(busy_slots), busy_slots[0])])
+                    k_idx = torch.from_numpy(keep).to(device)
+                    carry = {k: v.index_select(0, k_idx) for k, v in carry.items()}
+                    loss_sum = loss_sum.index_select(0, k_idx)
+                    job, pointer, left = job[keep], pointer[keep], left[keep]
+                    job[len(busy_slots) :] = -1
+                    left[len(busy_slots) :] = 0
+                    size = new_size
 
-        carry = {k: v.to("cpu") for k, v in carry.items()}
-        losses_cpu = loss_sum.to("cpu").tolist()
+        stacked = {k: torch.stack([f[k] for f in final]).to("cpu") for k in final[0]}  # type: ignore[index]
+        losses_cpu = torch.stack(final_loss).to("cpu").tolist()  # type: ignore[arg-type]
         results = []
         for k, it in enumerate(items):
-            delta, state, extras = self.algorithm.finish(options, {key: v[k] for key, v in carry.items()})
+            delta, state, extras = self.algorithm.finish(options, {key: v[k] for key, v in stacked.items()})
             result = ClientResult(
                 client_id=it.job.client_id,
                 base_version=it.job.version,
@@ -572,7 +608,7 @@ class VmapExecutor:
                 extras=None if extras is None else {key: _own(v) for key, v in extras.items()},
             )
             results.append(check_result(result, self.numel))
-        apply_client_transforms(self.transforms, results, [it.job for it in items], self.layout)  # one stack per chunk
+        apply_client_transforms(self.transforms, results, [it.job for it in items], self.layout)  # one stack per group
         return results
 
 
