@@ -270,3 +270,9 @@ def test_a_compiled_run_reports_compile_time_apart_and_matches_the_uncompiled_ru
     assert compiled["executor_timings"]["compile_s"] > 0 and eager["executor_timings"] == {}
     assert "compiling the batched client step" in (tmp_path / "compiled" / "log.txt").read_text()
     assert compiled["final"]["test_loss"] == pytest.approx(eager["final"]["test_loss"], rel=1e-5)
+    # both runs recorded what they measured, for the next compile: auto (conftest: a per-test cache dir)
+    from fedsim.executors import compile_cache
+
+    (entry,) = compile_cache.load_costs(compile_cache.cache_dir()).values()
+    assert set(entry) == {"compile_s", "compiled_step_s", "eager_step_s"}, entry
+    assert entry["compile_s"] == pytest.approx(compiled["executor_timings"]["compile_s"], abs=1e-3)
