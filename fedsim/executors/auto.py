@@ -257,18 +257,18 @@ def build_executor(
         name = choose_executor(spec, task, client_config, clients_per_call, mode == "on", planned_steps)
     if name == "serial" and requested == "on":
         log.warning("executor.compile=on compiles the batched client step; the serial executor runs uncompiled")
-    if name != "serial" and requested == "auto":
+    if name != "serial" and mode == "on":
+        compile_cache.use_inductor_cache(directory)
+    if hasattr(config, "model_copy"):
+        config = config.model_copy(update={"compile": mode})
+    executor = EXECUTORS.get(name)(config, spec, task)
+    if name != "serial" and requested == "auto":  # after the executor built: a config error stays one line
         log.info(
             "executor: %s the batched client step (%s; --compile %s to override)",
             "compiling" if mode == "on" else "not compiling",
             why,
             "off" if mode == "on" else "on",
         )
-    if name != "serial" and mode == "on":
-        compile_cache.use_inductor_cache(directory)
-    if hasattr(config, "model_copy"):
-        config = config.model_copy(update={"compile": mode})
-    executor = EXECUTORS.get(name)(config, spec, task)
     if hasattr(executor, "on_close") and hasattr(executor, "step_count"):
         executor.on_close = _record_costs(directory, spec.device, batch, mode == "on")
     return executor
