@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import ndtri
 
 from fedsim.config import ConfigError
 from fedsim.params import ParamLayout
@@ -169,6 +168,8 @@ def build_link(c: Any, num_clients: int, seed: int) -> Link | None:
     else:
         u = uniform_per_client(seed, "link-bandwidth", ids, np.zeros(num_clients, dtype=np.int64))
         if c.link == "lognormal":
+            from scipy.special import ndtri  # noqa: PLC0415  (~0.3 s of imports: only bandwidth spread pays it)
+
             mbps = c.up_mbps * np.exp(c.bandwidth_sigma * ndtri(np.clip(u, 1e-12, 1 - 1e-12)))
         else:  # tiers
             fractions = np.array([t[0] for t in c.bandwidth_tiers])

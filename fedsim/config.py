@@ -334,7 +334,10 @@ class ExecutorConfig(_Strict):
     chunk_size: int | None = Field(
         None, ge=1, le=MAX_CLIENTS_PER_CALL
     )  # ray: most jobs per remote call (None: vmap one chunk per actor, serial 1)
-    compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when enough steps are planned)
+    compile: str = "auto"  # vmap: torch.compile the batched step: on | off | auto (on when compiling pays off)
+    cache_dir: str | None = (
+        None  # compile cache (inductor + measured costs); None: $FEDSIM_CACHE_DIR or ~/.cache/fedsim
+    )
 
     @field_validator("device")
     @classmethod

@@ -15,6 +15,20 @@ import pytest
 from fedsim.config import deep_merge, load_config
 
 
+@pytest.fixture(scope="session")
+def session_inductor_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("inductor"))
+
+
+@pytest.fixture(autouse=True)
+def own_compile_cache(tmp_path_factory, monkeypatch, session_inductor_cache):
+    """Each test its own fedsim cache (measured compile costs): never ~/.cache, and no test's
+    recorded costs steer another's compile: auto. Inductor's cache is one per session (a
+    compiled graph is the same whatever test compiles it; sharing it keeps compiling tests fast)."""
+    monkeypatch.setenv("FEDSIM_CACHE_DIR", str(tmp_path_factory.mktemp("fedsim-cache")))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", session_inductor_cache)
+
+
 def small_values(**overrides: Any) -> dict[str, Any]:
     base = {
         "seed": 1,

@@ -26,8 +26,13 @@ test accuracy, and prints:
   pays one-off warm-ups; Flower's one ``query`` round trip to index nodes comes before it);
 - ratios: Flower / fedsim.
 
+``--reps 2`` runs everything twice, interleaved (rep 1 of every runner, then rep 2), with one
+fedsim cache directory (``FEDSIM_CACHE_DIR``, emptied at the start: measured compile costs and
+inductor's cache) shared by the reps: rep 1 is a sweep's first run (cold cache), rep 2 its
+second (warm cache). A last table puts the reps' whole-process times and ratios side by side.
+
     python experiments/bench/vs_flower.py [--workloads logreg,mlp] [--runners flower,serial,vmap,compiled,auto,ray]
-        [--threads N]
+        [--threads N] [--reps R]
 
 Timings on a shared machine are noisy; the ratios are measured side by side in one run.
 """
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,6 +146,8 @@ def run_one(workload: str, runner: str, out: Path, threads: int) -> None:
         task, params = experiment.task, experiment.engine.state.params
         timings = getattr(experiment.executor, "timings", dict)()
         executor_name = type(experiment.executor).__name__
+        if getattr(experiment.executor, "compile", False):
+            executor_name += ", compiled"
     model = ResidentModel(task.build_model())
     model.load(params)
     x, y = task.data.global_test()
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of the fedsim runners (Flower: 1 per ClientApp)"
     )
+    parser.add_argument("--reps", type=int, default=1, help="run everything R times (cache shared, see above)")
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -235,67 +244,108 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown runner {name!r}; valid choices: {', '.join(RUNNERS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "1"}
+    cache = out / "cache"
+    shutil.rmtree(cache, ignore_errors=True)  # rep 1 = a first run: nothing measured, nothing compiled
+    env = os.environ | {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_DEDUP_LOGS": "1",
+        "FEDSIM_CACHE_DIR": str(cache.resolve()),
+    }
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # fedsim's: <cache>/inductor
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    for workload in workloads:
-        for runner in runners:
-            result = out / f"{workload}-{runner}.json"
-            print(f"[vs_flower] {workload} / {runner} ...", flush=True)
-            command = [
-                sys.executable,
-                __file__,
-                "--one",
-                workload,
-                runner,
-                "--result",
-                str(result),
-                "--threads",
-                str(args.threads),
-            ]
-            start = time.perf_counter()  # whole process: from creating the child until it exits
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
-            if proc.returncode != 0:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], sep="\n")
-                raise SystemExit(f"{workload} / {runner} failed (exit {proc.returncode})")
-            data = json.loads(result.read_text())
-            data["whole_s"] = time.perf_counter() - start
-            import torch  # noqa: PLC0415
+    results: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for rep in range(1, args.reps + 1):
+        for workload in workloads:
+            for runner in runners:
+                result = out / f"{workload}-{runner}-{rep}.json"
+                print(f"[vs_flower] rep {rep}: {workload} / {runner} ...", flush=True)
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    workload,
+                    runner,
+                    "--result",
+                    str(result),
+                    "--threads",
+                    str(args.threads),
+                ]
+                start = time.perf_counter()  # whole process: from creating the child until it exits
+                proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+                if proc.returncode != 0:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], sep="\n")
+                    raise SystemExit(f"{workload} / {runner} failed (exit {proc.returncode})")
+                data = json.loads(result.read_text())
+                data["whole_s"] = time.perf_counter() - start
+                import torch  # noqa: PLC0415
 
-            data["params"] = torch.load(result.with_suffix(".pt"))
-            results[workload, runner] = data
+                data["params"] = torch.load(result.with_suffix(".pt"))
+                results[rep, workload, runner] = data
 
     import torch  # noqa: PLC0415
 
     print(
         f"\nfedsim vs Flower simulation (FedAvg; {os.cpu_count()} CPUs, load average at start {load:.1f}; "
         f"torch {torch.__version__}; fedsim {args.threads} thread(s) per worker, ray executor {WORKERS} workers; "
-        f"Flower: Ray backend, 1 CPU per ClientApp)\n"
+        f"Flower: Ray backend, 1 CPU per ClientApp)"
     )
-    print(
-        "| workload | runner | whole process (s) | in-process run (s) | compile (s) | steady round (ms) "
-        "| Flower / this, whole | Flower / this, in-process | Flower / this, round | test accuracy "
-        "| max param diff vs Flower |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ok = True
-    for workload in workloads:
-        reference = results.get((workload, "flower")) or results[workload, runners[0]]
-        for runner in runners:
-            r = results[workload, runner]
-            diff = float((r["params"] - reference["params"]).abs().max())
-            same = diff <= 1e-4 and abs(r["accuracy"] - reference["accuracy"]) <= 1e-3
-            ok &= same
-            flower = results.get((workload, "flower"))
-            whole_ratio = f"{flower['whole_s'] / r['whole_s']:.1f}x" if flower else "-"
-            inside_ratio = f"{flower['in_process_s'] / r['in_process_s']:.1f}x" if flower else "-"
-            round_ratio = f"{flower['round_ms'] / r['round_ms']:.1f}x" if flower else "-"
-            label = runner if runner != "auto" else f"auto ({r['executor']})"
-            print(
-                f"| {WORKLOADS[workload]['label']} | {label} | {r['whole_s']:.1f} | {r['in_process_s']:.2f} | "
-                f"{r['compile_s']:.1f} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {whole_ratio} | "
-                f"{inside_ratio} | {round_ratio} | {r['accuracy']:.4f} | {diff:.1e}{'' if same else ' DIFFERENT'} |"
-            )
+    for rep in range(1, args.reps + 1):
+        if args.reps > 1:
+            print(f"\nrep {rep} ({'first run: cold cache' if rep == 1 else 'warm cache'})")
+        print(
+            "\n| workload | runner | whole process (s) | in-process run (s) | compile (s) | steady round (ms) "
+            "| Flower / this, whole | Flower / this, in-process | Flower / this, round | test accuracy "
+            "| max param diff vs Flower |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for workload in workloads:
+            reference = results.get((rep, workload, "flower")) or results[rep, workload, runners[0]]
+            for runner in runners:
+                r = results[rep, workload, runner]
+                diff = float((r["params"] - reference["params"]).abs().max())
+                same = diff <= 1e-4 and abs(r["accuracy"] - reference["accuracy"]) <= 1e-3
+                ok &= same
+                flower = results.get((rep, workload, "flower"))
+                whole_ratio = f"{flower['whole_s'] / r['whole_s']:.1f}x" if flower else "-"
+                inside_ratio = f"{flower['in_process_s'] / r['in_process_s']:.1f}x" if flower else "-"
+                round_ratio = f"{flower['round_ms'] / r['round_ms']:.1f}x" if flower else "-"
+                label = runner if runner != "auto" else f"auto ({r['executor']})"
+                print(
+                    f"| {WORKLOADS[workload]['label']} | {label} | {r['whole_s']:.1f} | {r['in_process_s']:.2f} | "
+                    f"{r['compile_s']:.1f} | {r['round_ms']:.1f} ± {r['round_ms_stdev']:.1f} | {whole_ratio} | "
+                    f"{inside_ratio} | {round_ratio} | {r['accuracy']:.4f} | {diff:.1e}{'' if same else ' DIFFERENT'} |"
+                )
+    if args.reps > 1:
+        reps = range(1, args.reps + 1)
+        print("\nfirst run vs later runs of the sweep (one cache dir; Flower / this from the same rep's Flower run)\n")
+        print(
+            "| workload | runner | "
+            + " | ".join(f"whole (s), rep {k}" for k in reps)
+            + " | "
+            + " | ".join(f"Flower / this, whole, rep {k}" for k in reps)
+            + " | "
+            + " | ".join(f"Flower / this, round, rep {k}" for k in reps)
+            + " | compile (s) per rep |"
+        )
+        print("|---|---|" + "---|" * (3 * args.reps + 1))
+        for workload in workloads:
+            for runner in runners:
+                rows = [results[k, workload, runner] for k in reps]
+                flowers = [results.get((k, workload, "flower")) for k in reps]
+                whole = " | ".join(f"{r['whole_s']:.1f}" for r in rows)
+                whole_ratio = " | ".join(
+                    f"{f['whole_s'] / r['whole_s']:.1f}x" if f else "-" for r, f in zip(rows, flowers)
+                )
+                round_ratio = " | ".join(
+                    f"{f['round_ms'] / r['round_ms']:.1f}x" if f else "-" for r, f in zip(rows, flowers)
+                )
+                label = runner if runner != "auto" else "auto (" + "/".join(r["executor"] for r in rows) + ")"
+                compiles = " / ".join(f"{r['compile_s']:.1f}" for r in rows)
+                print(
+                    f"| {WORKLOADS[workload]['label']} | {label} | {whole} | {whole_ratio} | {round_ratio} | {compiles} |"
+                )
     print("\nsame final model and accuracy in every run:", "yes" if ok else "NO")
     return 0 if ok else 1
 

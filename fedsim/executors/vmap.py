@@ -204,6 +204,9 @@ class VmapExecutor:
         self.compile_s = 0.0  # wall seconds of the step calls that compiled (first call per step variant)
         self._compiled: dict[Hashable, Callable] = {}
         self._compiled_variants: set[Hashable] = set()
+        self.step_s = 0.0  # wall seconds of the batched step calls that did not compile (for compile: auto's costs)
+        self.step_count = 0
+        self.on_close: Callable[[VmapExecutor], None] | None = None  # called once by close() (records the costs)
         self._carry_vectors: dict[Hashable, float] = {}
         self._resident_data: tuple[Any, ...] | None = None  # (x_train, y_train, their copies on the device)
         self.model_reason = self._model_reason()
@@ -238,6 +241,9 @@ class VmapExecutor:
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close(self)
         if self._serial is not None:
             self._serial.close()
 
@@ -401,6 +407,8 @@ class VmapExecutor:
             try:
                 if variant in self._compiled_variants:
                     out = compiled(carry, batch)
+                    self.step_s += time.perf_counter() - start
+                    self.step_count += 1
                 else:  # a run meets one graph per stack size: more than dynamo's default of 8
                     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                         out = compiled(carry, batch)
@@ -420,7 +428,11 @@ class VmapExecutor:
                     self._compiled_variants.add(variant)
                     self.compile_s += time.perf_counter() - start
                 return out
-        return self._vstep(options, weighted)(carry, batch)
+        start = time.perf_counter()
+        out = self._vstep(options, weighted)(carry, batch)
+        self.step_s += time.perf_counter() - start
+        self.step_count += 1
+        return out
 
     def timings(self) -> dict[str, float]:
         """One-off costs outside the training itself (seconds), for the run summary."""

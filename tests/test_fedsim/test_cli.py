@@ -83,7 +83,7 @@ def test_run_writes_the_run_folder(tmp_path):
     assert summary["rounds"] == 2 and summary["final"]["test_accuracy"] == rows[-1]["test_accuracy"]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     log = (out / "log.txt").read_text()
-    assert "executor auto: vmap" in log  # notices from before the run folder existed are kept
+    assert "executor auto: serial (a short run" in log  # notices from before the run folder existed are kept
 
 
 def test_plot_compares_runs(tmp_path, capsys):

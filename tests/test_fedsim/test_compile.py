@@ -184,6 +184,8 @@ def test_compile_mode_is_validated_and_yaml_booleans_read_as_on_off():
 
 
 def test_compile_auto_follows_the_planned_steps():
+    # nothing recorded: 5 s estimated compile / 0.5 ms estimated saving = 10,000 steps
+    assert COMPILE_PAYS_AFTER == 10_000
     assert resolve_compile("auto", COMPILE_PAYS_AFTER - 1) == "off"
     assert resolve_compile("auto", COMPILE_PAYS_AFTER) == "on"
     assert resolve_compile("auto", None) == "off"
@@ -227,7 +229,8 @@ def test_auto_executor_chooses_by_workload_and_says_why(small_config, caplog):
     for overrides, expected, needle in cases:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="fedsim"):
-            experiment = build(small_config(executor={"name": "auto"}, **overrides))
+            # compile off and many rounds: the crossovers, not compile: auto or the short-run rule
+            experiment = build(small_config(executor={"name": "auto", "compile": "off"}, rounds=10_000, **overrides))
         assert isinstance(experiment.executor, expected), overrides
         assert needle in caplog.text, caplog.text
         experiment.executor.close()
@@ -242,7 +245,7 @@ def test_compile_on_with_serial_says_it_has_no_effect(small_config, caplog):
 def test_a_compiled_run_reports_compile_time_apart_and_matches_the_uncompiled_run(tmp_path, monkeypatch, capsys):
     from fedsim.cli import main
 
-    monkeypatch.setattr(auto_module, "COMPILE_PAYS_AFTER", 1)  # compile: auto compiles this short run
+    monkeypatch.setattr(auto_module, "DEFAULT_COMPILE_S", 0.0)  # compile: auto compiles this short run
     args = [
         "run",
         "--strategy",
@@ -267,3 +270,9 @@ def test_a_compiled_run_reports_compile_time_apart_and_matches_the_uncompiled_ru
     assert compiled["executor_timings"]["compile_s"] > 0 and eager["executor_timings"] == {}
     assert "compiling the batched client step" in (tmp_path / "compiled" / "log.txt").read_text()
     assert compiled["final"]["test_loss"] == pytest.approx(eager["final"]["test_loss"], rel=1e-5)
+    # both runs recorded what they measured, for the next compile: auto (conftest: a per-test cache dir)
+    from fedsim.executors import compile_cache
+
+    (entry,) = compile_cache.load_costs(compile_cache.cache_dir()).values()
+    assert set(entry) == {"compile_s", "compiled_step_s", "eager_step_s"}, entry
+    assert entry["compile_s"] == pytest.approx(compiled["executor_timings"]["compile_s"], abs=1e-3)

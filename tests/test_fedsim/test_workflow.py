@@ -261,13 +261,14 @@ def test_executor_auto_says_which_it_chose(small_config, caplog):
     from fedsim.run import build
 
     assert load_config().executor.name == "auto"
-    for client, expected, needle in [
-        ({}, VmapExecutor, "executor auto: vmap"),
-        ({"optimizer": "rmsprop"}, SerialExecutor, "serial (vmap cannot batch optimizer 'rmsprop')"),
+    for client, rounds, expected, needle in [
+        ({}, 1_000, VmapExecutor, "executor auto: vmap"),
+        ({}, 3, SerialExecutor, "executor auto: serial (a short run: "),
+        ({"optimizer": "rmsprop"}, 1_000, SerialExecutor, "serial (vmap cannot batch optimizer 'rmsprop')"),
     ]:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="fedsim"):
-            experiment = build(small_config(executor={"name": "auto"}, client=client))
+            experiment = build(small_config(executor={"name": "auto"}, rounds=rounds, client=client))
         assert isinstance(experiment.executor, expected)
         assert needle in caplog.text
 
