@@ -60,10 +60,12 @@ def test_compression_cuts_uploaded_bytes_and_virtual_time(small_config):
     assert sparse["virtual_time"] < dense["virtual_time"]
 
 
-def test_the_compression_experiment_runs_and_reports(tmp_path):
+def test_the_compression_experiment_runs_and_reports(tmp_path, monkeypatch):
     import importlib.util  # noqa: PLC0415
 
     path = __import__("pathlib").Path(__file__).resolve().parents[2] / "experiments" / "compression.py"
+    # the script imports its sibling grid.py, as `python experiments/compression.py` finds it
+    monkeypatch.syspath_prepend(str(path.parent))
     spec = importlib.util.spec_from_file_location("compression_experiment", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
