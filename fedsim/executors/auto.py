@@ -75,11 +75,13 @@ EAGER_MIN_CLIENTS = 4  # clients per call from which the uncompiled batched step
 EAGER_MAX_PARAMS = 50_000  # ... for models up to this many parameters
 
 
-def why_not_vmap(spec: WorkerSpec, task: Task, client_config: Mapping[str, Any]) -> str | None:
+def why_not_vmap(
+    spec: WorkerSpec, task: Task, client_config: Mapping[str, Any], model: nn.Module | None = None
+) -> str | None:
     """Why these clients cannot take the vmap executor's batched path (None: they can)."""
     from fedsim.executors import vmap  # noqa: PLC0415
 
-    return vmap.why_not_batched(spec, task, client_config)
+    return vmap.why_not_batched(spec, task, dict(client_config), model)
 
 
 def compile_pays(planned_steps: int | None, costs: Mapping[str, float] | None = None) -> tuple[bool, str]:
@@ -89,9 +91,9 @@ def compile_pays(planned_steps: int | None, costs: Mapping[str, float] | None = 
         return False, "the planned steps are unknown"
     costs = costs or {}
     if "warm_compile_s" in costs or "compile_s" in costs:
-        compile_s = costs.get("warm_compile_s", costs.get("compile_s", DEFAULT_COMPILE_S))
-        how = "warm compile" if "warm_compile_s" in costs else "compile"
-        how += " measured" if "warm_compile_s" in costs else " measured cold"
+        warm = "warm_compile_s" in costs
+        compile_s = costs["warm_compile_s"] if warm else costs["compile_s"]
+        how = "warm compile measured" if warm else "compile measured cold"
     else:
         compile_s, how = DEFAULT_COMPILE_S, "compile estimated"
     if "eager_step_s" in costs and "compiled_step_s" in costs:
@@ -156,14 +158,16 @@ def why_serial(
     clients_per_call: float | None = None,
     compiled: bool = False,
     planned_steps: int | None = None,
+    model: nn.Module | None = None,
 ) -> str | None:
     """Why serial is the better path for these jobs (None: vmap), from the capability check and
     the measured crossovers. ``clients_per_call`` None: unknown, judged as if calls were large;
-    ``planned_steps`` None: unknown, judged as a long run."""
-    reason = why_not_vmap(spec, task, client_config)
+    ``planned_steps`` None: unknown, judged as a long run; ``model``: the task's model, when the
+    caller has built it already."""
+    model = model if model is not None else _build_model(task)
+    reason = why_not_vmap(spec, task, client_config, model)
     if reason is not None:
         return f"vmap cannot batch {reason}"
-    model = _build_model(task)
     num_params = sum(p.numel() for p in model.parameters())
     convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     if planned_steps is not None and clients_per_call is not None and not spec.device.startswith("cuda"):
@@ -191,9 +195,10 @@ def choose_executor(
     clients_per_call: float | None = None,
     compiled: bool = False,
     planned_steps: int | None = None,
+    model: nn.Module | None = None,
 ) -> str:
     """ "vmap" or "serial" for these clients, with one log line saying which and why."""
-    reason = why_serial(spec, task, client_config, clients_per_call, compiled, planned_steps)
+    reason = why_serial(spec, task, client_config, clients_per_call, compiled, planned_steps, model)
     if reason is not None:
         log.info("executor auto: serial (%s)", reason)
         return "serial"
@@ -246,15 +251,17 @@ def build_executor(
     directory = compile_cache.cache_dir(getattr(config, "cache_dir", None))
     batch = int(client_config.get("batch_size") or 0)
     mode, why = requested, ""
-    if requested == "auto" and name != "serial":
+    model = None  # the task's model, built once for the decisions below
+    if name == "auto" or (requested == "auto" and name != "serial"):
         task = task if task is not None else build_task(spec.task)
-        shapes = [tuple(p.shape) for p in _build_model(task).parameters()]
+        model = _build_model(task)
+    if requested == "auto" and name != "serial" and model is not None:
+        shapes = [tuple(p.shape) for p in model.parameters()]
         costs = compile_cache.load_costs(directory).get(compile_cache.signature(shapes, batch, spec.device))
         pays, why = compile_pays(planned_steps, costs)
         mode = "on" if pays else "off"
-    if name == "auto":
-        task = task if task is not None else build_task(spec.task)
-        name = choose_executor(spec, task, client_config, clients_per_call, mode == "on", planned_steps)
+    if name == "auto" and task is not None:
+        name = choose_executor(spec, task, client_config, clients_per_call, mode == "on", planned_steps, model)
     if name == "serial" and requested == "on":
         log.warning("executor.compile=on compiles the batched client step; the serial executor runs uncompiled")
     if name != "serial" and mode == "on":

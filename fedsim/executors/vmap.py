@@ -650,10 +650,13 @@ def model_reason(model: nn.Module, layout: ParamLayout | None = None) -> str | N
     return None
 
 
-def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any]) -> str | None:
+def why_not_batched(
+    spec: WorkerSpec, task: Task, client_config: dict[str, Any], model: nn.Module | None = None
+) -> str | None:
     """Capability check (used by ``executor: auto``): why jobs of this client algorithm, client
     config and task would all fall back to serial here (None: they take the batched path).
-    Asks the algorithm itself (its ``options`` are None when it is not a step function)."""
+    Asks the algorithm itself (its ``options`` are None when it is not a step function);
+    ``model``: the task's model when the caller has built it already."""
     from fedsim.config import ClientConfig  # noqa: PLC0415  (defaults for keys the caller left out)
 
     config = ClientConfig().model_dump() | dict(client_config)
@@ -663,4 +666,4 @@ def why_not_batched(spec: WorkerSpec, task: Task, client_config: dict[str, Any])
         return f"a client config the algorithm refuses ({type(exc).__name__})"
     if options is None:
         return f"optimizer '{config.get('optimizer')}'"
-    return model_reason(task.build_model())
+    return model_reason(model if model is not None else task.build_model())
