@@ -206,6 +206,9 @@ class VmapExecutor:
         self._compiled_variants: set[Hashable] = set()
         self.step_s = 0.0  # wall seconds of the batched step calls that did not compile (for compile: auto's costs)
         self.step_count = 0
+        # step variants whose first eager call has run: that call pays one-off costs (torch.func's
+        # first grad imports torch._dynamo, ~1 s) that are not a step's, so it is not timed
+        self._eager_warm: set[Hashable] = set()
         self.on_close: Callable[[VmapExecutor], None] | None = None  # called once by close() (records the costs)
         self._carry_vectors: dict[Hashable, float] = {}
         self._resident_data: tuple[Any, ...] | None = None  # (x_train, y_train, their copies on the device)
@@ -428,6 +431,9 @@ class VmapExecutor:
                     self._compiled_variants.add(variant)
                     self.compile_s += time.perf_counter() - start
                 return out
+        if key not in self._eager_warm:
+            self._eager_warm.add(key)
+            return self._vstep(options, weighted)(carry, batch)
         start = time.perf_counter()
         out = self._vstep(options, weighted)(carry, batch)
         self.step_s += time.perf_counter() - start

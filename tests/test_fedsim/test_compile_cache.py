@@ -140,3 +140,19 @@ def test_a_vmap_run_records_its_step_cost(small_config, tmp_path):
     assert len(costs) == 1
     (entry,) = costs.values()
     assert set(entry) == {"eager_step_s"} and entry["eager_step_s"] > 0
+
+
+def test_the_first_eager_call_of_each_step_variant_is_not_timed():
+    # that call pays one-off costs (torch.func's first grad imports torch._dynamo), which would
+    # make compile: auto believe every eager step is slow
+    from fedsim.executors.vmap import VmapExecutor
+
+    executor = VmapExecutor.__new__(VmapExecutor)  # only the step bookkeeping is exercised
+    executor.compile, executor._eager_warm, executor.step_s, executor.step_count = False, set(), 0.0, 0
+    calls = []
+    executor._vstep = lambda options, weighted: lambda carry, batch: calls.append((options, weighted)) or "out"
+    counts = []
+    for weighted in (False, False, False, True, True):
+        assert executor._step("sgd-options", weighted, {}, ()) == "out"
+        counts.append(executor.step_count)
+    assert len(calls) == 5 and counts == [0, 1, 2, 2, 3]
