@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 # Keep every Ray process the tests start on loopback: by default Ray replaces 127.0.0.1 with
@@ -13,6 +16,26 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import pytest
 
 from fedsim.config import deep_merge, load_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture
+def load_experiment(monkeypatch):
+    """``load(path)``: the script at ``experiments/<path>`` as a module, loaded as ``python
+    experiments/<path>`` runs it: its folder first on ``sys.path``, so it finds its sibling
+    modules (``grid.py``) whatever other test modules did before."""
+
+    def load(relative: str) -> ModuleType:
+        path = EXPERIMENTS / relative
+        monkeypatch.syspath_prepend(str(path.parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

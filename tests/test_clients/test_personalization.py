@@ -363,14 +363,8 @@ def test_personal_state_survives_a_checkpoint(small_config, tmp_path, algorithm)
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
-def test_personalization_experiment_quick_mode_writes_table_and_plot(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "experiments" / "personalization.py"
-    spec = importlib.util.spec_from_file_location("personalization_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_personalization_experiment_quick_mode_writes_table_and_plot(tmp_path, load_experiment):
+    module = load_experiment("personalization.py")
     module.main(
         [
             "--quick",

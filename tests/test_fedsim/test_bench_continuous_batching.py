@@ -1,6 +1,5 @@
 """experiments/bench/continuous_batching.py at its --quick size: both executors run whole runs and the table prints."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,21 +10,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "contin
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("continuous_batching", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_one_side_prints_its_seconds(capsys):
-    bench = load_script()
+def test_one_side_prints_its_seconds(capsys, load_experiment):
+    bench = load_experiment("bench/continuous_batching.py")
     bench.main(["--one", "scaffold", "vmap", "0", "1", "5", "1", "2"])  # 2 slots for 5 clients
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seconds"] > 0
 
 
-def test_quick_table_has_every_side(monkeypatch, capsys):
-    bench = load_script()
+def test_quick_table_has_every_side(monkeypatch, capsys, load_experiment):
+    bench = load_experiment("bench/continuous_batching.py")
     sides = []
 
     def in_process(side, preset, args):  # the subprocess's work, without starting one

@@ -1,29 +1,17 @@
 """experiments/bench/vs_plain_loop.py at its --quick size: both sides train the same model."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "vs_plain_loop.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("vs_plain_loop", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_user_task_keeps_nchw_data_and_fedsim_makes_it_channels_last():
-    bench = load_script()
+def test_the_user_task_keeps_nchw_data_and_fedsim_makes_it_channels_last(load_experiment):
+    bench = load_experiment("bench/vs_plain_loop.py")
     task = bench.make_task("cnn", users=2, samples=4)
     x, _ = task.data.train(1)
     assert x.shape == (4, 3, 32, 32) and x.is_contiguous()  # the user's layout, not a built-in task's
 
 
-def test_quick_run_trains_the_same_model_on_every_side(capsys):
-    bench = load_script()
+def test_quick_run_trains_the_same_model_on_every_side(capsys, load_experiment):
+    bench = load_experiment("bench/vs_plain_loop.py")
     size = {**bench.QUICK, "reps": 1}
     for name in ("cnn", "mlp"):
         result = bench.bench(name, size)

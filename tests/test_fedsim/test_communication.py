@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,15 +61,9 @@ def test_compression_cuts_uploaded_bytes_and_virtual_time(small_config):
     assert sparse["virtual_time"] < dense["virtual_time"]
 
 
-def test_the_compression_experiment_runs_and_reports(tmp_path, monkeypatch):
-    import importlib.util  # noqa: PLC0415
-
-    path = __import__("pathlib").Path(__file__).resolve().parents[2] / "experiments" / "compression.py"
-    # the script imports its sibling grid.py, as `python experiments/compression.py` finds it
-    monkeypatch.syspath_prepend(str(path.parent))
-    spec = importlib.util.spec_from_file_location("compression_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_the_compression_experiment_runs_and_reports(tmp_path, load_experiment):
+    module = load_experiment("compression.py")
+    path = Path(module.__file__)
     rows = [module.run_one((label, 1, str(path.with_suffix(".yaml")), 1)) for label in ("none", "PowerSGD r=1")]
     table = module.report(rows, tmp_path)
     assert "PowerSGD r=1" in table and (tmp_path / "results.png").exists() and (tmp_path / "results.csv").exists()

@@ -1,20 +1,12 @@
 """experiments/dp_layerwise.py on a tiny grid: the cells run end to end at the epsilon they ask for."""
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
 import yaml
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "dp_layerwise.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("dp_layerwise", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_config(tmp_path: Path) -> Path:
@@ -29,8 +21,8 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_cells_map_to_privacy_settings():
-    dp = load_script()
+def test_cells_map_to_privacy_settings(load_experiment):
+    dp = load_experiment("dp_layerwise.py")
     assert dp.cell_values("server Adam", "non-private", math.inf, 1, 5)["privacy"]["mode"] == "off"
     clip_only = dp.cell_values("server SGD", "per_layer", math.inf, 1, 5)
     assert clip_only["privacy"] == {"clipping": "per_layer", "target_epsilon": None, "noise_multiplier": 0.0}
@@ -38,8 +30,8 @@ def test_cells_map_to_privacy_settings():
     assert dp.cell_values("server Adam", "flat", 2.0, 1, 5)["privacy"]["target_epsilon"] == 2.0
 
 
-def test_quick_grid_writes_table_and_plot(tmp_path, capsys):
-    dp = load_script()
+def test_quick_grid_writes_table_and_plot(tmp_path, capsys, load_experiment):
+    dp = load_experiment("dp_layerwise.py")
     dp.main(
         [
             "--quick",

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "server_optimizers.py"
-
-
-def test_quick_slice_writes_table_and_plot(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("server_optimizers_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_quick_slice_writes_table_and_plot(tmp_path, capsys, load_experiment):
+    module = load_experiment("server_optimizers.py")
     argv = [
         "--quick",
         "--rounds",
